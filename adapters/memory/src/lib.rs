@@ -1,0 +1,202 @@
+//! The in-memory bus: every worker in one process shares one [`MemoryBus`].
+//!
+//! This is how local development and the fast tests run several workers without Redis. It keeps
+//! the bus contract the Redis adapter keeps: a publish reaches every subscribed worker once, in
+//! publish order; a worker that falls more than [`MemoryBus::CAPACITY`] messages behind loses the
+//! oldest and counts them as `lost` (the listener is never blocked by a slow worker).
+//! It never touches the network and never blocks a publisher.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fanout_domain::{
+    Broadcaster, BusStatus, BusSubscriber, Envelope, LocalDelivery, PublishError, SubscriberState,
+    Subscription,
+};
+use tokio::sync::broadcast;
+
+/// One bus shared by every worker of a process. Cloning is cheap and shares the bus.
+#[derive(Clone)]
+pub struct MemoryBus {
+    sender: broadcast::Sender<Arc<Envelope>>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBus {
+    /// Messages a subscriber may fall behind before it loses the oldest.
+    pub const CAPACITY: usize = 16 * 1024;
+
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(Self::CAPACITY);
+        Self { sender }
+    }
+
+    /// A subscriber for one worker.
+    pub fn subscriber(&self) -> MemorySubscriber {
+        MemorySubscriber {
+            bus: self.clone(),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl Broadcaster for MemoryBus {
+    async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        // An error only means no worker is subscribed right now: like Redis Pub/Sub, nobody hears it.
+        let _ = self.sender.send(Arc::new(envelope.clone()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Live subscriptions of this worker (0 or 1 in practice).
+    active: AtomicUsize,
+    received: AtomicU64,
+    lost: AtomicU64,
+}
+
+/// The receiving side of the in-memory bus for one worker.
+pub struct MemorySubscriber {
+    bus: MemoryBus,
+    counters: Arc<Counters>,
+}
+
+/// Stops the listener task when the subscription is dropped.
+struct ListenerGuard {
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl BusSubscriber for MemorySubscriber {
+    async fn subscribe(&self, delivery: Arc<dyn LocalDelivery>) -> Subscription {
+        // Subscribing to the broadcast channel here, before returning, is what makes the
+        // subscription live at once: every later publish is queued for this receiver.
+        let mut receiver = self.bus.sender.subscribe();
+        let counters = Arc::clone(&self.counters);
+        counters.active.fetch_add(1, Ordering::Relaxed);
+        let task_counters = Arc::clone(&counters);
+        let task = tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(envelope) => {
+                        task_counters.received.fetch_add(1, Ordering::Relaxed);
+                        delivery.deliver(&envelope);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        task_counters.lost.fetch_add(missed, Ordering::Relaxed);
+                        tracing::warn!(
+                            missed,
+                            "in-memory bus: this worker fell behind and lost messages"
+                        );
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Subscription::new(ListenerGuard { task, counters })
+    }
+
+    fn status(&self) -> BusStatus {
+        let state = if self.counters.active.load(Ordering::Relaxed) > 0 {
+            SubscriberState::Subscribed
+        } else {
+            SubscriberState::Idle
+        };
+        BusStatus {
+            bus: "memory",
+            state,
+            reconnects: 0,
+            last_error: None,
+            received: self.counters.received.load(Ordering::Relaxed),
+            malformed: 0,
+            lost: self.counters.lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanout_domain::{Metric, Payload, WorkerId};
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+
+    struct Recorder(mpsc::UnboundedSender<u64>);
+    impl LocalDelivery for Recorder {
+        fn deliver(&self, envelope: &Envelope) {
+            let _ = self.0.send(envelope.seq);
+        }
+    }
+
+    fn envelope(seq: u64) -> Envelope {
+        Envelope {
+            origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
+            seq,
+            published_at_us: 0,
+            payload: Payload::Metrics(vec![Metric::new("m", 1.0)]),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_subscribed_worker_receives_each_message_once_in_order() {
+        let bus = MemoryBus::new();
+        let (a_tx, mut a_rx) = mpsc::unbounded_channel();
+        let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+        let a = bus.subscriber();
+        let b = bus.subscriber();
+        let _sa = a.subscribe(Arc::new(Recorder(a_tx))).await;
+        let _sb = b.subscribe(Arc::new(Recorder(b_tx))).await;
+        for seq in 1..=3 {
+            assert_eq!(bus.publish(&envelope(seq)).await, Ok(()));
+        }
+        for rx in [&mut a_rx, &mut b_rx] {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(rx.recv().await.unwrap_or_default());
+            }
+            assert_eq!(got, [1, 2, 3]);
+        }
+        assert_eq!(a.status().received, 3);
+        assert_eq!(a.status().state, SubscriberState::Subscribed);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_subscription_stops_delivery() {
+        let bus = MemoryBus::new();
+        let subscriber = bus.subscriber();
+        let seen = Arc::new(Mutex::new(0));
+        struct Count(Arc<Mutex<u32>>);
+        impl LocalDelivery for Count {
+            fn deliver(&self, _: &Envelope) {
+                if let Ok(mut n) = self.0.lock() {
+                    *n += 1;
+                }
+            }
+        }
+        let subscription = subscriber.subscribe(Arc::new(Count(seen.clone()))).await;
+        drop(subscription);
+        assert_eq!(subscriber.status().state, SubscriberState::Idle);
+        // Another worker's delivery of the same message is the signal that the bus has run.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _other = bus.subscriber().subscribe(Arc::new(Recorder(tx))).await;
+        assert_eq!(bus.publish(&envelope(7)).await, Ok(()));
+        assert_eq!(rx.recv().await, Some(7));
+        assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), 0);
+    }
+}

@@ -1,0 +1,96 @@
+//! The Redis bus: a pooled publisher and one dedicated, self-healing Pub/Sub subscriber per worker.
+//!
+//! - [`RedisPublisher`] implements [`fanout_domain::Broadcaster`]: `PUBLISH` on a deadpool-redis
+//!   pool created on first use, at most `pool_size` connections, every call bounded by a timeout
+//!   so a hung Redis turns into a clear `Unavailable` error instead of a stuck request.
+//! - [`RedisSubscriber`] implements [`fanout_domain::BusSubscriber`]: one dedicated connection
+//!   (Redis requires it for `SUBSCRIBE`; a pooled connection is never used), subscribed to both
+//!   channels, that reconnects and resubscribes on any error with exponential backoff and jitter,
+//!   and detects a hung server with an application-level `PING`.
+//!
+//! It never panics on what arrives from Redis: a message that is not a valid envelope is counted
+//! and logged (rate-limited) and the listener goes on.
+
+mod backoff;
+mod publisher;
+mod status;
+mod subscriber;
+
+use std::time::Duration;
+
+pub use backoff::Backoff;
+pub use publisher::RedisPublisher;
+pub use subscriber::RedisSubscriber;
+
+/// How a worker talks to Redis.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Most pooled publish connections of this worker.
+    pub pool_size: usize,
+    /// Bound on connecting, and on each publish or ping.
+    pub command_timeout: Duration,
+    /// How often the subscriber pings Redis to detect a hung server or a silent partition.
+    pub ping_interval: Duration,
+    /// First and largest delay between reconnect attempts (jittered, doubling).
+    pub backoff: Backoff,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 10,
+            command_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+
+    /// Checks the URL without connecting: a wrong scheme or host fails at start-up, not later.
+    pub fn validate(&self) -> Result<(), redis::RedisError> {
+        redis::Client::open(self.url.as_str()).map(|_| ())
+    }
+}
+
+/// The URL with its password replaced, for logs and health reports.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_the_password_only() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:secret@h"), "rediss://:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn accepts_plain_tls_and_authenticated_urls() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "rediss://h:6380",
+            "redis://u:p@h:1/2",
+        ] {
+            assert!(RedisConfig::new(url).validate().is_ok(), "{url}");
+        }
+        assert!(RedisConfig::new("http://h").validate().is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! The axum WebSocket transport: `GET /ws/performance`, the per-worker [`ConnectionManager`],
+//! and each client's bounded queue and writer.
+//!
+//! It implements the domain's [`fanout_domain::LocalDelivery`] port: every bus message is encoded
+//! once per worker and the bytes are shared by every client. It never publishes and never talks
+//! to a bus directly; it only holds the worker's subscription through the
+//! [`fanout_domain::BusSubscriber`] port.
+
+mod client;
+mod manager;
+mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+pub use manager::{ConnectionManager, DeliveryStats, Refused};
+pub use queue::{CloseReason, QueueLimits};
+
+/// The WebSocket endpoint's path.
+pub const PATH: &str = "/ws/performance";
+
+/// Per-client bounds and timers.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    pub queue: QueueLimits,
+    /// Largest message a client may send; larger ones close the connection with 1009.
+    pub max_incoming_message: usize,
+    /// How often the server pings each client.
+    pub ping_interval: Duration,
+    /// A client silent this long (no pong, no frame) is closed with 4001; a write that takes this
+    /// long ends the connection.
+    pub client_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            queue: QueueLimits {
+                max_messages: 1024,
+                max_bytes: 1024 * 1024,
+            },
+            max_incoming_message: 64 * 1024,
+            ping_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Socket buffer sizes per connection. tungstenite's defaults (128 KiB each way) would cost
+/// 256 KiB per idle client; these keep an idle client to a few KiB.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The routes of this transport, to be merged into the worker's router.
+pub fn router(manager: Arc<ConnectionManager>) -> Router {
+    Router::new().route(PATH, get(upgrade)).with_state(manager)
+}
+
+async fn upgrade(
+    State(manager): State<Arc<ConnectionManager>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if manager.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "worker is shutting down").into_response();
+    }
+    let limits = *manager.limits();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
+        .max_message_size(limits.max_incoming_message)
+        .max_frame_size(limits.max_incoming_message)
+        .on_upgrade(move |socket| client::serve(manager, socket))
+}

@@ -1,0 +1,268 @@
+//! The per-worker connection manager: who is connected, and handing every bus message to them.
+//!
+//! It holds the worker's bus subscription while the worker has clients: the first client to
+//! arrive subscribes, the last one to leave unsubscribes. Both happen under one async lock, and a
+//! client is inserted while that lock is held, so there is never a registered client without a
+//! live subscription, and a new client's `hello` frame is queued before any bus message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use fanout_domain::{
+    BusStatus, BusSubscriber, Envelope, LocalDelivery, Payload, Subscription, WorkerId,
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind, Pushed};
+use crate::ClientLimits;
+
+/// Counters of what this worker's clients were sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryStats {
+    /// Clients connected now.
+    pub connections: usize,
+    /// Clients accepted since start.
+    pub accepted: u64,
+    /// Frames written and flushed to clients.
+    pub delivered: u64,
+    /// Metrics frames dropped because a client's queue was full.
+    pub dropped_metrics: u64,
+    /// Clients closed because an alert did not fit in their queue.
+    pub slow_consumers_closed: u64,
+}
+
+/// The clients of one worker; the bus listener's [`LocalDelivery`].
+pub(crate) struct ClientRegistry {
+    /// Held for an insert, a remove or one fan-out pass; never across an await.
+    clients: Mutex<HashMap<u64, Arc<ClientQueue>>>,
+    /// Signalled whenever the last client leaves.
+    emptied: Notify,
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+    dropped_metrics: AtomicU64,
+    slow_consumers_closed: AtomicU64,
+}
+
+impl ClientRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClientQueue>>> {
+        // Inserts and removes cannot leave the map inconsistent, so a poisoned lock is usable.
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn count_delivered(&self, frames: u64) {
+        self.delivered.fetch_add(frames, Ordering::Relaxed);
+    }
+}
+
+impl LocalDelivery for ClientRegistry {
+    fn deliver(&self, envelope: &Envelope) {
+        let kind = match envelope.payload {
+            Payload::Metrics(_) => FrameKind::Metrics,
+            Payload::Alert(_) => FrameKind::Alert,
+        };
+        let clients = self.lock();
+        if clients.is_empty() {
+            return;
+        }
+        // The one serialization of this message on this worker; every client shares the bytes.
+        let frame = Frame {
+            kind,
+            text: Utf8Bytes::from(envelope.to_json()),
+        };
+        let mut dropped = 0;
+        let mut overflowed = 0;
+        for queue in clients.values() {
+            match queue.push(frame.clone()) {
+                Pushed::Queued { dropped: n } => dropped += n,
+                Pushed::Overflowed => overflowed += 1,
+                Pushed::Closing => {}
+            }
+        }
+        drop(clients);
+        if dropped > 0 {
+            self.dropped_metrics.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if overflowed > 0 {
+            self.slow_consumers_closed
+                .fetch_add(overflowed, Ordering::Relaxed);
+            tracing::warn!(
+                clients = overflowed,
+                "closing slow clients: an alert did not fit in their queue"
+            );
+        }
+    }
+}
+
+/// A registered client: its id and its queue. Unregister it with [`ConnectionManager::unregister`].
+pub(crate) struct Registered {
+    pub(crate) id: u64,
+    pub(crate) queue: Arc<ClientQueue>,
+}
+
+/// Why a client was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the worker is shutting down")]
+    Draining,
+}
+
+#[derive(Serialize)]
+struct Hello<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    worker: &'a WorkerId,
+    connections: usize,
+    bus: BusStatus,
+}
+
+/// Keeps one worker's WebSocket clients and its bus subscription.
+pub struct ConnectionManager {
+    worker: WorkerId,
+    subscriber: Arc<dyn BusSubscriber>,
+    registry: Arc<ClientRegistry>,
+    /// `Some` while the worker has clients. The async lock orders subscribe/unsubscribe against
+    /// client arrivals (see the module doc).
+    subscription: tokio::sync::Mutex<Option<Subscription>>,
+    next_client_id: AtomicU64,
+    limits: ClientLimits,
+    draining: AtomicBool,
+}
+
+impl ConnectionManager {
+    pub fn new(worker: WorkerId, subscriber: Arc<dyn BusSubscriber>, limits: ClientLimits) -> Self {
+        Self {
+            worker,
+            subscriber,
+            registry: Arc::new(ClientRegistry {
+                clients: Mutex::new(HashMap::new()),
+                emptied: Notify::new(),
+                accepted: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                dropped_metrics: AtomicU64::new(0),
+                slow_consumers_closed: AtomicU64::new(0),
+            }),
+            subscription: tokio::sync::Mutex::new(None),
+            next_client_id: AtomicU64::new(1),
+            limits,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn worker(&self) -> &WorkerId {
+        &self.worker
+    }
+
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    pub fn connections(&self) -> usize {
+        self.registry.lock().len()
+    }
+
+    pub fn bus_status(&self) -> BusStatus {
+        self.subscriber.status()
+    }
+
+    pub fn stats(&self) -> DeliveryStats {
+        DeliveryStats {
+            connections: self.connections(),
+            accepted: self.registry.accepted.load(Ordering::Relaxed),
+            delivered: self.registry.delivered.load(Ordering::Relaxed),
+            dropped_metrics: self.registry.dropped_metrics.load(Ordering::Relaxed),
+            slow_consumers_closed: self.registry.slow_consumers_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn registry(&self) -> &ClientRegistry {
+        &self.registry
+    }
+
+    /// Registers a client, subscribing to the bus first if it is the worker's first client.
+    /// The client's first frame is `hello`, queued once the subscription is live.
+    pub(crate) async fn register(&self) -> Result<Registered, Refused> {
+        let mut subscription = self.subscription.lock().await;
+        if self.is_draining() {
+            return Err(Refused::Draining);
+        }
+        if subscription.is_none() {
+            let delivery: Arc<dyn LocalDelivery> = self.registry.clone();
+            *subscription = Some(self.subscriber.subscribe(delivery).await);
+            let status = self.subscriber.status();
+            tracing::info!(state = ?status.state, bus = status.bus, "first client: subscribed to the bus");
+        }
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(ClientQueue::new(self.limits.queue));
+        let connections = {
+            let mut clients = self.registry.lock();
+            let hello = Hello {
+                kind: "hello",
+                worker: &self.worker,
+                connections: clients.len() + 1,
+                bus: self.subscriber.status(),
+            };
+            let text = serde_json::to_string(&hello).unwrap_or_default();
+            queue.push(Frame {
+                kind: FrameKind::Control,
+                text: Utf8Bytes::from(text),
+            });
+            clients.insert(id, Arc::clone(&queue));
+            clients.len()
+        };
+        self.registry.accepted.fetch_add(1, Ordering::Relaxed);
+        drop(subscription);
+        tracing::info!(client = id, connections, "client connected");
+        Ok(Registered { id, queue })
+    }
+
+    /// Removes a client at once; unsubscribes from the bus when it was the last one.
+    pub(crate) async fn unregister(&self, id: u64) {
+        let remaining = {
+            let mut clients = self.registry.lock();
+            clients.remove(&id);
+            clients.len()
+        };
+        tracing::info!(client = id, connections = remaining, "client disconnected");
+        if remaining > 0 {
+            return;
+        }
+        self.registry.emptied.notify_waiters();
+        let mut subscription = self.subscription.lock().await;
+        // A client may have arrived since the remove above; it holds the subscription then.
+        if self.connections() == 0 && subscription.take().is_some() {
+            tracing::info!("last client left: unsubscribed from the bus");
+        }
+    }
+
+    /// Stops accepting clients and asks every client to close with 1001 (going away) after what
+    /// is already queued for it.
+    pub fn shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
+        let clients = self.registry.lock();
+        tracing::info!(
+            connections = clients.len(),
+            "shutting down: closing every client with 1001"
+        );
+        for queue in clients.values() {
+            queue.close(CloseReason::GOING_AWAY);
+        }
+    }
+
+    /// Resolves once no client is connected.
+    pub async fn wait_until_empty(&self) {
+        loop {
+            let emptied = self.registry.emptied.notified();
+            if self.connections() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}

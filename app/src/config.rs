@@ -1,0 +1,186 @@
+//! The command line: every knob is a flag and a `FANOUT_*` environment variable (flags win),
+//! parsed and validated once at start-up into typed values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fanout_domain::{AlertRule, WorkerId};
+
+/// fanout: real-time performance metrics and alerts to every WebSocket client of every worker.
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+
+    /// Worker processes to start on the listen address (they share it with SO_REUSEPORT).
+    /// With more than one, the listen port must not be 0.
+    #[arg(long, env = "FANOUT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve,
+}
+
+/// Which bus carries messages between workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BusKind {
+    /// One process only: workers started in the same process share it (local development, tests).
+    Memory,
+    /// Redis Pub/Sub: workers in any process on any host.
+    Redis,
+}
+
+/// The configuration of one worker.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerConfig {
+    /// Address to listen on for HTTP and WebSocket clients.
+    #[arg(long, env = "FANOUT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Let several processes listen on the same address (SO_REUSEPORT); `--workers` sets it.
+    #[arg(long, env = "FANOUT_REUSE_PORT")]
+    pub reuse_port: bool,
+
+    /// The bus between workers.
+    #[arg(long, env = "FANOUT_BUS", value_enum, default_value_t = BusKind::Memory)]
+    pub bus: BusKind,
+
+    /// Redis URL for `--bus redis`: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Most pooled Redis connections used for publishing, per worker.
+    #[arg(long, env = "FANOUT_REDIS_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_pool_size: u16,
+
+    /// Bound on a Redis connect, publish or ping; a hung Redis is detected within about this long.
+    #[arg(long, env = "FANOUT_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// This worker's id in logs, messages and health reports [default: HOSTNAME-PID].
+    #[arg(long, env = "FANOUT_WORKER_ID")]
+    pub worker_id: Option<WorkerId>,
+
+    /// How often the built-in monitor samples and publishes this process's metrics (0s: off).
+    #[arg(long, env = "FANOUT_METRICS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
+
+    /// Alert rule on the monitor's metrics, repeatable: NAME>THRESHOLD[,for=N][,severity=S].
+    /// In the environment, separate rules with ';'. Replaces the default rules.
+    #[arg(long = "alert-rule", env = "FANOUT_ALERT_RULES", value_delimiter = ';')]
+    pub alert_rules: Vec<AlertRule>,
+
+    /// Most frames queued for one client; beyond it the oldest metrics are dropped.
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_queue_messages: u32,
+
+    /// Most bytes queued for one client; beyond it the oldest metrics are dropped.
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub client_queue_bytes: u32,
+
+    /// Largest message a client may send (1009 beyond).
+    #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..))]
+    pub max_client_message: u32,
+
+    /// Largest publish body accepted by the HTTP API (413 beyond).
+    #[arg(long, env = "FANOUT_MAX_BODY_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_body_bytes: u32,
+
+    /// How often each client is pinged.
+    #[arg(long, env = "FANOUT_PING_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client silent this long (no pong) is closed with 4001.
+    #[arg(long, env = "FANOUT_CLIENT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+
+    /// How long shutdown waits for clients to acknowledge the close frame.
+    #[arg(long, env = "FANOUT_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Durations in the humane form: `250ms`, `2s`, `1m 30s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 2s, 1m)"))
+}
+
+impl WorkerConfig {
+    /// The configured rules, or the defaults when none are given.
+    pub fn rules(&self) -> Vec<AlertRule> {
+        if !self.alert_rules.is_empty() {
+            return self.alert_rules.clone();
+        }
+        [
+            "host.cpu_percent>90,for=3,severity=warning",
+            "host.memory_used_percent>95,for=3,severity=critical",
+        ]
+        .iter()
+        .filter_map(|rule| rule.parse().ok())
+        .collect()
+    }
+
+    /// Checks what clap cannot: relations between values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval.is_zero() {
+            return Err("--ping-interval must be above 0".into());
+        }
+        if self.client_timeout <= self.ping_interval {
+            return Err("--client-timeout must be longer than --ping-interval".into());
+        }
+        if self.redis_timeout.is_zero() {
+            return Err("--redis-timeout must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// For tests and embedding: the defaults, listening on an ephemeral port.
+    pub fn for_tests() -> Self {
+        let cli = Cli::parse_from(["fanout", "--listen", "127.0.0.1:0"]);
+        cli.worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_humane_durations() {
+        let cli = Cli::parse_from([
+            "fanout",
+            "--metrics-interval",
+            "250ms",
+            "--alert-rule",
+            "cpu>1,for=2",
+        ]);
+        assert_eq!(cli.worker.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cli.worker.bus, BusKind::Memory);
+        assert_eq!(cli.worker.metrics_interval, Duration::from_millis(250));
+        assert_eq!(cli.worker.rules().len(), 1);
+        assert_eq!(cli.workers, 1);
+        assert!(cli.worker.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let error = Cli::try_parse_from(["fanout", "--metrics-interval", "soon"]).err();
+        assert!(error.is_some_and(|e| e.to_string().contains("--metrics-interval")));
+        let error = Cli::try_parse_from(["fanout", "--alert-rule", "cpu"]).err();
+        assert!(error.is_some_and(|e| e.to_string().contains("invalid alert rule")));
+        let config =
+            Cli::parse_from(["fanout", "--client-timeout", "1s", "--ping-interval", "2s"]).worker;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! The composition root of fanout: configuration, logging, the built-in monitor, one worker's
+//! wiring ([`start`]) and the supervisor that runs several worker processes.
+//!
+//! This is the only crate that picks concrete adapters. Tests start workers through [`start`]
+//! (in-process, on port 0) or run the `fanout` binary.
+
+pub mod config;
+mod monitor;
+pub mod supervisor;
+pub mod telemetry;
+mod worker;
+
+pub use config::{BusKind, Cli, WorkerConfig};
+pub use worker::{default_worker_id, start, Bus, RunningWorker};

@@ -1,0 +1,111 @@
+//! `fanout --workers N`: starts N worker processes of this binary on one listening address
+//! (SO_REUSEPORT spreads new connections over them, as `uvicorn --workers N` does), forwards
+//! SIGTERM/SIGINT to them and waits for them. A worker that dies is started again after a short
+//! pause, so a crash costs its clients one reconnect, not the worker slot.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Pause before a dead worker is started again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// The arguments for a worker process: ours, without `--workers`.
+fn worker_args() -> Vec<String> {
+    let mut args = Vec::new();
+    let mut skip_next = false;
+    for arg in std::env::args().skip(1) {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if arg == "--workers" {
+            skip_next = true;
+            continue;
+        }
+        if arg.starts_with("--workers=") {
+            continue;
+        }
+        args.push(arg);
+    }
+    args
+}
+
+fn spawn_worker(index: u16, base_id: Option<&str>) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the fanout executable")?;
+    let mut command = Command::new(exe);
+    command
+        .args(worker_args())
+        .env("FANOUT_WORKERS", "1")
+        .env("FANOUT_REUSE_PORT", "true")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(base) = base_id {
+        command.env("FANOUT_WORKER_ID", format!("{base}-{index}"));
+    }
+    let child = command.spawn().context("cannot start a worker process")?;
+    tracing::info!(index, pid = child.id(), "worker process started");
+    Ok(child)
+}
+
+/// Waits for one worker process; on `stop`, forwards SIGTERM to it and waits for it to exit.
+/// Reports an exit that nobody asked for on `died`.
+async fn watch_worker(
+    index: u16,
+    mut child: Child,
+    stop: CancellationToken,
+    died: mpsc::UnboundedSender<u16>,
+) {
+    let pid = child.id().and_then(|id| i32::try_from(id).ok());
+    tokio::select! {
+        status = child.wait() => {
+            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            tracing::error!(index, ?pid, %status, "worker process died");
+            let _ = died.send(index);
+        }
+        _ = stop.cancelled() => {
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            tracing::info!(index, ?pid, %status, "worker process exited");
+        }
+    }
+}
+
+/// Runs `count` workers until SIGTERM or SIGINT, then stops them and returns once all exited.
+pub async fn run(count: u16, base_id: Option<String>) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (died_tx, mut died) = mpsc::unbounded_channel();
+    for index in 1..=count {
+        let child = spawn_worker(index, base_id.as_deref())?;
+        tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
+    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            Some(index) = died.recv() => {
+                tokio::time::sleep(RESTART_DELAY).await;
+                let child = spawn_worker(index, base_id.as_deref())?;
+                tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
+            }
+        }
+    }
+    tracing::info!("stopping worker processes");
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}

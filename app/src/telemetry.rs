@@ -1,0 +1,50 @@
+//! Logging: every line starts with the worker id and pid, so interleaved logs of several worker
+//! processes stay readable. `RUST_LOG` filters (default `info`).
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Prefixes each event with `worker=ID pid=PID`.
+struct WithWorker<F> {
+    prefix: String,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithWorker<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "{} ", self.prefix)?;
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// Installs the global subscriber. Call once, as early as possible.
+pub fn init(worker: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = WithWorker {
+        prefix: format!("worker={worker} pid={}", std::process::id()),
+        inner: tracing_subscriber::fmt::format().with_target(false),
+    };
+    // A second init (e.g. several workers in one test process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(format)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}

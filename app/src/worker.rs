@@ -1,0 +1,258 @@
+//! One worker: the composition of the domain service, the chosen bus, the HTTP API and the
+//! WebSocket transport on one listening socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use fanout_domain::{
+    Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, SubscriberState, WorkerId,
+};
+use fanout_http::HealthReport;
+use fanout_memory::MemoryBus;
+use fanout_redis::{RedisConfig, RedisPublisher, RedisSubscriber};
+use fanout_ws::{ClientLimits, ConnectionManager, QueueLimits};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{BusKind, WorkerConfig};
+use crate::monitor;
+
+/// The bus a worker is given. The in-memory bus is shared by the workers of one process.
+#[derive(Clone)]
+pub enum Bus {
+    Memory(MemoryBus),
+    Redis(RedisConfig),
+}
+
+impl Bus {
+    /// The bus the configuration asks for; `memory` is a new bus for this process.
+    pub fn from_config(config: &WorkerConfig) -> anyhow::Result<Self> {
+        Ok(match config.bus {
+            BusKind::Memory => Bus::Memory(MemoryBus::new()),
+            BusKind::Redis => {
+                let mut redis = RedisConfig::new(config.redis_url.clone());
+                redis.pool_size = usize::from(config.redis_pool_size);
+                redis.command_timeout = config.redis_timeout;
+                redis.ping_interval = config.redis_timeout.min(std::time::Duration::from_secs(1));
+                redis.validate().with_context(|| {
+                    format!(
+                        "invalid --redis-url {}",
+                        fanout_redis::redact_url(&redis.url)
+                    )
+                })?;
+                Bus::Redis(redis)
+            }
+        })
+    }
+
+    fn ports(&self) -> (Arc<dyn Broadcaster>, Arc<dyn BusSubscriber>) {
+        match self {
+            Bus::Memory(bus) => (Arc::new(bus.clone()), Arc::new(bus.subscriber())),
+            Bus::Redis(config) => (
+                Arc::new(RedisPublisher::new(config.clone())),
+                Arc::new(RedisSubscriber::new(config.clone())),
+            ),
+        }
+    }
+}
+
+/// The wall clock.
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default()
+    }
+}
+
+/// The default worker id: `HOSTNAME-PID`.
+pub fn default_worker_id() -> WorkerId {
+    let host = sysinfo::System::host_name().unwrap_or_else(|| "fanout".to_owned());
+    let host: String = host
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(100)
+        .collect();
+    WorkerId::new(format!("{host}-{}", std::process::id())).unwrap_or_else(|_| {
+        WorkerId::new(format!("fanout-{}", std::process::id()))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    })
+}
+
+struct WorkerHealth {
+    manager: Arc<ConnectionManager>,
+    started: Instant,
+}
+
+impl HealthReport for WorkerHealth {
+    fn health(&self) -> serde_json::Value {
+        let bus = self.manager.bus_status();
+        let status = match bus.state {
+            SubscriberState::Idle | SubscriberState::Subscribed => "ok",
+            SubscriberState::Connecting | SubscriberState::Reconnecting => "degraded",
+        };
+        serde_json::json!({
+            "status": status,
+            "worker": self.manager.worker(),
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "draining": self.manager.is_draining(),
+            "connections": self.manager.connections(),
+            "bus": bus,
+            "delivery": self.manager.stats(),
+        })
+    }
+}
+
+/// A running worker.
+pub struct RunningWorker {
+    addr: SocketAddr,
+    worker: WorkerId,
+    manager: Arc<ConnectionManager>,
+    service: Arc<PerformanceService>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Where it listens (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn worker_id(&self) -> &WorkerId {
+        &self.worker
+    }
+
+    pub fn connections(&self) -> usize {
+        self.manager.connections()
+    }
+
+    /// The domain service, for embedding callers that publish in-process.
+    pub fn service(&self) -> &Arc<PerformanceService> {
+        &self.service
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every client with 1001.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for the worker to finish (after [`RunningWorker::shutdown`]).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("worker task panicked")?
+    }
+}
+
+/// Binds the listening socket and starts serving.
+pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWorker> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let worker = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let (broadcaster, subscriber) = bus.ports();
+    let service = Arc::new(PerformanceService::new(
+        worker.clone(),
+        broadcaster,
+        Arc::new(SystemClock),
+        RuleEngine::new(config.rules()),
+    ));
+    let limits = ClientLimits {
+        queue: QueueLimits {
+            max_messages: config.client_queue_messages as usize,
+            max_bytes: config.client_queue_bytes as usize,
+        },
+        max_incoming_message: config.max_client_message as usize,
+        ping_interval: config.ping_interval,
+        client_timeout: config.client_timeout,
+    };
+    let manager = Arc::new(ConnectionManager::new(worker.clone(), subscriber, limits));
+    let health = Arc::new(WorkerHealth {
+        manager: Arc::clone(&manager),
+        started: Instant::now(),
+    });
+    let app = fanout_http::router(Arc::clone(&service), health, config.max_body_bytes as usize)
+        .merge(fanout_ws::router(Arc::clone(&manager)))
+        .layer(TraceLayer::new_for_http());
+
+    let listener = bind(config.listen, config.reuse_port)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    if !config.metrics_interval.is_zero() {
+        tokio::spawn(monitor::run(
+            Arc::clone(&service),
+            Arc::clone(&manager),
+            config.metrics_interval,
+            stop.clone(),
+        ));
+    }
+    let bus_name = match bus {
+        Bus::Memory(_) => "memory".to_owned(),
+        Bus::Redis(redis) => format!("redis {}", fanout_redis::redact_url(&redis.url)),
+    };
+    tracing::info!(%addr, bus = %bus_name, "worker listening");
+
+    let serve_manager = Arc::clone(&manager);
+    let serve_stop = stop.clone();
+    let shutdown_timeout = config.shutdown_timeout;
+    let task = tokio::spawn(async move {
+        let shutdown = {
+            let manager = Arc::clone(&serve_manager);
+            let stop = serve_stop.clone();
+            async move {
+                stop.cancelled().await;
+                // Upgraded WebSocket connections are not tracked by the HTTP server's graceful
+                // shutdown: close them ourselves.
+                manager.shutdown();
+            }
+        };
+        // Frames are small and latency matters more than packet count.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        if tokio::time::timeout(shutdown_timeout, serve_manager.wait_until_empty())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = serve_manager.connections(),
+                "shutdown timeout: some clients did not acknowledge the close frame"
+            );
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    });
+    Ok(RunningWorker {
+        addr,
+        worker,
+        manager,
+        service,
+        stop,
+        task,
+    })
+}
+
+/// A listening socket, shared with other processes when `reuse_port` is set.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}

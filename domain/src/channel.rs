@@ -1,0 +1,46 @@
+//! The bus channels. Their names are part of the public contract (other publishers use them).
+
+use std::fmt;
+
+/// A bus channel. Every worker subscribes to all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Metrics,
+    Alerts,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Metrics, Channel::Alerts];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Channel::Metrics => "performance:metrics",
+            Channel::Alerts => "performance:alerts",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|channel| channel.name() == name)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for channel in Channel::ALL {
+            assert_eq!(Channel::from_name(channel.name()), Some(channel));
+        }
+        assert_eq!(Channel::from_name("performance:other"), None);
+        assert_eq!(Channel::Metrics.name(), "performance:metrics");
+        assert_eq!(Channel::Alerts.name(), "performance:alerts");
+    }
+}

@@ -1,0 +1,31 @@
+//! fanout's domain: what a metric and an alert are, the envelope that carries them between
+//! workers, the alert rules that turn metrics into alerts, and the ports the adapters implement.
+//!
+//! This crate never does I/O: no sockets, no clock reads, no tasks. Time comes in through the
+//! [`Clock`] port, the bus through [`Broadcaster`] and [`BusSubscriber`], local clients through
+//! [`LocalDelivery`]. Anything that needs tokio, axum or redis belongs in an adapter.
+
+mod alert;
+mod channel;
+mod envelope;
+mod error;
+mod metric;
+mod ports;
+mod rules;
+mod service;
+mod worker;
+
+pub use alert::{Alert, Severity};
+pub use channel::Channel;
+pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
+pub use error::{InvalidMessage, PublishError, ServiceError};
+pub use metric::Metric;
+pub use ports::{
+    Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery, SubscriberState, Subscription,
+};
+pub use rules::{AlertRule, Comparison, ParseRuleError, RuleEngine};
+pub use service::{PerformanceService, PublishReceipt};
+pub use worker::{InvalidWorkerId, WorkerId};
+
+#[cfg(test)]
+pub(crate) use ports::{MockBroadcaster, MockClock};

@@ -1,0 +1,99 @@
+//! The ports: what the domain needs from the outside world, named for the need, not the technology.
+//!
+//! Adapters are chosen at runtime (`--bus memory|redis`), so the ports are object-safe traits used
+//! as `Arc<dyn …>` (with `async-trait` for the async ones). One virtual call per publish or per
+//! received message is noise next to the JSON work on the same path.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{Envelope, PublishError};
+
+/// Publishes a message to every worker (including this one).
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Broadcaster: Send + Sync + 'static {
+    /// Hands `envelope` to the bus. `Ok` means the bus accepted it, not that anyone received it.
+    async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError>;
+}
+
+/// Receives what the bus carries and hands it to this worker's local clients.
+///
+/// Called from the bus listener: it must return quickly and never wait on a client.
+pub trait LocalDelivery: Send + Sync + 'static {
+    fn deliver(&self, envelope: &Envelope);
+}
+
+/// The receiving side of a bus: one per worker.
+#[async_trait]
+pub trait BusSubscriber: Send + Sync + 'static {
+    /// Starts handing every message on every channel to `delivery`, until the returned
+    /// [`Subscription`] is dropped.
+    ///
+    /// Resolves once the subscription is live, or once the first attempt failed: the adapter then
+    /// keeps retrying by itself and reports its progress through [`BusSubscriber::status`].
+    async fn subscribe(&self, delivery: Arc<dyn LocalDelivery>) -> Subscription;
+
+    /// What the subscriber is doing now, for health reports and logs.
+    fn status(&self) -> BusStatus;
+}
+
+/// A live subscription: dropping it stops the listener and releases its connection.
+#[must_use = "dropping a Subscription stops it"]
+pub struct Subscription {
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl Subscription {
+    /// Wraps whatever the adapter needs to keep alive; its `Drop` is what stops the listener.
+    pub fn new(guard: impl Any + Send + Sync) -> Self {
+        Self {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+/// The state of a worker's bus subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriberState {
+    /// No local clients, so no subscription.
+    Idle,
+    Connecting,
+    Subscribed,
+    /// The connection failed; the subscriber is waiting to try again.
+    Reconnecting,
+}
+
+/// What a subscriber reports about itself.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BusStatus {
+    /// Which bus: `memory` or `redis`.
+    pub bus: &'static str,
+    pub state: SubscriberState,
+    /// Times the subscriber had to connect again after losing its connection.
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    /// Messages received from the bus and handed to local delivery.
+    pub received: u64,
+    /// Messages on the bus that were not valid envelopes.
+    pub malformed: u64,
+    /// Messages the bus says this worker missed (e.g. an in-memory receiver that lagged).
+    pub lost: u64,
+}
+
+/// The time, as the domain sees it. Reading the clock is I/O; tests use a fixed one.
+#[cfg_attr(test, mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix microseconds.
+    fn now_us(&self) -> u64;
+}

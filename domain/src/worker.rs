@@ -1,0 +1,72 @@
+//! The identity of one worker process.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Names one worker process in logs, envelopes and health reports.
+///
+/// Non-empty, at most 128 bytes, no whitespace: it travels in every envelope and log line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkerId(pub(crate) String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid worker id {0:?}: must be 1 to 128 characters without whitespace")]
+pub struct InvalidWorkerId(pub String);
+
+impl WorkerId {
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidWorkerId> {
+        let id = id.into();
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace) {
+            return Err(InvalidWorkerId(id));
+        }
+        Ok(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WorkerId {
+    type Error = InvalidWorkerId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<WorkerId> for String {
+    fn from(value: WorkerId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for WorkerId {
+    type Err = InvalidWorkerId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_empty_and_whitespace() {
+        assert!(WorkerId::new("").is_err());
+        assert!(WorkerId::new("a b").is_err());
+        assert!(WorkerId::new("x".repeat(129)).is_err());
+        assert_eq!(
+            WorkerId::new("host-42").map(|w| w.to_string()),
+            Ok("host-42".to_owned())
+        );
+    }
+}
