@@ -36,15 +36,18 @@ where
 /// Installs the global subscriber. Call once, as early as possible.
 pub fn init(worker: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let format = WithWorker {
         prefix: format!("worker={worker} pid={}", std::process::id()),
-        inner: tracing_subscriber::fmt::format().with_target(false),
+        inner: tracing_subscriber::fmt::format()
+            .with_target(false)
+            .with_ansi(ansi),
     };
     // A second init (e.g. several workers in one test process) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .event_format(format)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -66,11 +66,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body: 415 without `Content-Type: application/json`, 413 over the body limit, 400 when
-/// it is not JSON at all.
-pub(crate) struct JsonBody<T>(pub(crate) T);
+/// A JSON body, not yet decoded: 415 without `Content-Type: application/json`, 413 over the
+/// body limit.
+pub(crate) struct JsonBody(pub(crate) Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody<serde_json::Value> {
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -86,22 +86,47 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody<serde_json::Value> {
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
+        Bytes::from_request(request, state)
             .await
-            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-        serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|error| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {error}"))
-            })
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
     }
 }
 
-/// Decodes a JSON value into `T`; on failure 422 naming the field (e.g. `[2].value`).
-pub(crate) fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ApiError::unprocessable(&field, error.into_inner().to_string())
-    })
+impl JsonBody {
+    /// Whether the body is a JSON array (its first non-blank byte is `[`).
+    pub(crate) fn is_array(&self) -> bool {
+        self.0.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+    }
+
+    /// Decodes the body into `T`. Broken JSON is 400, JSON of the wrong shape 422; both name the
+    /// field where decoding stopped (e.g. `[2].value`) when there is one.
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(&self.0);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            refusal(path, error.into_inner())
+        })?;
+        // Trailing bytes after the value.
+        deserializer
+            .end()
+            .map_err(|error| refusal(String::new(), error))?;
+        Ok(value)
+    }
+}
+
+fn refusal(path: String, error: serde_json::Error) -> ApiError {
+    let status = match error.classify() {
+        serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let reason = match status {
+        StatusCode::BAD_REQUEST => format!("invalid JSON: {error}"),
+        _ => error.to_string(),
+    };
+    ApiError {
+        status,
+        error: reason,
+        field: (!path.is_empty() && path != ".").then_some(path),
+    }
 }

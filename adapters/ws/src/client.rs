@@ -146,10 +146,7 @@ async fn read_loop(
 /// The close code for a read error, or `None` when the connection is simply gone.
 fn close_reason_for(error: axum::Error) -> Option<CloseReason> {
     let inner = error.into_inner();
-    let Some(error) = inner.downcast_ref::<tungstenite::Error>() else {
-        return None;
-    };
-    match error {
+    match inner.downcast_ref::<tungstenite::Error>()? {
         tungstenite::Error::Capacity(_) => Some(CloseReason::TOO_BIG),
         tungstenite::Error::Utf8(_) => Some(CloseReason::INVALID_PAYLOAD),
         tungstenite::Error::Protocol(_) => Some(CloseReason::POLICY),

@@ -1,0 +1,88 @@
+//! A real WebSocket client of `/ws/performance`.
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::within;
+
+pub struct Client {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The server's `hello` frame: sent once the worker's bus subscription is live.
+    pub hello: Value,
+}
+
+/// What the server ended the connection with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Close(Option<u16>),
+    /// The stream ended without a close frame (or with an error).
+    Dropped,
+}
+
+impl Client {
+    /// Connects and waits for `hello`, after which every message published is delivered.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let url = format!("ws://{addr}/ws/performance");
+        let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let mut client = Client {
+            stream,
+            hello: Value::Null,
+        };
+        let hello = client.next_frame().await;
+        assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
+        client.hello = hello;
+        client
+    }
+
+    /// The next data frame (metrics, alert, hello...), as JSON.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let message = within("next frame", self.stream.next())
+                .await
+                .unwrap_or_else(|| panic!("connection ended while waiting for a frame"))
+                .unwrap_or_else(|e| panic!("connection failed while waiting for a frame: {e}"));
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a raw message (for bad-input tests).
+    pub async fn send(&mut self, message: Message) {
+        within("send", self.stream.send(message))
+            .await
+            .unwrap_or_else(|e| panic!("send failed: {e}"));
+    }
+
+    /// Reads until the server ends the connection, skipping data frames.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            match within("the server to close", self.stream.next()).await {
+                Some(Ok(Message::Close(frame))) => {
+                    return Ended::Close(frame.map(|f: CloseFrame| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Dropped,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+        // Drain until the server acknowledges, so the close is complete on both sides.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(super::WAIT, self.stream.next()).await {}
+    }
+}

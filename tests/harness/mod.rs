@@ -1,0 +1,39 @@
+//! The one harness every scenario uses: start workers (in-process or as real `fanout`
+//! processes), connect real WebSocket clients, publish over real HTTP, and wait on signals with
+//! timeouts that fail loudly.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod client;
+pub mod http;
+
+pub use client::Client;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Every wait in the suite is bounded by this; a wait that runs out fails the test.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `condition` holds, checking every 20 ms; panics naming `what` after [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `future`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}

@@ -1,0 +1,280 @@
+//! Several workers in one process sharing one in-memory bus: real servers on ephemeral ports,
+//! real WebSocket clients, real HTTP. Fast feedback for everything that does not need Redis.
+
+mod harness;
+
+use std::time::Duration;
+
+use fanout_app::{start, Bus, RunningWorker, WorkerConfig};
+use fanout_memory::MemoryBus;
+use harness::client::Ended;
+use harness::http::{health, post, publish};
+use harness::{wait_until, Client};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A worker on port 0 with the built-in monitor off, so the only messages are the test's own.
+async fn worker(bus: &MemoryBus, id: &str) -> RunningWorker {
+    let mut config = WorkerConfig::for_tests();
+    config.worker_id = Some(id.parse().unwrap_or_else(|e| panic!("{e}")));
+    config.metrics_interval = Duration::ZERO;
+    start(&config, Bus::Memory(bus.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("worker {id} did not start: {e:#}"))
+}
+
+async fn clients(worker: &RunningWorker, count: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        clients.push(Client::connect(worker.addr()).await);
+    }
+    clients
+}
+
+fn metric(name: &str, value: f64) -> Value {
+    json!({ "name": name, "value": value })
+}
+
+/// Asserts the next frame is the metrics batch holding exactly `name`.
+async fn expect_metric(client: &mut Client, name: &str) -> Value {
+    let frame = client.next_frame().await;
+    assert_eq!(frame["type"], "metrics", "{frame}");
+    assert_eq!(frame["data"][0]["name"], name, "{frame}");
+    frame
+}
+
+#[tokio::test]
+async fn a_metric_posted_to_one_worker_reaches_every_client_of_both_exactly_once() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let b = worker(&bus, "worker-b").await;
+    let mut everyone = clients(&a, 3).await;
+    everyone.extend(clients(&b, 3).await);
+
+    publish(a.addr(), "/api/metrics", &metric("cpu", 42.5)).await;
+    // A second message, from the other worker, right behind: the next frame after the first
+    // must be this one, so a duplicate of the first cannot hide in between.
+    publish(b.addr(), "/api/metrics", &metric("marker", 1.0)).await;
+
+    for client in &mut everyone {
+        let frame = expect_metric(client, "cpu").await;
+        assert_eq!(frame["origin"], "worker-a");
+        assert_eq!(frame["data"][0]["value"], 42.5);
+        assert_eq!(frame["data"][0]["source"], "worker-a");
+        assert!(frame["data"][0]["timestamp"].as_u64().is_some(), "{frame}");
+        expect_metric(client, "marker").await;
+    }
+}
+
+#[tokio::test]
+async fn an_array_is_one_message_and_an_alert_reaches_clients_with_its_id() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let b = worker(&bus, "worker-b").await;
+    let mut client = Client::connect(b.addr()).await;
+
+    let batch = json!([metric("cpu", 1.0), metric("mem", 2.0)]);
+    let receipt = publish(a.addr(), "/api/metrics", &batch).await;
+    assert_eq!(receipt["published"], 2);
+    let frame = client.next_frame().await;
+    assert_eq!(frame["data"].as_array().map(Vec::len), Some(2), "{frame}");
+
+    let alert =
+        json!({ "severity": "critical", "message": "disk full", "labels": { "host": "db1" } });
+    let receipt = publish(a.addr(), "/api/alerts", &alert).await;
+    let frame = client.next_frame().await;
+    assert_eq!(frame["type"], "alert");
+    assert_eq!(frame["data"]["id"], receipt["id"]);
+    assert_eq!(frame["data"]["severity"], "critical");
+    assert_eq!(frame["data"]["labels"]["host"], "db1");
+}
+
+#[tokio::test]
+async fn a_closed_client_is_removed_from_the_count() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let mut connected = clients(&a, 3).await;
+    assert_eq!(a.connections(), 3);
+    assert_eq!(health(a.addr()).await["connections"], 3);
+
+    connected
+        .pop()
+        .map(Client::close)
+        .unwrap_or_else(|| unreachable!())
+        .await;
+    wait_until("the worker counts 2 clients", || async {
+        a.connections() == 2
+    })
+    .await;
+    // A client that vanishes without a close handshake is removed as well.
+    drop(connected.pop());
+    wait_until("the worker counts 1 client", || async {
+        a.connections() == 1
+    })
+    .await;
+    assert_eq!(health(a.addr()).await["connections"], 1);
+
+    // The one left still gets messages.
+    publish(a.addr(), "/api/metrics", &metric("after", 3.0)).await;
+    expect_metric(&mut connected[0], "after").await;
+}
+
+#[tokio::test]
+async fn bad_publishes_get_clear_errors_and_publish_nothing() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let mut client = Client::connect(a.addr()).await;
+    let json = "application/json";
+
+    let (status, body) = post(a.addr(), "/api/metrics", json, "{\"name\": \"cpu\",").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("invalid JSON")),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        a.addr(),
+        "/api/metrics",
+        json,
+        r#"[{"name":"a","value":1},{"name":"b","value":"high"}]"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("[1].value")),
+        "{body}"
+    );
+
+    let (status, body) = post(a.addr(), "/api/metrics", json, r#"{"value":1}"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("name")),
+        "{body}"
+    );
+
+    let (status, body) = post(a.addr(), "/api/metrics", json, r#"{"name":"","value":1}"#).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("name")),
+        "{body}"
+    );
+
+    // JSON has no NaN or infinity; a number too large for f64 is the way to send one.
+    let (status, body) = post(
+        a.addr(),
+        "/api/metrics",
+        json,
+        r#"{"name":"cpu","value":1e999}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("value")),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        a.addr(),
+        "/api/alerts",
+        json,
+        r#"{"severity":"fatal","message":"x"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("severity")),
+        "{body}"
+    );
+
+    let (status, _) = post(
+        a.addr(),
+        "/api/metrics",
+        "text/plain",
+        r#"{"name":"cpu","value":1}"#,
+    )
+    .await;
+    assert_eq!(status, 415);
+
+    let huge = format!(
+        r#"{{"name":"cpu","value":1,"unit":"{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let (status, _) = post(a.addr(), "/api/metrics", json, huge).await;
+    assert_eq!(status, 413);
+
+    // None of the refused publishes reached the client: the next frame is this one.
+    publish(a.addr(), "/api/metrics", &metric("valid", 1.0)).await;
+    expect_metric(&mut client, "valid").await;
+}
+
+#[tokio::test]
+async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else_notices() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let mut bystander = Client::connect(a.addr()).await;
+
+    let mut binary = Client::connect(a.addr()).await;
+    binary.send(Message::Binary(vec![0xde, 0xad].into())).await;
+    assert_eq!(binary.ended().await, Ended::Close(Some(1003)));
+
+    let mut too_big = Client::connect(a.addr()).await;
+    too_big
+        .send(Message::Text("x".repeat(128 * 1024).into()))
+        .await;
+    assert_eq!(too_big.ended().await, Ended::Close(Some(1009)));
+
+    let mut chatty = Client::connect(a.addr()).await;
+    chatty.send(Message::Text("not json at all".into())).await;
+
+    wait_until("the closed clients are removed", || async {
+        a.connections() == 2
+    })
+    .await;
+    publish(a.addr(), "/api/metrics", &metric("still-here", 1.0)).await;
+    expect_metric(&mut bystander, "still-here").await;
+    expect_metric(&mut chatty, "still-here").await;
+}
+
+#[tokio::test]
+async fn the_built_in_monitor_publishes_every_interval() {
+    let bus = MemoryBus::new();
+    let mut config = WorkerConfig::for_tests();
+    config.metrics_interval = Duration::from_millis(100);
+    let a = start(&config, Bus::Memory(bus.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut client = Client::connect(a.addr()).await;
+    for _ in 0..2 {
+        let frame = client.next_frame().await;
+        assert_eq!(frame["type"], "metrics", "{frame}");
+        let names: Vec<&str> = frame["data"]
+            .as_array()
+            .map(|data| data.iter().filter_map(|m| m["name"].as_str()).collect())
+            .unwrap_or_default();
+        for expected in [
+            "host.cpu_percent",
+            "process.rss_bytes",
+            "fanout.connections",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing from {frame}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_client_with_1001() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let mut connected = clients(&a, 2).await;
+    a.shutdown();
+    for client in &mut connected {
+        assert_eq!(client.ended().await, Ended::Close(Some(1001)));
+    }
+    drop(connected);
+    harness::within("the worker to stop", a.wait())
+        .await
+        .unwrap_or_else(|e| panic!("worker failed: {e:#}"));
+}
