@@ -18,32 +18,36 @@ use tokio_util::task::TaskTracker;
 /// Pause before a dead worker is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// The arguments for a worker process: ours, without `--workers`.
-fn worker_args() -> Vec<String> {
-    let mut args = Vec::new();
-    let mut skip_next = false;
-    for arg in std::env::args().skip(1) {
-        if skip_next {
-            skip_next = false;
+/// Flags the supervisor sets itself for each worker (through the environment).
+const SUPERVISOR_FLAGS: [&str; 2] = ["--workers", "--worker-id"];
+
+/// The arguments for a worker process: ours, without the flags the supervisor sets per worker.
+fn worker_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
             continue;
         }
-        if arg == "--workers" {
-            skip_next = true;
+        if SUPERVISOR_FLAGS.contains(&arg.as_str()) {
+            skip_value = true;
             continue;
         }
-        if arg.starts_with("--workers=") {
-            continue;
+        let is_flag_with_value = SUPERVISOR_FLAGS
+            .iter()
+            .any(|flag| arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+        if !is_flag_with_value {
+            kept.push(arg);
         }
-        args.push(arg);
     }
-    args
+    kept
 }
 
 fn spawn_worker(index: u16, base_id: Option<&str>) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the fanout executable")?;
     let mut command = Command::new(exe);
     command
-        .args(worker_args())
+        .args(worker_args(std::env::args().skip(1)))
         .env("FANOUT_WORKERS", "1")
         .env("FANOUT_REUSE_PORT", "true")
         .stdin(Stdio::null())
@@ -108,4 +112,16 @@ pub async fn run(count: u16, base_id: Option<String>) -> anyhow::Result<()> {
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_args_drop_the_flags_the_supervisor_sets() {
+        let args = ["--workers", "3", "--listen", "127.0.0.1:1", "--worker-id=x", "--bus", "redis", "--worker-id", "y"];
+        let kept = worker_args(args.iter().map(|a| a.to_string()));
+        assert_eq!(kept, ["--listen", "127.0.0.1:1", "--bus", "redis"]);
+    }
 }

@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod http;
+pub mod process;
+pub mod redis;
 
 pub use client::Client;
 
@@ -36,4 +38,12 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (for servers that must keep their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }

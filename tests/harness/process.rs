@@ -1,0 +1,118 @@
+//! Real `fanout` worker processes of the built binary.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use super::within;
+
+/// A `fanout` process; killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub id: String,
+    /// Every line it logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Collects the process's log lines; reports the address of the first "worker listening" line.
+fn collect_log(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, oneshot::Receiver<SocketAddr>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (listening_tx, listening) = oneshot::channel();
+    let stderr = child.stderr.take().unwrap_or_else(|| unreachable!("stderr is piped"));
+    let lines_log = Arc::clone(&log);
+    tokio::spawn(async move {
+        let mut listening_tx = Some(listening_tx);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("worker listening") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("addr="))
+                    .and_then(|addr| addr.parse().ok());
+                if let (Some(addr), Some(tx)) = (addr, listening_tx.take()) {
+                    let _ = tx.send(addr);
+                }
+            }
+            if std::env::var_os("FANOUT_TEST_LOGS").is_some() {
+                eprintln!("{line}");
+            }
+            lines_log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    (log, listening)
+}
+
+impl WorkerProcess {
+    /// Starts one worker on the Redis bus, on an ephemeral port, with the monitor off.
+    pub async fn start_redis(id: &str, redis_url: &str, extra: &[&str]) -> WorkerProcess {
+        let mut args = vec![
+            "--listen", "127.0.0.1:0", "--bus", "redis", "--redis-url", redis_url, "--worker-id", id,
+            "--metrics-interval", "0s",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = command(&args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start fanout: {e}"));
+        let (log, listening) = collect_log(&mut child);
+        let addr = within("the worker to listen", listening)
+            .await
+            .unwrap_or_else(|_| panic!("worker {id} exited before listening: {:?}", log.lock().map(|l| l.clone())));
+        WorkerProcess {
+            child,
+            addr,
+            id: id.to_owned(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `fanout --workers N`: the supervisor process.
+pub struct Supervisor {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Supervisor {
+    pub fn start(args: &[&str]) -> Supervisor {
+        let mut child = command(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start fanout: {e}"));
+        let (log, _) = collect_log(&mut child);
+        Supervisor { child, log }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or_else(|| panic!("no pid"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        within("the supervisor to exit", self.child.wait())
+            .await
+            .unwrap_or_else(|e| panic!("wait: {e}"))
+    }
+}
