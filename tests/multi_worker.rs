@@ -27,7 +27,11 @@ async fn connect(worker: &WorkerProcess, count: usize) -> Vec<Client> {
     for _ in 0..count {
         let client = Client::connect(worker.addr).await;
         assert_eq!(client.hello["worker"], worker.id.as_str());
-        assert_eq!(client.hello["bus"]["state"], "subscribed", "{}", client.hello);
+        assert_eq!(
+            client.hello["bus"]["state"], "subscribed",
+            "{}",
+            client.hello
+        );
         clients.push(client);
     }
     clients
@@ -39,7 +43,9 @@ async fn frames_until(client: &mut Client, marker: &str) -> Vec<Value> {
     let mut frames = Vec::new();
     loop {
         let frame = client.next_frame().await;
-        let label = frame["data"][0]["name"].as_str().or(frame["data"]["message"].as_str());
+        let label = frame["data"][0]["name"]
+            .as_str()
+            .or(frame["data"]["message"].as_str());
         if label == Some(marker) {
             return frames;
         }
@@ -59,11 +65,26 @@ async fn messages_from_any_worker_reach_every_client_of_every_worker_once_and_in
 
     // Five metrics posted to worker 1 and five alerts produced on worker 3, interleaved.
     for index in 0..5 {
-        publish(workers[0].addr, "/api/metrics", &json!({ "name": format!("m{index}"), "value": index })).await;
-        publish(workers[2].addr, "/api/alerts", &json!({ "severity": "warning", "message": format!("a{index}") })).await;
+        publish(
+            workers[0].addr,
+            "/api/metrics",
+            &json!({ "name": format!("m{index}"), "value": index }),
+        )
+        .await;
+        publish(
+            workers[2].addr,
+            "/api/alerts",
+            &json!({ "severity": "warning", "message": format!("a{index}") }),
+        )
+        .await;
     }
     // Published after every one of the above was accepted by Redis, so Redis delivers it last.
-    publish(workers[1].addr, "/api/metrics", &json!({ "name": "end", "value": 0 })).await;
+    publish(
+        workers[1].addr,
+        "/api/metrics",
+        &json!({ "name": "end", "value": 0 }),
+    )
+    .await;
 
     for client in &mut clients {
         let frames = frames_until(client, "end").await;
@@ -80,19 +101,41 @@ async fn messages_from_any_worker_reach_every_client_of_every_worker_once_and_in
         // Exactly once each, in each publisher's order.
         assert_eq!(metrics, ["m0", "m1", "m2", "m3", "m4"], "{frames:?}");
         assert_eq!(alerts, ["a0", "a1", "a2", "a3", "a4"], "{frames:?}");
-        assert!(frames.iter().filter(|f| f["type"] == "metrics").all(|f| f["origin"] == "w1"));
-        assert!(frames.iter().filter(|f| f["type"] == "alert").all(|f| f["origin"] == "w3"));
-        let seqs: Vec<u64> = frames.iter().filter(|f| f["origin"] == "w3").filter_map(|f| f["seq"].as_u64()).collect();
-        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "seq out of order: {seqs:?}");
+        assert!(frames
+            .iter()
+            .filter(|f| f["type"] == "metrics")
+            .all(|f| f["origin"] == "w1"));
+        assert!(frames
+            .iter()
+            .filter(|f| f["type"] == "alert")
+            .all(|f| f["origin"] == "w3"));
+        let seqs: Vec<u64> = frames
+            .iter()
+            .filter(|f| f["origin"] == "w3")
+            .filter_map(|f| f["seq"].as_u64())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "seq out of order: {seqs:?}"
+        );
     }
 
     // Every log line carries the worker id and pid; connection counts are logged.
     for worker in &workers {
         let lines = worker.log_lines();
         let prefix = format!("worker={} pid=", worker.id);
-        assert!(lines.iter().all(|line| line.starts_with(&prefix)), "{lines:?}");
-        assert!(lines.iter().any(|line| line.contains("connections=10")), "{lines:?}");
-        assert!(lines.iter().any(|line| line.contains("subscribed")), "{lines:?}");
+        assert!(
+            lines.iter().all(|line| line.starts_with(&prefix)),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|line| line.contains("connections=10")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|line| line.contains("subscribed")),
+            "{lines:?}"
+        );
     }
 }
 
@@ -145,7 +188,12 @@ async fn a_worker_without_clients_stops_its_subscriber_and_the_next_client_gets_
 
     let mut newcomer = Client::connect(second).await;
     assert_eq!(newcomer.hello["bus"]["state"], "subscribed");
-    publish(workers[2].addr, "/api/metrics", &json!({ "name": "next", "value": 1 })).await;
+    publish(
+        workers[2].addr,
+        "/api/metrics",
+        &json!({ "name": "next", "value": 1 }),
+    )
+    .await;
     assert_eq!(newcomer.next_frame().await["data"][0]["name"], "next");
     for client in &mut on_first {
         assert_eq!(client.next_frame().await["data"][0]["name"], "next");
@@ -171,7 +219,13 @@ async fn workers_recover_by_themselves_when_redis_restarts() {
         .await;
     }
     // Publishing while Redis is down is refused, not silently lost.
-    let refused = harness::http::post(workers[0].addr, "/api/metrics", "application/json", r#"{"name":"x","value":1}"#).await;
+    let refused = harness::http::post(
+        workers[0].addr,
+        "/api/metrics",
+        "application/json",
+        r#"{"name":"x","value":1}"#,
+    )
+    .await;
     assert_eq!(refused.0, 503, "{}", refused.1);
 
     redis.start_again().await;
@@ -180,20 +234,37 @@ async fn workers_recover_by_themselves_when_redis_restarts() {
         let addr = worker.addr;
         wait_until("/healthz shows the recovery", || async {
             let health = health(addr).await;
-            health["status"] == "ok" && health["bus"]["state"] == "subscribed" && health["bus"]["reconnects"].as_u64() >= Some(1)
+            health["status"] == "ok"
+                && health["bus"]["state"] == "subscribed"
+                && health["bus"]["reconnects"].as_u64() >= Some(1)
         })
         .await;
     }
     let recovery = back.elapsed();
     eprintln!("all 3 workers resubscribed {recovery:?} after Redis answered again");
-    assert!(recovery < Duration::from_secs(6), "recovery took {recovery:?}");
+    assert!(
+        recovery < Duration::from_secs(6),
+        "recovery took {recovery:?}"
+    );
 
     for worker in &workers {
-        assert_eq!(health(worker.addr).await["connections"], 10, "clients must stay connected");
+        assert_eq!(
+            health(worker.addr).await["connections"],
+            10,
+            "clients must stay connected"
+        );
     }
-    publish(workers[1].addr, "/api/metrics", &json!({ "name": "after-restart", "value": 1 })).await;
+    publish(
+        workers[1].addr,
+        "/api/metrics",
+        &json!({ "name": "after-restart", "value": 1 }),
+    )
+    .await;
     for client in &mut clients {
-        assert_eq!(client.next_frame().await["data"][0]["name"], "after-restart");
+        assert_eq!(
+            client.next_frame().await["data"][0]["name"],
+            "after-restart"
+        );
     }
 }
 
@@ -203,8 +274,18 @@ async fn fanout_workers_3_shares_one_port_and_reaches_clients_of_every_worker() 
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let supervisor = Supervisor::start(&[
-        "--workers", "3", "--listen", &listen, "--bus", "redis", "--redis-url", &redis.url(),
-        "--metrics-interval", "0s", "--worker-id", "multi",
+        "--workers",
+        "3",
+        "--listen",
+        &listen,
+        "--bus",
+        "redis",
+        "--redis-url",
+        &redis.url(),
+        "--metrics-interval",
+        "0s",
+        "--worker-id",
+        "multi",
     ]);
     let addr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
     let mut clients = Vec::new();
@@ -220,14 +301,31 @@ async fn fanout_workers_3_shares_one_port_and_reaches_clients_of_every_worker() 
                 }
             }
             let client = Client::connect(addr).await;
-            seen.insert(client.hello["worker"].as_str().unwrap_or_default().to_owned());
+            seen.insert(
+                client.hello["worker"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
             clients.push(client);
         }
     })
     .await;
-    assert_eq!(seen, HashSet::from(["multi-1".to_owned(), "multi-2".to_owned(), "multi-3".to_owned()]));
+    assert_eq!(
+        seen,
+        HashSet::from([
+            "multi-1".to_owned(),
+            "multi-2".to_owned(),
+            "multi-3".to_owned()
+        ])
+    );
 
-    publish(addr, "/api/metrics", &json!({ "name": "to-all", "value": 1 })).await;
+    publish(
+        addr,
+        "/api/metrics",
+        &json!({ "name": "to-all", "value": 1 }),
+    )
+    .await;
     for client in &mut clients {
         assert_eq!(client.next_frame().await["data"][0]["name"], "to-all");
     }

@@ -33,9 +33,10 @@ fn worker_args(args: impl Iterator<Item = String>) -> Vec<String> {
             skip_value = true;
             continue;
         }
-        let is_flag_with_value = SUPERVISOR_FLAGS
-            .iter()
-            .any(|flag| arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+        let is_flag_with_value = SUPERVISOR_FLAGS.iter().any(|flag| {
+            arg.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+        });
         if !is_flag_with_value {
             kept.push(arg);
         }
@@ -120,7 +121,17 @@ mod tests {
 
     #[test]
     fn worker_args_drop_the_flags_the_supervisor_sets() {
-        let args = ["--workers", "3", "--listen", "127.0.0.1:1", "--worker-id=x", "--bus", "redis", "--worker-id", "y"];
+        let args = [
+            "--workers",
+            "3",
+            "--listen",
+            "127.0.0.1:1",
+            "--worker-id=x",
+            "--bus",
+            "redis",
+            "--worker-id",
+            "y",
+        ];
         let kept = worker_args(args.iter().map(|a| a.to_string()));
         assert_eq!(kept, ["--listen", "127.0.0.1:1", "--bus", "redis"]);
     }

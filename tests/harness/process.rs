@@ -35,7 +35,10 @@ fn command(args: &[&str]) -> Command {
 fn collect_log(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, oneshot::Receiver<SocketAddr>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let (listening_tx, listening) = oneshot::channel();
-    let stderr = child.stderr.take().unwrap_or_else(|| unreachable!("stderr is piped"));
+    let stderr = child
+        .stderr
+        .take()
+        .unwrap_or_else(|| unreachable!("stderr is piped"));
     let lines_log = Arc::clone(&log);
     tokio::spawn(async move {
         let mut listening_tx = Some(listening_tx);
@@ -53,7 +56,10 @@ fn collect_log(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, oneshot::Receiver
             if std::env::var_os("FANOUT_TEST_LOGS").is_some() {
                 eprintln!("{line}");
             }
-            lines_log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            lines_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line);
         }
     });
     (log, listening)
@@ -63,8 +69,16 @@ impl WorkerProcess {
     /// Starts one worker on the Redis bus, on an ephemeral port, with the monitor off.
     pub async fn start_redis(id: &str, redis_url: &str, extra: &[&str]) -> WorkerProcess {
         let mut args = vec![
-            "--listen", "127.0.0.1:0", "--bus", "redis", "--redis-url", redis_url, "--worker-id", id,
-            "--metrics-interval", "0s",
+            "--listen",
+            "127.0.0.1:0",
+            "--bus",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--worker-id",
+            id,
+            "--metrics-interval",
+            "0s",
         ];
         args.extend_from_slice(extra);
         let mut child = command(&args)
@@ -73,7 +87,12 @@ impl WorkerProcess {
         let (log, listening) = collect_log(&mut child);
         let addr = within("the worker to listen", listening)
             .await
-            .unwrap_or_else(|_| panic!("worker {id} exited before listening: {:?}", log.lock().map(|l| l.clone())));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker {id} exited before listening: {:?}",
+                    log.lock().map(|l| l.clone())
+                )
+            });
         WorkerProcess {
             child,
             addr,
@@ -108,9 +127,16 @@ impl Supervisor {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or_else(|| panic!("no pid"));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-            .unwrap_or_else(|e| panic!("kill: {e}"));
+        let pid = self
+            .child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or_else(|| panic!("no pid"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("kill: {e}"));
         within("the supervisor to exit", self.child.wait())
             .await
             .unwrap_or_else(|e| panic!("wait: {e}"))

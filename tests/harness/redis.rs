@@ -23,7 +23,8 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let image = std::env::var("FANOUT_REDIS_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
+        let image =
+            std::env::var("FANOUT_REDIS_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
         let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
         let port = free_port();
         let container = GenericImage::new(name, tag)
@@ -34,7 +35,10 @@ impl RedisServer {
                     host_ip: Some("127.0.0.1".to_owned()),
                     host_port: Some(port.to_string()),
                 };
-                config.port_bindings = Some(HashMap::from([("6379/tcp".to_owned(), Some(vec![binding]))]));
+                config.port_bindings = Some(HashMap::from([(
+                    "6379/tcp".to_owned(),
+                    Some(vec![binding]),
+                )]));
                 config.publish_all_ports = Some(false);
             })
             .with_startup_timeout(Duration::from_secs(60))
@@ -77,8 +81,11 @@ impl RedisServer {
         let Ok(client) = redis::Client::open(self.url()) else {
             return false;
         };
-        let Ok(Ok(mut connection)) =
-            tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+        let Ok(Ok(mut connection)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
         else {
             return false;
         };
