@@ -82,6 +82,15 @@ pub struct WorkerConfig {
     #[arg(long = "alert-rule", env = "FANOUT_ALERT_RULES", value_delimiter = ';')]
     pub alert_rules: Vec<AlertRule>,
 
+    /// Alerts kept in the bus's alert log for replay to workers and clients that were away.
+    #[arg(long, env = "FANOUT_ALERT_RETENTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub alert_retention: u32,
+
+    /// Alerts raised by this worker's rules kept while the bus is down; beyond it they are lost
+    /// (counted and logged).
+    #[arg(long, env = "FANOUT_OUTBOX_CAPACITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbox_capacity: u32,
+
     /// Most frames queued for one client; beyond it the oldest metrics are dropped.
     #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_queue_messages: u32,

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod monitor;
+mod outbox;
 pub mod supervisor;
 pub mod telemetry;
 mod worker;

@@ -8,7 +8,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fanout_domain::{
-    Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, SubscriberState, WorkerId,
+    AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, SubscriberState,
+    WorkerId,
 };
 use fanout_http::HealthReport;
 use fanout_memory::MemoryBus;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{BusKind, WorkerConfig};
-use crate::monitor;
+use crate::{monitor, outbox};
 
 /// The bus a worker is given. The in-memory bus is shared by the workers of one process.
 #[derive(Clone)]
@@ -33,12 +34,15 @@ impl Bus {
     /// The bus the configuration asks for; `memory` is a new bus for this process.
     pub fn from_config(config: &WorkerConfig) -> anyhow::Result<Self> {
         Ok(match config.bus {
-            BusKind::Memory => Bus::Memory(MemoryBus::new()),
+            BusKind::Memory => {
+                Bus::Memory(MemoryBus::with_retention(config.alert_retention as usize))
+            }
             BusKind::Redis => {
                 let mut redis = RedisConfig::new(config.redis_url.clone());
                 redis.pool_size = usize::from(config.redis_pool_size);
                 redis.command_timeout = config.redis_timeout;
                 redis.ping_interval = config.redis_timeout.min(std::time::Duration::from_secs(1));
+                redis.alert_retention = config.alert_retention as usize;
                 redis.validate().with_context(|| {
                     format!(
                         "invalid --redis-url {}",
@@ -50,13 +54,28 @@ impl Bus {
         })
     }
 
-    fn ports(&self) -> (Arc<dyn Broadcaster>, Arc<dyn BusSubscriber>) {
+    fn ports(
+        &self,
+    ) -> (
+        Arc<dyn Broadcaster>,
+        Arc<dyn BusSubscriber>,
+        Arc<dyn AlertLog>,
+    ) {
         match self {
-            Bus::Memory(bus) => (Arc::new(bus.clone()), Arc::new(bus.subscriber())),
-            Bus::Redis(config) => (
-                Arc::new(RedisPublisher::new(config.clone())),
-                Arc::new(RedisSubscriber::new(config.clone())),
+            Bus::Memory(bus) => (
+                Arc::new(bus.clone()),
+                Arc::new(bus.subscriber()),
+                Arc::new(bus.clone()),
             ),
+            Bus::Redis(config) => {
+                // One publisher (and its pool) serves publishing and reading the alert log.
+                let publisher = Arc::new(RedisPublisher::new(config.clone()));
+                (
+                    publisher.clone(),
+                    Arc::new(RedisSubscriber::new(config.clone())),
+                    publisher,
+                )
+            }
         }
     }
 }
@@ -89,12 +108,14 @@ pub fn default_worker_id() -> WorkerId {
 
 struct WorkerHealth {
     manager: Arc<ConnectionManager>,
+    service: Arc<PerformanceService>,
     started: Instant,
 }
 
 impl HealthReport for WorkerHealth {
     fn health(&self) -> serde_json::Value {
         let bus = self.manager.bus_status();
+        let (queued, lost) = self.service.outbox_status();
         let status = match bus.state {
             SubscriberState::Idle | SubscriberState::Subscribed => "ok",
             SubscriberState::Connecting | SubscriberState::Reconnecting => "degraded",
@@ -108,6 +129,7 @@ impl HealthReport for WorkerHealth {
             "connections": self.manager.connections(),
             "bus": bus,
             "delivery": self.manager.stats(),
+            "outbox": { "queued": queued, "lost": lost },
         })
     }
 }
@@ -156,12 +178,13 @@ impl RunningWorker {
 pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWorker> {
     config.validate().map_err(anyhow::Error::msg)?;
     let worker = config.worker_id.clone().unwrap_or_else(default_worker_id);
-    let (broadcaster, subscriber) = bus.ports();
+    let (broadcaster, subscriber, history) = bus.ports();
     let service = Arc::new(PerformanceService::new(
         worker.clone(),
         broadcaster,
         Arc::new(SystemClock),
         RuleEngine::new(config.rules()),
+        config.outbox_capacity as usize,
     ));
     let limits = ClientLimits {
         queue: QueueLimits {
@@ -172,9 +195,15 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         ping_interval: config.ping_interval,
         client_timeout: config.client_timeout,
     };
-    let manager = Arc::new(ConnectionManager::new(worker.clone(), subscriber, limits));
+    let manager = Arc::new(ConnectionManager::new(
+        worker.clone(),
+        subscriber,
+        history,
+        limits,
+    ));
     let health = Arc::new(WorkerHealth {
         manager: Arc::clone(&manager),
+        service: Arc::clone(&service),
         started: Instant::now(),
     });
     let app = fanout_http::router(Arc::clone(&service), health, config.max_body_bytes as usize)
@@ -193,6 +222,7 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
             stop.clone(),
         ));
     }
+    tokio::spawn(outbox::run(Arc::clone(&service), stop.clone()));
     let bus_name = match bus {
         Bus::Memory(_) => "memory".to_owned(),
         Bus::Redis(redis) => format!("redis {}", fanout_redis::redact_url(&redis.url)),

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Alert, Channel, InvalidMessage, Metric, WorkerId};
+use crate::{Alert, AlertId, Channel, InvalidMessage, Metric, WorkerId};
 
 /// Origin given to messages that arrive on the bus without one (published by an outside system).
 pub const EXTERNAL_ORIGIN: &str = "external";
@@ -24,6 +24,8 @@ pub enum Payload {
 /// One message on the bus.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
+    /// For alerts that went through the bus's alert log: their cluster-wide position in it.
+    pub id: Option<AlertId>,
     /// The worker that published it.
     pub origin: WorkerId,
     /// Per-origin sequence number, increasing in publish-call order (0 for outside publishers).
@@ -51,6 +53,8 @@ pub enum DecodeError {
 struct WireOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<AlertId>,
     origin: &'a WorkerId,
     seq: u64,
     published_at_us: u64,
@@ -75,6 +79,8 @@ enum WireKind {
 struct WireIn<'a> {
     #[serde(rename = "type")]
     kind: WireKind,
+    #[serde(default)]
+    id: Option<AlertId>,
     #[serde(default)]
     origin: Option<WorkerId>,
     #[serde(default)]
@@ -105,6 +111,7 @@ impl Envelope {
     pub fn to_json(&self) -> String {
         let wire = WireOut {
             kind: self.kind(),
+            id: self.id,
             origin: &self.origin,
             seq: self.seq,
             published_at_us: self.published_at_us,
@@ -149,6 +156,7 @@ impl Envelope {
             }
         };
         Ok(Self {
+            id: wire.id,
             origin,
             seq: wire.seq,
             published_at_us: wire.published_at_us,
@@ -169,6 +177,7 @@ mod tests {
     #[test]
     fn round_trips_through_the_wire_form() {
         let envelope = Envelope {
+            id: None,
             origin: worker(),
             seq: 9,
             published_at_us: 1_700_000_000_000_000,
@@ -181,6 +190,26 @@ mod tests {
         );
         let decoded = Envelope::from_json(Channel::Metrics, json.as_bytes()).ok();
         assert_eq!(decoded, Some(envelope));
+    }
+
+    #[test]
+    fn an_alert_log_id_travels_first_and_round_trips() {
+        let envelope = Envelope {
+            id: Some(AlertId::new(17, 2)),
+            origin: worker(),
+            seq: 1,
+            published_at_us: 5,
+            payload: Payload::Alert(Alert::new(Severity::Info, "x")),
+        };
+        let json = envelope.to_json();
+        assert!(
+            json.starts_with(r#"{"type":"alert","id":"17-2","#),
+            "{json}"
+        );
+        assert_eq!(
+            Envelope::from_json(Channel::Alerts, json.as_bytes()).ok(),
+            Some(envelope)
+        );
     }
 
     #[test]

@@ -44,3 +44,10 @@ pub enum ServiceError {
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
+
+/// Why the alert log could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("alert log unavailable: {0}")]
+    Unavailable(String),
+}

@@ -6,26 +6,33 @@
 //! [`LocalDelivery`]. Anything that needs tokio, axum or redis belongs in an adapter.
 
 mod alert;
+mod alert_id;
 mod channel;
 mod envelope;
 mod error;
 mod metric;
+mod outbox;
 mod ports;
 mod rules;
 mod service;
 mod worker;
 
 pub use alert::{Alert, Severity};
+pub use alert_id::{AlertId, InvalidAlertId};
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
-pub use error::{InvalidMessage, PublishError, ServiceError};
+pub use error::{HistoryError, InvalidMessage, PublishError, ServiceError};
 pub use metric::Metric;
+pub use outbox::Outbox;
 pub use ports::{
-    Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery, SubscriberState, Subscription,
+    AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery,
+    SubscriberState, Subscription,
 };
 pub use rules::{AlertRule, Comparison, ParseRuleError, RuleEngine};
-pub use service::{PerformanceService, PublishReceipt};
+pub use service::{PerformanceService, PublishReceipt, Raised};
 pub use worker::{InvalidWorkerId, WorkerId};
 
+#[cfg(test)]
+pub use ports::MockAlertLog;
 #[cfg(test)]
 pub(crate) use ports::{MockBroadcaster, MockClock};

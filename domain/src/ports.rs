@@ -10,14 +10,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{Envelope, PublishError};
+use crate::{AlertId, Envelope, HistoryError, PublishError};
 
 /// Publishes a message to every worker (including this one).
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Broadcaster: Send + Sync + 'static {
     /// Hands `envelope` to the bus. `Ok` means the bus accepted it, not that anyone received it.
-    async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError>;
+    /// For an alert, `Ok(Some(id))` is its position in the alert log.
+    async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError>;
 }
 
 /// Receives what the bus carries and hands it to this worker's local clients.
@@ -96,4 +97,26 @@ pub struct BusStatus {
 pub trait Clock: Send + Sync + 'static {
     /// Now, in Unix microseconds.
     fn now_us(&self) -> u64;
+}
+
+/// Alerts the bus retained, read back after a given position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertHistory {
+    /// Alerts after the asked-for position, oldest first, each with its `id` set.
+    pub alerts: Vec<Envelope>,
+    /// False when alerts after the asked-for position were already trimmed by the retention
+    /// limit: the reader missed some that cannot be replayed.
+    pub complete: bool,
+}
+
+/// The bus's bounded log of alerts, for workers and clients that were away.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait AlertLog: Send + Sync + 'static {
+    /// At most `limit` alerts with an id greater than `after`, oldest first.
+    async fn alerts_after(
+        &self,
+        after: AlertId,
+        limit: usize,
+    ) -> Result<AlertHistory, HistoryError>;
 }

@@ -1,10 +1,11 @@
 //! The domain service: what a worker does when something publishes metrics or an alert.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
-    Alert, Broadcaster, Clock, Envelope, Metric, Payload, RuleEngine, ServiceError, WorkerId,
+    Alert, AlertId, Broadcaster, Clock, Envelope, Metric, Outbox, Payload, PublishError,
+    RuleEngine, ServiceError, WorkerId,
 };
 
 /// What the bus accepted.
@@ -14,6 +15,18 @@ pub struct PublishReceipt {
     pub seq: u64,
     /// The alert's id, for alerts.
     pub alert_id: Option<String>,
+    /// The alert's position in the bus's alert log, for alerts.
+    pub log_id: Option<AlertId>,
+}
+
+/// What became of an alert raised by a rule inside this worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Raised {
+    Published,
+    /// The bus refused it; it waits in the outbox, in order.
+    Queued,
+    /// The outbox was full: lost, and counted.
+    Lost,
 }
 
 /// Publishes metrics and alerts for one worker, filling what publishers leave out, and raises the
@@ -26,6 +39,8 @@ pub struct PerformanceService {
     next_seq: AtomicU64,
     /// Held only while observing a batch, never across an await.
     rules: Mutex<RuleEngine>,
+    /// Rule alerts waiting for the bus. Held only for a push or a pop, never across an await.
+    outbox: Mutex<Outbox>,
 }
 
 impl PerformanceService {
@@ -34,6 +49,7 @@ impl PerformanceService {
         broadcaster: Arc<dyn Broadcaster>,
         clock: Arc<dyn Clock>,
         rules: RuleEngine,
+        outbox_capacity: usize,
     ) -> Self {
         Self {
             worker,
@@ -41,6 +57,7 @@ impl PerformanceService {
             clock,
             next_seq: AtomicU64::new(1),
             rules: Mutex::new(rules),
+            outbox: Mutex::new(Outbox::new(outbox_capacity)),
         }
     }
 
@@ -66,42 +83,43 @@ impl PerformanceService {
             metric.timestamp.get_or_insert(now_us / 1000);
             metric.source.get_or_insert_with(|| self.worker.clone());
         }
-        self.publish(now_us, Payload::Metrics(metrics)).await
-    }
-
-    /// Publishes one alert to every worker.
-    pub async fn publish_alert(&self, mut alert: Alert) -> Result<PublishReceipt, ServiceError> {
-        alert.validate("")?;
-        let now_us = self.clock.now_us();
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let id = alert
-            .id
-            .get_or_insert_with(|| format!("{}-{seq}", self.worker))
-            .clone();
-        alert.timestamp.get_or_insert(now_us / 1000);
-        alert.source.get_or_insert_with(|| self.worker.clone());
-        let envelope = Envelope {
-            origin: self.worker.clone(),
-            seq,
-            published_at_us: now_us,
-            payload: Payload::Alert(alert),
-        };
+        let envelope = self.envelope(now_us, Payload::Metrics(metrics));
         self.broadcaster.publish(&envelope).await?;
         Ok(PublishReceipt {
-            seq,
-            alert_id: Some(id),
+            seq: envelope.seq,
+            alert_id: None,
+            log_id: None,
         })
     }
 
-    /// The seed's entry point for metrics, kept for its callers: publishes the batch, then runs
-    /// the alert rules over it and publishes every alert they raise.
+    /// Publishes one alert to every worker. A refusal is returned to the caller (who still holds
+    /// the alert and may retry): nothing is queued on its behalf.
+    pub async fn publish_alert(&self, alert: Alert) -> Result<PublishReceipt, ServiceError> {
+        let envelope = self.alert_envelope(alert)?;
+        let log_id = self.broadcaster.publish(&envelope).await?;
+        Ok(PublishReceipt {
+            seq: envelope.seq,
+            alert_id: alert_id_of(&envelope),
+            log_id,
+        })
+    }
+
+    /// The seed's entry point for metrics, kept for its callers: runs the alert rules over the
+    /// batch, publishes it, and raises every alert the rules produced — through the outbox, so
+    /// they are kept even when the metrics themselves could not be published.
     pub async fn send_metrics(&self, metrics: Vec<Metric>) -> Result<PublishReceipt, ServiceError> {
-        let raised = self.observe(&metrics);
-        let receipt = self.publish_metrics(metrics).await?;
+        let raised = {
+            let mut engine = lock(&self.rules);
+            metrics
+                .iter()
+                .flat_map(|m| engine.observe(m))
+                .collect::<Vec<_>>()
+        };
+        let published = self.publish_metrics(metrics).await;
         for alert in raised {
-            self.publish_alert(alert).await?;
+            self.raise_alert(alert).await?;
         }
-        Ok(receipt)
+        published
     }
 
     /// The seed's entry point for alerts, kept for its callers.
@@ -109,33 +127,96 @@ impl PerformanceService {
         self.publish_alert(alert).await
     }
 
-    fn observe(&self, metrics: &[Metric]) -> Vec<Alert> {
-        // A panic while holding this lock cannot leave the streak map half-updated in a way that
-        // matters (worst case one streak is off by one), so a poisoned lock is used as is.
-        let mut engine = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
-        metrics.iter().flat_map(|m| engine.observe(m)).collect()
+    /// Publishes an alert raised inside this worker; when the bus refuses it (or older ones still
+    /// wait), it goes to the outbox and [`PerformanceService::flush_outbox`] sends it later.
+    pub async fn raise_alert(&self, alert: Alert) -> Result<Raised, ServiceError> {
+        let envelope = self.alert_envelope(alert)?;
+        if lock(&self.outbox).is_empty() {
+            match self.broadcaster.publish(&envelope).await {
+                Ok(_) => return Ok(Raised::Published),
+                Err(PublishError::Unavailable(_)) => {}
+            }
+        }
+        if lock(&self.outbox).push(envelope) {
+            Ok(Raised::Queued)
+        } else {
+            Ok(Raised::Lost)
+        }
     }
 
-    async fn publish(&self, now_us: u64, payload: Payload) -> Result<PublishReceipt, ServiceError> {
+    /// Publishes what waits in the outbox, oldest first, until it is empty or the bus refuses.
+    /// Returns how many went out. Call it from one task only.
+    pub async fn flush_outbox(&self) -> Result<usize, PublishError> {
+        let mut sent = 0;
+        loop {
+            let Some(front) = lock(&self.outbox).front().cloned() else {
+                return Ok(sent);
+            };
+            self.broadcaster.publish(&front).await?;
+            lock(&self.outbox).pop_front();
+            sent += 1;
+        }
+    }
+
+    /// Alerts waiting in the outbox, and alerts lost because it was full.
+    pub fn outbox_status(&self) -> (usize, u64) {
+        let outbox = lock(&self.outbox);
+        (outbox.len(), outbox.lost())
+    }
+
+    fn alert_envelope(&self, mut alert: Alert) -> Result<Envelope, ServiceError> {
+        alert.validate("")?;
+        let now_us = self.clock.now_us();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let envelope = Envelope {
+        alert
+            .id
+            .get_or_insert_with(|| format!("{}-{seq}", self.worker));
+        alert.timestamp.get_or_insert(now_us / 1000);
+        alert.source.get_or_insert_with(|| self.worker.clone());
+        Ok(Envelope {
+            id: None,
             origin: self.worker.clone(),
             seq,
             published_at_us: now_us,
-            payload,
-        };
-        self.broadcaster.publish(&envelope).await?;
-        Ok(PublishReceipt {
-            seq,
-            alert_id: None,
+            payload: Payload::Alert(alert),
         })
     }
+
+    fn envelope(&self, now_us: u64, payload: Payload) -> Envelope {
+        Envelope {
+            id: None,
+            origin: self.worker.clone(),
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            published_at_us: now_us,
+            payload,
+        }
+    }
+}
+
+fn alert_id_of(envelope: &Envelope) -> Option<String> {
+    match &envelope.payload {
+        Payload::Alert(alert) => alert.id.clone(),
+        Payload::Metrics(_) => None,
+    }
+}
+
+/// These locks guard plain data whose every update is a single step, so a panic elsewhere while
+/// one was held cannot leave it inconsistent: a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{MockBroadcaster, MockClock, PublishError, Severity};
+
+    impl PerformanceService {
+        fn observe_only(&self, metrics: &[Metric]) -> usize {
+            let mut engine = lock(&self.rules);
+            metrics.iter().map(|m| engine.observe(m).len()).sum()
+        }
+    }
 
     fn clock_at(us: u64) -> Arc<MockClock> {
         let mut clock = MockClock::new();
@@ -153,6 +234,7 @@ mod tests {
             Arc::new(broadcaster),
             clock_at(5_000_000),
             RuleEngine::new(rules),
+            2,
         )
     }
 
@@ -176,7 +258,7 @@ mod tests {
                 Payload::Alert(_) => false,
             })
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let mut kept = Metric::new("b", 2.0);
         kept.timestamp = Some(42);
         let receipt = service(broadcaster, &[])
@@ -206,7 +288,7 @@ mod tests {
             .expect_publish()
             .withf(|e| matches!(e.payload, Payload::Metrics(_)))
             .times(3)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         broadcaster
             .expect_publish()
             .withf(|e| match &e.payload {
@@ -219,12 +301,57 @@ mod tests {
                 Payload::Metrics(_) => false,
             })
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let service = service(broadcaster, &["cpu>90,for=3,severity=critical"]);
         for value in [95.0, 96.0, 97.0] {
             let sent = service.send_metrics(vec![Metric::new("cpu", value)]).await;
             assert!(sent.is_ok(), "{sent:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn rule_alerts_wait_in_the_outbox_while_the_bus_is_down_and_go_out_in_order() {
+        let mut broadcaster = MockBroadcaster::new();
+        let mut sequence = mockall::Sequence::new();
+        // Down for the metrics batch and the first alert...
+        broadcaster
+            .expect_publish()
+            .times(2)
+            .in_sequence(&mut sequence)
+            .returning(|_| Err(PublishError::Unavailable("down".into())));
+        // ...back for the flush, which must send the queued alerts oldest first.
+        for expected in [
+            "cpu is 95 (> 90) for 1 sample",
+            "cpu is 96 (> 90) for 1 sample",
+        ] {
+            broadcaster
+                .expect_publish()
+                .times(1)
+                .in_sequence(&mut sequence)
+                .withf(move |e| matches!(&e.payload, Payload::Alert(a) if a.message == expected))
+                .returning(|_| Ok(Some(AlertId::new(1, 0))));
+        }
+        let service = service(broadcaster, &["cpu>90"]);
+        let first = service.send_metrics(vec![Metric::new("cpu", 95.0)]).await;
+        assert!(matches!(first, Err(ServiceError::Publish(_))), "{first:?}");
+        assert_eq!(service.outbox_status(), (1, 0));
+        // The rule re-arms after one sample below the threshold; this alert queues behind.
+        let _ = service.observe_only(&[Metric::new("cpu", 10.0)]);
+        let raised = service
+            .raise_alert(Alert::new(
+                Severity::Warning,
+                "cpu is 96 (> 90) for 1 sample",
+            ))
+            .await;
+        assert_eq!(raised, Ok(Raised::Queued));
+        // A third one overflows the outbox of 2 and is counted as lost.
+        let lost = service
+            .raise_alert(Alert::new(Severity::Info, "overflow"))
+            .await;
+        assert_eq!(lost, Ok(Raised::Lost));
+        assert_eq!(service.outbox_status(), (2, 1));
+        assert_eq!(service.flush_outbox().await, Ok(2));
+        assert_eq!(service.outbox_status(), (0, 1));
     }
 
     #[tokio::test]

@@ -15,6 +15,10 @@ pub struct Client {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The server's `hello` frame: sent once the worker's bus subscription is live.
     pub hello: Value,
+    /// The `snapshot` frame that follows it: the latest value of each metric.
+    pub snapshot: Value,
+    /// The `resume` frame, for a client that connected with a last alert id.
+    pub resume: Value,
 }
 
 /// What the server ended the connection with.
@@ -26,19 +30,49 @@ pub enum Ended {
 }
 
 impl Client {
-    /// Connects and waits for `hello`, after which every message published is delivered.
+    /// Connects and waits for `hello` and `snapshot`, after which every message published is
+    /// delivered.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let url = format!("ws://{addr}/ws/performance");
+        Self::open(addr, None).await
+    }
+
+    /// Connects with the last alert id seen; waits for `hello`, `snapshot` and `resume`. The
+    /// replayed alerts follow as ordinary frames.
+    pub async fn resume(addr: SocketAddr, last_alert_id: &str) -> Client {
+        Self::open(addr, Some(last_alert_id)).await
+    }
+
+    async fn open(addr: SocketAddr, last_alert_id: Option<&str>) -> Client {
+        let url = match last_alert_id {
+            None => format!("ws://{addr}/ws/performance"),
+            Some(id) => format!("ws://{addr}/ws/performance?last_alert_id={id}"),
+        };
         let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let mut client = Client {
             stream,
             hello: Value::Null,
+            snapshot: Value::Null,
+            resume: Value::Null,
         };
         let hello = client.next_frame().await;
         assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
         client.hello = hello;
+        let snapshot = client.next_frame().await;
+        assert_eq!(
+            snapshot["type"], "snapshot",
+            "second frame must be the snapshot: {snapshot}"
+        );
+        client.snapshot = snapshot;
+        if last_alert_id.is_some() {
+            let resume = client.next_frame().await;
+            assert_eq!(
+                resume["type"], "resume",
+                "third frame must be resume: {resume}"
+            );
+            client.resume = resume;
+        }
         client
     }
 

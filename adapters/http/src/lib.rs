@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    Alert, Metric, PerformanceService, PublishError, PublishReceipt, ServiceError,
+    Alert, AlertId, Metric, PerformanceService, PublishError, PublishReceipt, ServiceError,
 };
 use serde::Serialize;
 
@@ -52,6 +52,9 @@ struct Accepted {
     seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    /// The alert's position in the bus's alert log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_id: Option<AlertId>,
 }
 
 async fn publish_metrics(
@@ -102,6 +105,7 @@ fn accepted(published: usize, receipt: PublishReceipt) -> Response {
         published,
         seq: receipt.seq,
         id: receipt.alert_id,
+        log_id: receipt.log_id,
     };
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }

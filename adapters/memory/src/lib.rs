@@ -3,16 +3,18 @@
 //! This is how local development and the fast tests run several workers without Redis. It keeps
 //! the bus contract the Redis adapter keeps: a publish reaches every subscribed worker once, in
 //! publish order; a worker that falls more than [`MemoryBus::CAPACITY`] messages behind loses the
-//! oldest and counts them as `lost` (the listener is never blocked by a slow worker).
+//! oldest and counts them as `lost` (the listener is never blocked by a slow worker). Alerts get
+//! ordered ids and the last [`MemoryBus::DEFAULT_RETENTION`] are kept for replay ([`AlertLog`]).
 //! It never touches the network and never blocks a publisher.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fanout_domain::{
-    Broadcaster, BusStatus, BusSubscriber, Envelope, LocalDelivery, PublishError, SubscriberState,
-    Subscription,
+    AlertHistory, AlertId, AlertLog, Broadcaster, BusStatus, BusSubscriber, Envelope, HistoryError,
+    LocalDelivery, Payload, PublishError, SubscriberState, Subscription,
 };
 use tokio::sync::broadcast;
 
@@ -20,6 +22,17 @@ use tokio::sync::broadcast;
 #[derive(Clone)]
 pub struct MemoryBus {
     sender: broadcast::Sender<Arc<Envelope>>,
+    /// Held while an alert gets its id and is sent, so ids are delivered in order.
+    log: Arc<Mutex<AlertLogState>>,
+}
+
+/// The retained alerts, the in-memory counterpart of the Redis stream.
+struct AlertLogState {
+    entries: VecDeque<Envelope>,
+    retention: usize,
+    next_seq: u64,
+    /// The newest id trimmed away by the retention limit.
+    max_deleted: AlertId,
 }
 
 impl Default for MemoryBus {
@@ -32,9 +45,30 @@ impl MemoryBus {
     /// Messages a subscriber may fall behind before it loses the oldest.
     pub const CAPACITY: usize = 16 * 1024;
 
+    /// Alerts retained for replay by default.
+    pub const DEFAULT_RETENTION: usize = 10_000;
+
     pub fn new() -> Self {
+        Self::with_retention(Self::DEFAULT_RETENTION)
+    }
+
+    /// A bus that retains the last `retention` alerts for replay.
+    pub fn with_retention(retention: usize) -> Self {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
-        Self { sender }
+        Self {
+            sender,
+            log: Arc::new(Mutex::new(AlertLogState {
+                entries: VecDeque::new(),
+                retention: retention.max(1),
+                next_seq: 1,
+                max_deleted: AlertId::ZERO,
+            })),
+        }
+    }
+
+    fn lock_log(&self) -> MutexGuard<'_, AlertLogState> {
+        // Every update of the log state is complete before anything that could panic.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A subscriber for one worker.
@@ -48,10 +82,47 @@ impl MemoryBus {
 
 #[async_trait]
 impl Broadcaster for MemoryBus {
-    async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        // An error only means no worker is subscribed right now: like Redis Pub/Sub, nobody hears it.
-        let _ = self.sender.send(Arc::new(envelope.clone()));
-        Ok(())
+    async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
+        let Payload::Alert(_) = envelope.payload else {
+            // An error only means no worker is subscribed now: like Redis Pub/Sub, nobody hears it.
+            let _ = self.sender.send(Arc::new(envelope.clone()));
+            return Ok(None);
+        };
+        let mut log = self.lock_log();
+        let id = AlertId::new(0, log.next_seq);
+        log.next_seq += 1;
+        let mut logged = envelope.clone();
+        logged.id = Some(id);
+        log.entries.push_back(logged.clone());
+        while log.entries.len() > log.retention {
+            if let Some(trimmed) = log.entries.pop_front().and_then(|e| e.id) {
+                log.max_deleted = trimmed;
+            }
+        }
+        let _ = self.sender.send(Arc::new(logged));
+        Ok(Some(id))
+    }
+}
+
+#[async_trait]
+impl AlertLog for MemoryBus {
+    async fn alerts_after(
+        &self,
+        after: AlertId,
+        limit: usize,
+    ) -> Result<AlertHistory, HistoryError> {
+        let log = self.lock_log();
+        let alerts = log
+            .entries
+            .iter()
+            .filter(|e| e.id.is_some_and(|id| id > after))
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(AlertHistory {
+            alerts,
+            complete: after >= log.max_deleted,
+        })
     }
 }
 
@@ -146,6 +217,7 @@ mod tests {
 
     fn envelope(seq: u64) -> Envelope {
         Envelope {
+            id: None,
             origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
             seq,
             published_at_us: 0,
@@ -163,7 +235,7 @@ mod tests {
         let _sa = a.subscribe(Arc::new(Recorder(a_tx))).await;
         let _sb = b.subscribe(Arc::new(Recorder(b_tx))).await;
         for seq in 1..=3 {
-            assert_eq!(bus.publish(&envelope(seq)).await, Ok(()));
+            assert_eq!(bus.publish(&envelope(seq)).await, Ok(None));
         }
         for rx in [&mut a_rx, &mut b_rx] {
             let mut got = Vec::new();
@@ -195,8 +267,47 @@ mod tests {
         // Another worker's delivery of the same message is the signal that the bus has run.
         let (tx, mut rx) = mpsc::unbounded_channel();
         let _other = bus.subscriber().subscribe(Arc::new(Recorder(tx))).await;
-        assert_eq!(bus.publish(&envelope(7)).await, Ok(()));
+        assert_eq!(bus.publish(&envelope(7)).await, Ok(None));
         assert_eq!(rx.recv().await, Some(7));
         assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), 0);
+    }
+
+    #[tokio::test]
+    async fn alerts_get_ordered_ids_and_the_log_says_when_replay_is_incomplete() {
+        let bus = MemoryBus::with_retention(2);
+        let alert = |n: u64| Envelope {
+            payload: Payload::Alert(fanout_domain::Alert::new(
+                fanout_domain::Severity::Info,
+                "a",
+            )),
+            ..envelope(n)
+        };
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            ids.push(
+                bus.publish(&alert(n))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(AlertId::ZERO),
+            );
+        }
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        // The first was trimmed: asking after it is complete, asking from before it is not.
+        let after_first = bus
+            .alerts_after(ids[0], 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(after_first.complete);
+        assert_eq!(
+            after_first.alerts.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let from_start = bus
+            .alerts_after(AlertId::ZERO, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!from_start.complete);
+        assert_eq!(from_start.alerts.len(), 2);
     }
 }

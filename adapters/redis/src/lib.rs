@@ -12,6 +12,7 @@
 //! and logged (rate-limited) and the listener goes on.
 
 mod backoff;
+mod log;
 mod publisher;
 mod status;
 mod subscriber;
@@ -35,6 +36,10 @@ pub struct RedisConfig {
     pub ping_interval: Duration,
     /// First and largest delay between reconnect attempts (jittered, doubling).
     pub backoff: Backoff,
+    /// The stream holding the alert log.
+    pub alert_log_key: String,
+    /// Alerts kept in the log (approximately: Redis trims whole blocks).
+    pub alert_retention: usize,
 }
 
 impl RedisConfig {
@@ -45,6 +50,8 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            alert_log_key: "performance:alerts:log".to_owned(),
+            alert_retention: 10_000,
         }
     }
 

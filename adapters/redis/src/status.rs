@@ -12,6 +12,8 @@ pub(crate) struct SharedStatus {
     pub(crate) reconnects: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    /// Replays that found alerts already trimmed from the log.
+    pub(crate) lost: AtomicU64,
 }
 
 impl SharedStatus {
@@ -21,6 +23,7 @@ impl SharedStatus {
             reconnects: AtomicU64::new(0),
             received: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -47,7 +50,7 @@ impl SharedStatus {
             last_error,
             received: self.received.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
-            lost: 0,
+            lost: self.lost.load(Ordering::Relaxed),
         }
     }
 }

@@ -11,14 +11,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use fanout_domain::{
-    BusStatus, BusSubscriber, Channel, Envelope, LocalDelivery, SubscriberState, Subscription,
+    AlertId, BusStatus, BusSubscriber, Channel, Envelope, LocalDelivery, SubscriberState,
+    Subscription,
 };
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::status::{RateLimitedLog, SharedStatus};
-use crate::RedisConfig;
+use crate::{log, RedisConfig};
 
 /// How often at most a malformed message is logged (the rest are counted).
 const MALFORMED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -59,6 +60,7 @@ impl BusSubscriber for RedisSubscriber {
             status: Arc::clone(&self.status),
             delivery,
             malformed_log: RateLimitedLog::new(MALFORMED_LOG_INTERVAL),
+            last_alert: None,
         };
         self.status.set_state(SubscriberState::Connecting);
         tokio::spawn(listener.run(cancel.clone(), first_outcome));
@@ -81,7 +83,14 @@ struct Listener {
     status: Arc<SharedStatus>,
     delivery: Arc<dyn LocalDelivery>,
     malformed_log: RateLimitedLog,
+    /// The newest alert-log id this worker has delivered (or skipped as already seen): after a
+    /// reconnect, replay starts right after it. Set from the log's head before the first
+    /// SUBSCRIBE, so nothing published from then on can fall between the log and the channel.
+    last_alert: Option<AlertId>,
 }
+
+/// Alerts replayed per XRANGE page.
+const REPLAY_PAGE: usize = 1000;
 
 impl Listener {
     async fn run(mut self, cancel: CancellationToken, first_outcome: oneshot::Sender<()>) {
@@ -128,14 +137,36 @@ impl Listener {
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
+        let mut log_connection =
+            tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+                .map_err(SessionError::before)?;
+        if self.last_alert.is_none() {
+            let head = tokio::time::timeout(
+                timeout,
+                log::head(&mut log_connection, &self.config.alert_log_key),
+            )
+            .await
+            .map_err(|_| SessionError::before("reading the alert log head timed out"))?
+            .map_err(SessionError::before)?;
+            self.last_alert = Some(head);
+        }
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
         tokio::time::timeout(timeout, sink.subscribe(&channels))
             .await
             .map_err(|_| SessionError::before(format!("SUBSCRIBE took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
+        // Live messages queue up on the subscription while the missed alerts are replayed; the
+        // live copies of replayed alerts are skipped by id.
+        let replayed = tokio::time::timeout(timeout * 4, self.replay(&mut log_connection))
+            .await
+            .map_err(|_| SessionError::before("replaying the alert log timed out"))?
+            .map_err(SessionError::before)?;
+        drop(log_connection);
         self.status.set_state(SubscriberState::Subscribed);
-        tracing::info!(channels = ?channels, "Redis subscriber subscribed");
+        tracing::info!(channels = ?channels, replayed, "Redis subscriber subscribed");
         if let Some(signal) = first_outcome.take() {
             let _ = signal.send(());
         }
@@ -162,6 +193,37 @@ impl Listener {
         }
     }
 
+    /// Delivers every alert logged after `last_alert`, oldest first; returns how many.
+    async fn replay(
+        &mut self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<usize, String> {
+        let mut replayed = 0;
+        loop {
+            let after = self.last_alert.unwrap_or(AlertId::ZERO);
+            let history =
+                log::alerts_after(connection, &self.config.alert_log_key, after, REPLAY_PAGE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if !history.complete {
+                self.status.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    after = %after,
+                    "alerts after {after} were trimmed from the log before this worker could replay them"
+                );
+            }
+            let page = history.alerts.len();
+            for envelope in history.alerts {
+                self.last_alert = envelope.id.or(self.last_alert);
+                self.delivery.deliver(&envelope);
+            }
+            replayed += page;
+            if page < REPLAY_PAGE {
+                return Ok(replayed);
+            }
+        }
+    }
+
     fn handle(&mut self, channel_name: &str, payload: &[u8]) {
         let decoded = match Channel::from_name(channel_name) {
             Some(channel) => Envelope::from_json(channel, payload).map_err(|e| e.to_string()),
@@ -170,6 +232,13 @@ impl Listener {
         match decoded {
             Ok(envelope) => {
                 self.status.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = envelope.id {
+                    if self.last_alert.is_some_and(|last| id <= last) {
+                        // Already delivered by a replay.
+                        return;
+                    }
+                    self.last_alert = Some(id);
+                }
                 self.delivery.deliver(&envelope);
             }
             Err(reason) => {

@@ -14,11 +14,20 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::manager::{ConnectionManager, Registered};
-use crate::queue::{ClientQueue, CloseReason};
+use crate::queue::{ClientQueue, CloseReason, Frame};
+use fanout_domain::AlertId;
 
 /// Serves one upgraded connection until it closes, then unregisters it.
-pub(crate) async fn serve(manager: Arc<ConnectionManager>, socket: WebSocket) {
-    let Registered { id, queue } = match manager.register().await {
+pub(crate) async fn serve(
+    manager: Arc<ConnectionManager>,
+    socket: WebSocket,
+    resume_after: Option<AlertId>,
+) {
+    let Registered {
+        id,
+        queue,
+        mut greeting,
+    } = match manager.register().await {
         Ok(registered) => registered,
         Err(refused) => {
             let mut socket = socket;
@@ -27,6 +36,21 @@ pub(crate) async fn serve(manager: Arc<ConnectionManager>, socket: WebSocket) {
             return;
         }
     };
+    // Live frames queue up while the missed alerts are read; the writer sends the greeting and
+    // the replay first, then the queue without the replayed ids.
+    let mut floor = None;
+    if let Some(after) = resume_after {
+        match manager.replay(after).await {
+            Ok(replay) => {
+                greeting.extend(replay.frames);
+                floor = replay.floor;
+            }
+            Err(error) => {
+                tracing::warn!(client = id, %error, "cannot replay alerts for a resuming client");
+                queue.close(CloseReason::TRY_AGAIN_LATER);
+            }
+        }
+    }
     let (sink, stream) = socket.split();
     let started = Instant::now();
     let last_heard_ms = Arc::new(AtomicU64::new(0));
@@ -34,6 +58,8 @@ pub(crate) async fn serve(manager: Arc<ConnectionManager>, socket: WebSocket) {
         Arc::clone(&manager),
         Arc::clone(&queue),
         sink,
+        greeting,
+        floor,
         Arc::clone(&last_heard_ms),
         started,
     ));
@@ -62,10 +88,25 @@ async fn write_loop(
     manager: Arc<ConnectionManager>,
     queue: Arc<ClientQueue>,
     mut sink: SplitSink<WebSocket, Message>,
+    greeting: Vec<Frame>,
+    floor: Option<AlertId>,
     last_heard_ms: Arc<AtomicU64>,
     started: Instant,
 ) {
     let limits = *manager.limits();
+    if !greeting.is_empty() {
+        let frames = greeting
+            .into_iter()
+            .map(|frame| Ok(Message::Text(frame.text)));
+        let sent = tokio::time::timeout(
+            limits.client_timeout,
+            sink.send_all(&mut futures_util::stream::iter(frames)),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
     let mut batch = Vec::new();
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,6 +127,10 @@ async fn write_loop(
                 }
             }
         };
+        if let Some(floor) = floor {
+            // Live copies of alerts the replay already sent.
+            batch.retain(|frame| frame.alert_id.is_none_or(|id| id > floor));
+        }
         let written = batch.len() as u64;
         if written > 0 {
             let frames = batch.drain(..).map(|frame| Ok(Message::Text(frame.text)));

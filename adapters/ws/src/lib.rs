@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use fanout_domain::AlertId;
+use serde::Deserialize;
 
 pub use manager::{ConnectionManager, DeliveryStats, Refused};
 pub use queue::{CloseReason, QueueLimits};
@@ -63,13 +65,26 @@ pub fn router(manager: Arc<ConnectionManager>) -> Router {
     Router::new().route(PATH, get(upgrade)).with_state(manager)
 }
 
+/// Query parameters of the upgrade request.
+#[derive(Deserialize)]
+struct ConnectParams {
+    /// The last alert-log id the client saw: it is sent every retained alert after it first.
+    last_alert_id: Option<String>,
+}
+
 async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
+    Query(params): Query<ConnectParams>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if manager.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "worker is shutting down").into_response();
     }
+    let resume_after = match params.last_alert_id.as_deref().map(str::parse::<AlertId>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(error)) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
     let limits = *manager.limits();
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -77,5 +92,5 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_after))
 }

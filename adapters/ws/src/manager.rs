@@ -3,15 +3,17 @@
 //! It holds the worker's bus subscription while the worker has clients: the first client to
 //! arrive subscribes, the last one to leave unsubscribes. Both happen under one async lock, and a
 //! client is inserted while that lock is held, so there is never a registered client without a
-//! live subscription, and a new client's `hello` frame is queued before any bus message.
+//! live subscription, and a new client's `hello` frame and metrics snapshot come before any bus
+//! message. A resuming client is sent the alerts it missed from the bus's alert log, then the
+//! live stream with the replayed ids skipped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use axum::extract::ws::Utf8Bytes;
 use fanout_domain::{
-    BusStatus, BusSubscriber, Envelope, LocalDelivery, Payload, Subscription, WorkerId,
+    AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, HistoryError, LocalDelivery, Metric,
+    Payload, Subscription, WorkerId,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -44,6 +46,42 @@ pub(crate) struct ClientRegistry {
     delivered: AtomicU64,
     dropped_metrics: AtomicU64,
     slow_consumers_closed: AtomicU64,
+    /// The latest value of each metric series this worker has seen, for new clients' snapshot.
+    latest: Mutex<LatestMetrics>,
+}
+
+/// Most metric series kept for the snapshot; new series beyond it are not kept (the bound keeps
+/// a publisher with unbounded label values from growing the worker's memory).
+const MAX_SNAPSHOT_SERIES: usize = 10_000;
+
+/// A metric series: name, labels and the worker that published it.
+type SeriesKey = (String, BTreeMap<String, String>, Option<WorkerId>);
+
+/// Latest value per series.
+#[derive(Default)]
+struct LatestMetrics {
+    series: HashMap<SeriesKey, Metric>,
+}
+
+impl LatestMetrics {
+    fn record(&mut self, metric: &Metric) {
+        let key = (
+            metric.name.clone(),
+            metric.labels.clone(),
+            metric.source.clone(),
+        );
+        if let Some(kept) = self.series.get_mut(&key) {
+            *kept = metric.clone();
+        } else if self.series.len() < MAX_SNAPSHOT_SERIES {
+            self.series.insert(key, metric.clone());
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Metric> {
+        let mut metrics: Vec<Metric> = self.series.values().cloned().collect();
+        metrics.sort_by(|a, b| a.name.cmp(&b.name));
+        metrics
+    }
 }
 
 impl ClientRegistry {
@@ -59,8 +97,14 @@ impl ClientRegistry {
 
 impl LocalDelivery for ClientRegistry {
     fn deliver(&self, envelope: &Envelope) {
-        let kind = match envelope.payload {
-            Payload::Metrics(_) => FrameKind::Metrics,
+        let kind = match &envelope.payload {
+            Payload::Metrics(metrics) => {
+                let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+                for metric in metrics {
+                    latest.record(metric);
+                }
+                FrameKind::Metrics
+            }
             Payload::Alert(_) => FrameKind::Alert,
         };
         let clients = self.lock();
@@ -68,10 +112,7 @@ impl LocalDelivery for ClientRegistry {
             return;
         }
         // The one serialization of this message on this worker; every client shares the bytes.
-        let frame = Frame {
-            kind,
-            text: Utf8Bytes::from(envelope.to_json()),
-        };
+        let frame = Frame::for_envelope(kind, envelope);
         let mut dropped = 0;
         let mut overflowed = 0;
         for queue in clients.values() {
@@ -96,11 +137,41 @@ impl LocalDelivery for ClientRegistry {
     }
 }
 
-/// A registered client: its id and its queue. Unregister it with [`ConnectionManager::unregister`].
+/// A registered client: its id, its queue, and the frames to send before anything queued (its
+/// `hello` and the metrics snapshot). Unregister it with [`ConnectionManager::unregister`].
 pub(crate) struct Registered {
     pub(crate) id: u64,
     pub(crate) queue: Arc<ClientQueue>,
+    pub(crate) greeting: Vec<Frame>,
 }
+
+/// What a resuming client is sent before the live stream.
+pub(crate) struct Replay {
+    /// The `resume` control frame, then every retained alert after the client's last id.
+    pub(crate) frames: Vec<Frame>,
+    /// The newest replayed id: live alerts up to it are duplicates.
+    pub(crate) floor: Option<AlertId>,
+}
+
+#[derive(Serialize)]
+struct Snapshot {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: Vec<Metric>,
+}
+
+#[derive(Serialize)]
+struct Resume {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    after: AlertId,
+    replayed: usize,
+    /// False when alerts after `after` were already trimmed from the log: some are missed.
+    complete: bool,
+}
+
+/// Alerts replayed per read of the log.
+const REPLAY_PAGE: usize = 1000;
 
 /// Why a client was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +193,7 @@ struct Hello<'a> {
 pub struct ConnectionManager {
     worker: WorkerId,
     subscriber: Arc<dyn BusSubscriber>,
+    history: Arc<dyn AlertLog>,
     registry: Arc<ClientRegistry>,
     /// `Some` while the worker has clients. The async lock orders subscribe/unsubscribe against
     /// client arrivals (see the module doc).
@@ -132,10 +204,16 @@ pub struct ConnectionManager {
 }
 
 impl ConnectionManager {
-    pub fn new(worker: WorkerId, subscriber: Arc<dyn BusSubscriber>, limits: ClientLimits) -> Self {
+    pub fn new(
+        worker: WorkerId,
+        subscriber: Arc<dyn BusSubscriber>,
+        history: Arc<dyn AlertLog>,
+        limits: ClientLimits,
+    ) -> Self {
         Self {
             worker,
             subscriber,
+            history,
             registry: Arc::new(ClientRegistry {
                 clients: Mutex::new(HashMap::new()),
                 emptied: Notify::new(),
@@ -143,6 +221,7 @@ impl ConnectionManager {
                 delivered: AtomicU64::new(0),
                 dropped_metrics: AtomicU64::new(0),
                 slow_consumers_closed: AtomicU64::new(0),
+                latest: Mutex::new(LatestMetrics::default()),
             }),
             subscription: tokio::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
@@ -200,7 +279,7 @@ impl ConnectionManager {
         }
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(ClientQueue::new(self.limits.queue));
-        let connections = {
+        let (connections, greeting) = {
             let mut clients = self.registry.lock();
             let hello = Hello {
                 kind: "hello",
@@ -208,18 +287,63 @@ impl ConnectionManager {
                 connections: clients.len() + 1,
                 bus: self.subscriber.status(),
             };
-            let text = serde_json::to_string(&hello).unwrap_or_default();
-            queue.push(Frame {
-                kind: FrameKind::Control,
-                text: Utf8Bytes::from(text),
-            });
+            let snapshot = Snapshot {
+                kind: "snapshot",
+                data: self
+                    .registry
+                    .latest
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .snapshot(),
+            };
+            // Taken under the clients lock, so the snapshot is older than every live frame the
+            // client will get.
+            let greeting = vec![Frame::control(&hello), Frame::control(&snapshot)];
             clients.insert(id, Arc::clone(&queue));
-            clients.len()
+            (clients.len(), greeting)
         };
         self.registry.accepted.fetch_add(1, Ordering::Relaxed);
         drop(subscription);
         tracing::info!(client = id, connections, "client connected");
-        Ok(Registered { id, queue })
+        Ok(Registered {
+            id,
+            queue,
+            greeting,
+        })
+    }
+
+    /// Reads every retained alert after `after` for a resuming client.
+    pub(crate) async fn replay(&self, after: AlertId) -> Result<Replay, HistoryError> {
+        let mut alerts = Vec::new();
+        let mut complete = true;
+        let mut cursor = after;
+        loop {
+            let page = self.history.alerts_after(cursor, REPLAY_PAGE).await?;
+            complete &= page.complete;
+            let count = page.alerts.len();
+            cursor = page.alerts.last().and_then(|e| e.id).unwrap_or(cursor);
+            alerts.extend(page.alerts);
+            if count < REPLAY_PAGE {
+                break;
+            }
+        }
+        if !complete {
+            tracing::warn!(%after, "a resuming client asked for alerts already trimmed from the log");
+        }
+        let resume = Resume {
+            kind: "resume",
+            after,
+            replayed: alerts.len(),
+            complete,
+        };
+        let mut frames = vec![Frame::control(&resume)];
+        frames.extend(
+            alerts
+                .iter()
+                .map(|e| Frame::for_envelope(FrameKind::Alert, e)),
+        );
+        let floor = alerts.last().and_then(|e| e.id);
+        Ok(Replay { frames, floor })
     }
 
     /// Removes a client at once; unsubscribes from the bus when it was the last one.

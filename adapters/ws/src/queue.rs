@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
+use fanout_domain::{AlertId, Envelope};
 use tokio::sync::Notify;
 
 /// What a frame carries, which decides what may be dropped on overflow.
@@ -25,6 +26,28 @@ pub(crate) enum FrameKind {
 pub(crate) struct Frame {
     pub(crate) kind: FrameKind,
     pub(crate) text: Utf8Bytes,
+    /// The alert-log id of an alert frame, to skip live duplicates of replayed alerts.
+    pub(crate) alert_id: Option<AlertId>,
+}
+
+impl Frame {
+    pub(crate) fn for_envelope(kind: FrameKind, envelope: &Envelope) -> Self {
+        Self {
+            kind,
+            text: Utf8Bytes::from(envelope.to_json()),
+            alert_id: envelope.id,
+        }
+    }
+
+    /// A control frame (`hello`, `snapshot`, `resume`) from a serializable value.
+    pub(crate) fn control(value: &impl serde::Serialize) -> Self {
+        Self {
+            kind: FrameKind::Control,
+            // Serializing these plain structs cannot fail (string keys, finite numbers).
+            text: Utf8Bytes::from(serde_json::to_string(value).unwrap_or_default()),
+            alert_id: None,
+        }
+    }
 }
 
 /// Why the server closes a connection: a WebSocket close code and a short reason.
@@ -54,6 +77,11 @@ impl CloseReason {
     pub const TOO_BIG: Self = Self {
         code: 1009,
         reason: "message too big",
+    };
+    /// The alert log could not be read for a resuming client: reconnect and resume later.
+    pub const TRY_AGAIN_LATER: Self = Self {
+        code: 1013,
+        reason: "alert history unavailable, resume later",
     };
     pub const TIMEOUT: Self = Self {
         code: 4001,
@@ -189,6 +217,7 @@ mod tests {
         Frame {
             kind,
             text: Utf8Bytes::from_static(text),
+            alert_id: None,
         }
     }
 
