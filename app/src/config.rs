@@ -99,6 +99,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub client_queue_bytes: u32,
 
+    /// Kernel send buffer per client socket (SO_SNDBUF) [default: the OS's autotuning]. A small
+    /// one bounds the kernel memory a client that stops reading can hold, and lets the worker
+    /// notice it sooner.
+    #[arg(long, env = "FANOUT_CLIENT_SEND_BUFFER", value_parser = clap::value_parser!(u32).range(4096..))]
+    pub client_send_buffer: Option<u32>,
+
     /// Largest message a client may send (1009 beyond).
     #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..))]
     pub max_client_message: u32,

@@ -232,6 +232,7 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
     let serve_manager = Arc::clone(&manager);
     let serve_stop = stop.clone();
     let shutdown_timeout = config.shutdown_timeout;
+    let send_buffer = config.client_send_buffer.map(|bytes| bytes as usize);
     let task = tokio::spawn(async move {
         let shutdown = {
             let manager = Arc::clone(&serve_manager);
@@ -244,8 +245,11 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
             }
         };
         // Frames are small and latency matters more than packet count.
-        let listener = listener.tap_io(|tcp| {
+        let listener = listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
+            if let Some(bytes) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
+            }
         });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -42,6 +42,27 @@ impl Client {
         Self::open(addr, Some(last_alert_id)).await
     }
 
+    /// Connects with a tiny socket receive buffer, for a client that will stop reading: the
+    /// server's writes block after a few KiB instead of megabytes of kernel buffering.
+    pub async fn connect_small_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+        socket
+            .set_recv_buffer_size(4096)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tcp = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let url = format!("ws://{addr}/ws/performance");
+        let (stream, _) = within(
+            "WebSocket handshake",
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Self::greeted(stream, None).await
+    }
+
     async fn open(addr: SocketAddr, last_alert_id: Option<&str>) -> Client {
         let url = match last_alert_id {
             None => format!("ws://{addr}/ws/performance"),
@@ -50,6 +71,13 @@ impl Client {
         let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Self::greeted(stream, last_alert_id).await
+    }
+
+    async fn greeted(
+        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        last_alert_id: Option<&str>,
+    ) -> Client {
         let mut client = Client {
             stream,
             hello: Value::Null,
@@ -90,6 +118,17 @@ impl Client {
                 }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, or `None` when the connection ended (closed or dropped) first.
+    pub async fn try_next_frame(&mut self) -> Option<Value> {
+        loop {
+            match within("next frame", self.stream.next()).await {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
             }
         }
     }

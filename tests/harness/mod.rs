@@ -7,6 +7,7 @@
 pub mod client;
 pub mod http;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 pub use client::Client;

@@ -105,6 +105,35 @@ impl WorkerProcess {
         self.child.id()
     }
 
+    /// `kill -9`: no shutdown, no close frames.
+    pub async fn kill(&mut self) {
+        self.child
+            .kill()
+            .await
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+    }
+
+    /// The process's resident memory, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("worker {} has exited", self.id));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    }
+
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

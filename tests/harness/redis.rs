@@ -73,6 +73,25 @@ impl RedisServer {
         self.wait_ready().await;
     }
 
+    /// Freezes Redis: connections stay open but nothing is answered (a hang, not a disconnect).
+    pub async fn pause(&self) {
+        self.container
+            .pause()
+            .await
+            .unwrap_or_else(|e| panic!("cannot pause Redis: {e}"));
+    }
+
+    pub async fn unpause(&self) {
+        self.container
+            .unpause()
+            .await
+            .unwrap_or_else(|e| panic!("cannot unpause Redis: {e}"));
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     async fn wait_ready(&self) {
         wait_until("Redis answers PING", || async { self.ping().await }).await;
     }

@@ -132,19 +132,26 @@ async fn write_loop(
             batch.retain(|frame| frame.alert_id.is_none_or(|id| id > floor));
         }
         let written = batch.len() as u64;
+        let mut close = close;
         if written > 0 {
             let frames = batch.drain(..).map(|frame| Ok(Message::Text(frame.text)));
             let mut frames = futures_util::stream::iter(frames);
-            // `send_all` feeds everything, then flushes once.
-            let sent =
-                tokio::time::timeout(limits.client_timeout, sink.send_all(&mut frames)).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                return;
+            // `send_all` feeds everything, then flushes once. A client that stopped reading
+            // blocks it; a close decided meanwhile (slow consumer, shutdown) interrupts it, and
+            // the close frame goes out behind what the socket already took.
+            tokio::select! {
+                sent = tokio::time::timeout(limits.client_timeout, sink.send_all(&mut frames)) => {
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return;
+                    }
+                    manager.registry().count_delivered(written);
+                }
+                reason = queue.closed() => close = Some(reason),
             }
-            manager.registry().count_delivered(written);
         }
         if let Some(reason) = close {
-            let _ = send_within(&mut sink, close_message(reason), Duration::from_secs(1)).await;
+            // A slow client gets until the client timeout to read its way to the close frame.
+            let _ = send_within(&mut sink, close_message(reason), limits.client_timeout).await;
             return;
         }
     }

@@ -4,7 +4,8 @@
 //! bound is in messages and in bytes. Metrics are latest-value data, so on overflow the oldest
 //! metrics frames go first (counted); when an alert or control frame cannot fit, the client is
 //! closed with [`CloseReason::SLOW_CONSUMER`] instead, so that it reconnects rather than silently
-//! missing an alert.
+//! missing an alert. A client that lost a whole queue's worth of metrics without its writer
+//! taking a single batch is not reading at all: it is closed the same way.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -117,6 +118,8 @@ struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// Metrics frames dropped since the writer last took a batch.
+    dropped_since_drain: usize,
 }
 
 pub(crate) struct ClientQueue {
@@ -125,6 +128,8 @@ pub(crate) struct ClientQueue {
     state: Mutex<State>,
     /// Wakes the writer; a notification sent while it is busy is kept as a permit.
     ready: Notify,
+    /// Wakes a writer that is blocked writing to the socket when the client must be closed.
+    closing: Notify,
 }
 
 impl ClientQueue {
@@ -135,8 +140,10 @@ impl ClientQueue {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                dropped_since_drain: 0,
             }),
             ready: Notify::new(),
+            closing: Notify::new(),
         }
     }
 
@@ -168,17 +175,24 @@ impl ClientQueue {
                 dropped += 1;
             }
         }
-        if fits(&state) {
+        let hopeless = if fits(&state) {
             state.bytes += size;
             state.frames.push_back(frame);
-        } else if frame.kind == FrameKind::Metrics {
-            dropped += 1;
+            false
         } else {
+            if frame.kind == FrameKind::Metrics {
+                dropped += 1;
+            }
+            frame.kind != FrameKind::Metrics
+        };
+        state.dropped_since_drain += dropped as usize;
+        if hopeless || state.dropped_since_drain >= self.limits.max_messages {
             state.frames.clear();
             state.bytes = 0;
             state.close = Some(CloseReason::SLOW_CONSUMER);
             drop(state);
             self.ready.notify_one();
+            self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
         drop(state);
@@ -190,6 +204,18 @@ impl ClientQueue {
     pub(crate) fn close(&self, reason: CloseReason) {
         self.lock().close.get_or_insert(reason);
         self.ready.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once the client is to be closed; the writer races its socket writes against it.
+    pub(crate) async fn closed(&self) -> CloseReason {
+        loop {
+            let closing = self.closing.notified();
+            if let Some(reason) = self.lock().close {
+                return reason;
+            }
+            closing.await;
+        }
     }
 
     /// Waits until there is something to write, moves every queued frame into `out`, and returns
@@ -201,6 +227,7 @@ impl ClientQueue {
                 if !state.frames.is_empty() || state.close.is_some() {
                     out.extend(state.frames.drain(..));
                     state.bytes = 0;
+                    state.dropped_since_drain = 0;
                     return state.close;
                 }
             }
@@ -257,6 +284,27 @@ mod tests {
             drain(&queue).await,
             (vec!["a1".into(), "m2".into(), "m3".into()], None)
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_for_a_whole_queue_of_drops_is_closed() {
+        let queue = queue(2, 1024);
+        for _ in 0..3 {
+            assert!(matches!(
+                queue.push(frame(FrameKind::Metrics, "m")),
+                Pushed::Queued { .. }
+            ));
+        }
+        // Drained: the count starts again.
+        assert_eq!(drain(&queue).await.1, None);
+        for _ in 0..3 {
+            queue.push(frame(FrameKind::Metrics, "m"));
+        }
+        assert_eq!(
+            queue.push(frame(FrameKind::Metrics, "m")),
+            Pushed::Overflowed
+        );
+        assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }
 
     #[tokio::test]
