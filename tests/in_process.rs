@@ -226,6 +226,12 @@ async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else
         .await;
     assert_eq!(too_big.ended().await, Ended::Close(Some(1009)));
 
+    let mut invalid_utf8 = Client::connect(a.addr()).await;
+    invalid_utf8
+        .send_raw_text_frame(&[0x66, 0xff, 0xfe, 0x6f])
+        .await;
+    assert_eq!(invalid_utf8.ended().await, Ended::Close(Some(1007)));
+
     let mut chatty = Client::connect(a.addr()).await;
     chatty.send(Message::Text("not json at all".into())).await;
 
@@ -277,4 +283,80 @@ async fn shutdown_closes_every_client_with_1001() {
     harness::within("the worker to stop", a.wait())
         .await
         .unwrap_or_else(|e| panic!("worker failed: {e:#}"));
+}
+
+#[tokio::test]
+async fn a_new_client_gets_the_latest_value_of_each_metric_at_once() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let b = worker(&bus, "worker-b").await;
+    let mut first = Client::connect(a.addr()).await;
+    publish(b.addr(), "/api/metrics", &metric("cpu", 10.0)).await;
+    publish(
+        b.addr(),
+        "/api/metrics",
+        &json!([metric("cpu", 20.0), metric("mem", 5.0)]),
+    )
+    .await;
+    expect_metric(&mut first, "cpu").await;
+    expect_metric(&mut first, "cpu").await;
+
+    let late = Client::connect(a.addr()).await;
+    let latest: Vec<(String, f64)> = late.snapshot["data"]
+        .as_array()
+        .map(|data| {
+            data.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or_default().to_owned(),
+                        m["value"].as_f64().unwrap_or(-1.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(latest, [("cpu".to_owned(), 20.0), ("mem".to_owned(), 5.0)]);
+}
+
+#[tokio::test]
+async fn a_client_resuming_from_beyond_the_retention_is_told_what_it_missed() {
+    let bus = MemoryBus::with_retention(2);
+    let a = worker(&bus, "worker-a").await;
+    let mut watcher = Client::connect(a.addr()).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        publish(
+            a.addr(),
+            "/api/alerts",
+            &json!({ "severity": "info", "message": format!("a{n}") }),
+        )
+        .await;
+        ids.push(
+            watcher.next_frame().await["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    // a0 and a1 were trimmed: a client that last saw a0 missed a1 for good, and is told so.
+    let mut late = Client::resume(a.addr(), &ids[0]).await;
+    assert_eq!(late.resume["complete"], false, "{}", late.resume);
+    assert_eq!(late.resume["replayed"], 2);
+    assert_eq!(late.next_frame().await["data"]["message"], "a2");
+    assert_eq!(late.next_frame().await["data"]["message"], "a3");
+    // A client that saw a1 missed nothing that was trimmed.
+    let on_time = Client::resume(a.addr(), &ids[1]).await;
+    assert_eq!(on_time.resume["complete"], true, "{}", on_time.resume);
+
+    // A malformed id is refused before the upgrade.
+    let url = format!("ws://{}/ws/performance?last_alert_id=yesterday", a.addr());
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!(
+            "expected 400, got {:?}",
+            other.map(|(_, response)| response.status())
+        ),
+    }
 }

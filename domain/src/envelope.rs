@@ -245,3 +245,75 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Severity;
+
+    fn metric() -> impl Strategy<Value = Metric> {
+        (
+            "[a-z][a-z._]{0,20}",
+            -1e12f64..1e12,
+            proptest::option::of("[%a-zA-Z/]{1,4}"),
+            proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,12}", 0..4),
+        )
+            .prop_map(|(name, value, unit, labels)| Metric {
+                name,
+                value,
+                unit,
+                labels,
+                timestamp: Some(1),
+                source: None,
+            })
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        let metrics = proptest::collection::vec(metric(), 1..4).prop_map(Payload::Metrics);
+        let alert =
+            ("[ -~]{1,40}", proptest::option::of(-1e6f64..1e6)).prop_map(|(message, value)| {
+                let mut alert = Alert::new(Severity::Warning, message);
+                alert.value = value;
+                alert.labels = BTreeMap::new();
+                Payload::Alert(alert)
+            });
+        (
+            prop_oneof![metrics, alert],
+            any::<u64>(),
+            proptest::option::of((any::<u64>(), any::<u64>())),
+        )
+            .prop_map(|(payload, seq, id)| Envelope {
+                id: id.map(|(ms, seq)| AlertId::new(ms, seq)),
+                origin: WorkerId("w-1".to_owned()),
+                seq,
+                published_at_us: 7,
+                payload,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            for channel in Channel::ALL {
+                let _ = Envelope::from_json(channel, &bytes);
+            }
+        }
+
+        #[test]
+        fn decoding_json_like_text_never_panics(text in r#"\{("(type|data|id|seq|origin|name|value)":(\[|\{|"[a-z]*"|-?[0-9e.]{1,6}|null|true),?){0,6}\}?\]?"#) {
+            for channel in Channel::ALL {
+                let _ = Envelope::from_json(channel, text.as_bytes());
+            }
+        }
+
+        #[test]
+        fn every_valid_envelope_round_trips(envelope in envelope()) {
+            let decoded = Envelope::from_json(envelope.channel(), envelope.to_json().as_bytes());
+            prop_assert_eq!(decoded.ok(), Some(envelope));
+        }
+    }
+}

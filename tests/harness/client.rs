@@ -133,6 +133,21 @@ impl Client {
         }
     }
 
+    /// Writes a masked text frame with arbitrary payload bytes straight to the socket, bypassing
+    /// the WebSocket library's UTF-8 check (for bad-input tests).
+    pub async fn send_raw_text_frame(&mut self, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126, "short frames only");
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let socket = self.stream.get_mut();
+        within("raw write", socket.write_all(&frame))
+            .await
+            .unwrap_or_else(|e| panic!("raw write failed: {e}"));
+    }
+
     /// Sends a raw message (for bad-input tests).
     pub async fn send(&mut self, message: Message) {
         within("send", self.stream.send(message))

@@ -130,3 +130,60 @@ fn refusal(path: String, error: serde_json::Error) -> ApiError {
         field: (!path.is_empty() && path != ".").then_some(path),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fanout_domain::{Alert, Metric};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status_of<T: DeserializeOwned>(body: &[u8]) -> Option<StatusCode> {
+        JsonBody(Bytes::copy_from_slice(body))
+            .decode::<T>()
+            .err()
+            .map(|e| e.status)
+    }
+
+    #[test]
+    fn syntax_is_400_shape_is_422_and_both_name_the_field() {
+        assert_eq!(
+            status_of::<Metric>(b"{\"name\":"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status_of::<Metric>(b"{\"name\":\"a\",\"value\":1} trailing"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status_of::<Metric>(b"{\"name\":\"a\"}"),
+            Some(StatusCode::UNPROCESSABLE_ENTITY)
+        );
+        let error = JsonBody(Bytes::from_static(b"[{\"name\":\"a\",\"value\":true}]"))
+            .decode::<Vec<Metric>>()
+            .err();
+        assert_eq!(error.and_then(|e| e.field), Some("[0].value".to_owned()));
+        assert_eq!(status_of::<Metric>(b"{\"name\":\"a\",\"value\":1}"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_decoded_or_refused_with_400_or_422(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for status in [status_of::<Metric>(&body), status_of::<Vec<Metric>>(&body), status_of::<Alert>(&body)]
+                .into_iter()
+                .flatten()
+            {
+                prop_assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY);
+            }
+        }
+
+        #[test]
+        fn json_shaped_bodies_are_decoded_or_refused_with_400_or_422(
+            body in r#"\{("(name|value|unit|labels|severity|message)":(\[|\{|"[a-z]*"|-?[0-9e.]{1,5}|null|true),?){0,5}\}?"#
+        ) {
+            if let Some(status) = status_of::<Metric>(body.as_bytes()) {
+                prop_assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY);
+            }
+        }
+    }
+}
