@@ -360,3 +360,38 @@ async fn a_client_resuming_from_beyond_the_retention_is_told_what_it_missed() {
         ),
     }
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_closed_with_4001() {
+    let bus = MemoryBus::new();
+    let mut config = WorkerConfig::for_tests();
+    config.metrics_interval = Duration::ZERO;
+    config.ping_interval = Duration::from_millis(100);
+    config.client_timeout = Duration::from_millis(500);
+    let a = start(&config, Bus::Memory(bus.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // This client reads nothing after its greeting, so its library never answers the pings.
+    let mut silent = Client::connect(a.addr()).await;
+    wait_until("the silent client is dropped", || async {
+        a.connections() == 0
+    })
+    .await;
+    assert_eq!(silent.ended().await, Ended::Close(Some(4001)));
+
+    // A client that keeps reading answers the pings and stays.
+    let mut listening = Client::connect(a.addr()).await;
+    let reader = tokio::spawn(async move {
+        let frame = listening.next_frame().await;
+        (listening, frame)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await; // the scenario: two client timeouts pass
+    assert_eq!(
+        a.connections(),
+        1,
+        "a client answering pings must not be closed"
+    );
+    publish(a.addr(), "/api/metrics", &metric("alive", 1.0)).await;
+    let (_, frame) = reader.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(frame["data"][0]["name"], "alive");
+}

@@ -73,16 +73,27 @@ pub(crate) async fn serve(
     // closes or breaks the protocol (it then asks the writer to close). Whichever ends first, the
     // client is gone for delivery purposes.
     tokio::select! {
-        _ = &mut writer => reader.abort(),
-        _ = &mut reader => {
-            // Give the writer the chance to send the close frame the reader asked for.
-            if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
-                writer.abort();
+        _ = &mut writer => {
+            // The server closed (or the socket failed): the client is gone for delivery now.
+            // Then the closing handshake: the client's answer to our close frame, briefly, so
+            // that the socket is not torn down under frames it has yet to read.
+            manager.unregister(id).await;
+            if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
+                reader.abort();
             }
         }
+        _ = &mut reader => {
+            // Give the writer the chance to send the close frame the reader asked for.
+            if tokio::time::timeout(CLOSE_LINGER, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            manager.unregister(id).await;
+        }
     }
-    manager.unregister(id).await;
 }
+
+/// How long one side of a connection waits for the other to finish the closing handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 async fn write_loop(
     manager: Arc<ConnectionManager>,
