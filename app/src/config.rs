@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve (the default when no subcommand is given).
     Serve,
+    /// Load tool: open WebSocket clients against running workers, publish at a fixed rate, and
+    /// report deliveries, loss, duplicates and latency.
+    Bench(crate::bench::BenchConfig),
 }
 
 /// Which bus carries messages between workers.

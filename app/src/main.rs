@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {}
+        Some(Command::Bench(bench)) => return fanout_app::bench::run(bench).await.map(drop),
     }
+    fanout_app::limits::raise_open_files();
     if cli.workers > 1 {
         telemetry::init("supervisor");
         if cli.worker.listen.port() == 0 {
