@@ -1,26 +1,33 @@
-//! One WebSocket connection: a writer task that drains the client's queue, and a reader that
-//! watches what the client sends (pongs, close, garbage).
+//! One WebSocket connection, served by one task: it drains the client's queue to the socket,
+//! reads what the client sends (pongs, close, garbage), and pings it.
 //!
-//! The writer feeds every queued frame and flushes once per batch, so a busy client costs one
-//! write syscall per batch, not per message. A writer stuck on a client that stopped reading only
-//! blocks itself: the bus listener pushes into the bounded queue and never waits.
+//! One task and no split socket per client keeps an idle client cheap and a delivery to one task
+//! wake-up. The task feeds every queued frame and flushes once per batch, so a busy client costs
+//! one write syscall per batch, not per message. A client that stops reading only blocks its own
+//! task: the bus listener pushes into the bounded queue and never waits, and a close decided
+//! meanwhile (slow consumer, shutdown) interrupts the blocked write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
+use fanout_domain::AlertId;
 use futures_util::{SinkExt, StreamExt};
+use tokio::time::Interval;
 
 use crate::manager::{ConnectionManager, Registered};
 use crate::queue::{ClientQueue, CloseReason, Frame};
-use fanout_domain::AlertId;
+use crate::ClientLimits;
 
-/// Serves one upgraded connection until it closes, then unregisters it.
+/// How long the server waits for the client's answer to its close frame before dropping the
+/// socket, so that the client can read what was sent before it.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Serves one upgraded connection until it closes; the client is unregistered the moment the
+/// connection is over for delivery purposes.
 pub(crate) async fn serve(
     manager: Arc<ConnectionManager>,
-    socket: WebSocket,
+    mut socket: WebSocket,
     resume_after: Option<AlertId>,
 ) {
     let Registered {
@@ -30,14 +37,13 @@ pub(crate) async fn serve(
     } = match manager.register().await {
         Ok(registered) => registered,
         Err(refused) => {
-            let mut socket = socket;
             let _ = socket.send(close_message(CloseReason::GOING_AWAY)).await;
             tracing::debug!(%refused, "client refused after upgrade");
             return;
         }
     };
-    // Live frames queue up while the missed alerts are read; the writer sends the greeting and
-    // the replay first, then the queue without the replayed ids.
+    // Live frames queue up while the missed alerts are read; the greeting and the replay go
+    // first, then the queue without the replayed ids.
     let mut floor = None;
     if let Some(after) = resume_after {
         match manager.replay(after).await {
@@ -51,159 +57,147 @@ pub(crate) async fn serve(
             }
         }
     }
-    let (sink, stream) = socket.split();
-    let started = Instant::now();
-    let last_heard_ms = Arc::new(AtomicU64::new(0));
-    let mut writer = tokio::spawn(write_loop(
-        Arc::clone(&manager),
-        Arc::clone(&queue),
-        sink,
-        greeting,
-        floor,
-        Arc::clone(&last_heard_ms),
-        started,
-    ));
-    let mut reader = tokio::spawn(read_loop(
-        Arc::clone(&queue),
-        stream,
-        last_heard_ms,
-        started,
-    ));
-    // The writer ends after sending a close frame or on a write error; the reader when the client
-    // closes or breaks the protocol (it then asks the writer to close). Whichever ends first, the
-    // client is gone for delivery purposes.
-    tokio::select! {
-        _ = &mut writer => {
-            // The server closed (or the socket failed): the client is gone for delivery now.
-            // Then the closing handshake: the client's answer to our close frame, briefly, so
-            // that the socket is not torn down under frames it has yet to read.
-            manager.unregister(id).await;
-            if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
-                reader.abort();
-            }
-        }
-        _ = &mut reader => {
-            // Give the writer the chance to send the close frame the reader asked for.
-            if tokio::time::timeout(CLOSE_LINGER, &mut writer).await.is_err() {
-                writer.abort();
-            }
-            manager.unregister(id).await;
-        }
+    let mut connection = Connection {
+        socket,
+        queue: &queue,
+        manager: &manager,
+        limits: *manager.limits(),
+        last_heard: Instant::now(),
+        ping: ping_interval(manager.limits().ping_interval),
+    };
+    let ending = connection.run(greeting, floor).await;
+    manager.unregister(id).await;
+    if let Ending::CloseSent = ending {
+        connection.linger().await;
     }
 }
 
-/// How long one side of a connection waits for the other to finish the closing handshake.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-async fn write_loop(
-    manager: Arc<ConnectionManager>,
-    queue: Arc<ClientQueue>,
-    mut sink: SplitSink<WebSocket, Message>,
-    greeting: Vec<Frame>,
-    floor: Option<AlertId>,
-    last_heard_ms: Arc<AtomicU64>,
-    started: Instant,
-) {
-    let limits = *manager.limits();
-    if !greeting.is_empty() {
-        let frames = greeting
-            .into_iter()
-            .map(|frame| Ok(Message::Text(frame.text)));
-        let sent = tokio::time::timeout(
-            limits.client_timeout,
-            sink.send_all(&mut futures_util::stream::iter(frames)),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return;
-        }
-    }
-    let mut batch = Vec::new();
-    let mut ping = tokio::time::interval(limits.ping_interval);
+fn ping_interval(period: Duration) -> Interval {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        let close = tokio::select! {
-            close = queue.next_batch(&mut batch) => close,
-            _ = ping.tick() => {
-                let silent_ms = (started.elapsed().as_millis() as u64)
-                    .saturating_sub(last_heard_ms.load(Ordering::Relaxed));
-                if Duration::from_millis(silent_ms) > limits.client_timeout {
-                    Some(CloseReason::TIMEOUT)
-                } else {
-                    if send_within(&mut sink, Message::Ping(Default::default()), limits.client_timeout).await.is_err() {
-                        return;
-                    }
-                    None
+    ping
+}
+
+/// How a connection ended.
+enum Ending {
+    /// The server sent a close frame: wait briefly for the client's answer.
+    CloseSent,
+    /// The client closed, or the socket failed.
+    Gone,
+}
+
+struct Connection<'a> {
+    socket: WebSocket,
+    queue: &'a ClientQueue,
+    manager: &'a ConnectionManager,
+    limits: ClientLimits,
+    /// When the client last sent anything (a pong counts).
+    last_heard: Instant,
+    ping: Interval,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<AlertId>) -> Ending {
+        let mut batch = greeting;
+        let mut close = None;
+        let mut is_greeting = true;
+        loop {
+            if let (Some(floor), false) = (floor, is_greeting) {
+                // Live copies of alerts the replay already sent.
+                batch.retain(|frame| frame.alert_id.is_none_or(|id| id > floor));
+            }
+            is_greeting = false;
+            if !batch.is_empty() {
+                match self.write(&mut batch).await {
+                    Written::All(frames) => self.manager.registry().count_delivered(frames),
+                    Written::Interrupted(reason) => close = Some(reason),
+                    Written::Failed => return Ending::Gone,
                 }
             }
-        };
-        if let Some(floor) = floor {
-            // Live copies of alerts the replay already sent.
-            batch.retain(|frame| frame.alert_id.is_none_or(|id| id > floor));
-        }
-        let written = batch.len() as u64;
-        let mut close = close;
-        if written > 0 {
-            let frames = batch.drain(..).map(|frame| Ok(Message::Text(frame.text)));
-            let mut frames = futures_util::stream::iter(frames);
-            // `send_all` feeds everything, then flushes once. A client that stopped reading
-            // blocks it; a close decided meanwhile (slow consumer, shutdown) interrupts it, and
-            // the close frame goes out behind what the socket already took.
+            if let Some(reason) = close {
+                return self.send_close(reason).await;
+            }
             tokio::select! {
-                sent = tokio::time::timeout(limits.client_timeout, sink.send_all(&mut frames)) => {
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return;
+                reason = self.queue.next_batch(&mut batch) => close = reason,
+                incoming = self.socket.recv() => {
+                    self.last_heard = Instant::now();
+                    match incoming {
+                        // Clients have nothing to say yet; text is ignored so that future client
+                        // messages (e.g. a resume request) do not break older servers.
+                        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Binary(_))) => close = Some(CloseReason::UNSUPPORTED_DATA),
+                        Some(Ok(Message::Close(_))) | None => return Ending::Gone,
+                        Some(Err(error)) => match close_reason_for(error) {
+                            Some(reason) => close = Some(reason),
+                            None => return Ending::Gone,
+                        },
                     }
-                    manager.registry().count_delivered(written);
                 }
-                reason = queue.closed() => close = Some(reason),
+                _ = self.ping.tick() => {
+                    if self.last_heard.elapsed() > self.limits.client_timeout {
+                        close = Some(CloseReason::TIMEOUT);
+                    } else if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
             }
         }
-        if let Some(reason) = close {
-            // A slow client gets until the client timeout to read its way to the close frame.
-            let _ = send_within(&mut sink, close_message(reason), limits.client_timeout).await;
-            return;
+    }
+
+    /// Feeds every frame of `batch` and flushes once. A pending close interrupts a write the
+    /// client is not reading; so does a write that makes no progress for the client timeout.
+    async fn write(&mut self, batch: &mut Vec<Frame>) -> Written {
+        let count = batch.len() as u64;
+        let frames = batch.drain(..).map(|frame| Ok(Message::Text(frame.text)));
+        let mut frames = futures_util::stream::iter(frames);
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                sent = self.socket.send_all(&mut frames) => {
+                    return if sent.is_ok() { Written::All(count) } else { Written::Failed };
+                }
+                reason = self.queue.closed() => return Written::Interrupted(reason),
+                // `send_all` resumes where it stopped: fed frames stay in the socket's buffer,
+                // the rest stay in `frames`.
+                _ = self.ping.tick() => {
+                    if started.elapsed() > self.limits.client_timeout {
+                        return Written::Failed;
+                    }
+                }
+            }
         }
+    }
+
+    async fn send_close(&mut self, reason: CloseReason) -> Ending {
+        // A slow client gets until the client timeout to read its way to the close frame.
+        match tokio::time::timeout(
+            self.limits.client_timeout,
+            self.socket.send(close_message(reason)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ending::CloseSent,
+            _ => Ending::Gone,
+        }
+    }
+
+    /// The closing handshake: reads until the client answers the close frame, briefly.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(message)) = self.socket.next().await {
+                if let Message::Close(_) = message {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 }
 
-async fn send_within(
-    sink: &mut SplitSink<WebSocket, Message>,
-    message: Message,
-    limit: Duration,
-) -> Result<(), ()> {
-    match tokio::time::timeout(limit, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
-}
-
-async fn read_loop(
-    queue: Arc<ClientQueue>,
-    mut stream: SplitStream<WebSocket>,
-    last_heard_ms: Arc<AtomicU64>,
-    started: Instant,
-) {
-    while let Some(received) = stream.next().await {
-        last_heard_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match received {
-            // Clients have nothing to say yet; text is ignored so that future client messages
-            // (e.g. a resume request) do not break older servers.
-            Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(Message::Binary(_)) => {
-                queue.close(CloseReason::UNSUPPORTED_DATA);
-                return;
-            }
-            Ok(Message::Close(_)) => return,
-            Err(error) => {
-                if let Some(reason) = close_reason_for(error) {
-                    queue.close(reason);
-                }
-                return;
-            }
-        }
-    }
+enum Written {
+    All(u64),
+    Interrupted(CloseReason),
+    Failed,
 }
 
 /// The close code for a read error, or `None` when the connection is simply gone.
