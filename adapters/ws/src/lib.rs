@@ -94,3 +94,55 @@ async fn upgrade(
         .max_frame_size(limits.max_incoming_message)
         .on_upgrade(move |socket| client::serve(manager, socket, resume_after))
 }
+
+/// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::sync::Arc;
+
+    use fanout_domain::{Envelope, LocalDelivery};
+
+    use crate::manager::ClientRegistry;
+    use crate::queue::ClientQueue;
+    use crate::QueueLimits;
+
+    /// A registry with `clients` queues and nobody writing them.
+    pub struct Fanout {
+        registry: ClientRegistry,
+        queues: Vec<Arc<ClientQueue>>,
+    }
+
+    impl Fanout {
+        pub fn new(clients: usize) -> Self {
+            let registry = ClientRegistry::new();
+            let limits = QueueLimits {
+                max_messages: 1024,
+                max_bytes: 1024 * 1024,
+            };
+            let queues: Vec<_> = (0..clients)
+                .map(|_| Arc::new(ClientQueue::new(limits)))
+                .collect();
+            for (id, queue) in queues.iter().enumerate() {
+                registry.insert(id as u64, Arc::clone(queue));
+            }
+            Self { registry, queues }
+        }
+
+        /// Encodes `envelope` once and queues it for every client.
+        pub fn deliver(&self, envelope: &Envelope) {
+            self.registry.deliver(envelope);
+        }
+
+        /// Empties every queue (what the writers would do), returning how many frames were taken.
+        pub fn drain(&self) -> usize {
+            let mut batch = Vec::new();
+            let mut taken = 0;
+            for queue in &self.queues {
+                queue.drain_now(&mut batch);
+                taken += batch.len();
+                batch.clear();
+            }
+            taken
+        }
+    }
+}

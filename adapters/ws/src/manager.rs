@@ -85,6 +85,23 @@ impl LatestMetrics {
 }
 
 impl ClientRegistry {
+    pub(crate) fn new() -> Self {
+        Self {
+            clients: Mutex::new(HashMap::new()),
+            emptied: Notify::new(),
+            accepted: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            dropped_metrics: AtomicU64::new(0),
+            slow_consumers_closed: AtomicU64::new(0),
+            latest: Mutex::new(LatestMetrics::default()),
+        }
+    }
+
+    /// Adds a client queue directly (the benchmarks' way in; clients go through `register`).
+    pub(crate) fn insert(&self, id: u64, queue: Arc<ClientQueue>) {
+        self.lock().insert(id, queue);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClientQueue>>> {
         // Inserts and removes cannot leave the map inconsistent, so a poisoned lock is usable.
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
@@ -214,15 +231,7 @@ impl ConnectionManager {
             worker,
             subscriber,
             history,
-            registry: Arc::new(ClientRegistry {
-                clients: Mutex::new(HashMap::new()),
-                emptied: Notify::new(),
-                accepted: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
-                dropped_metrics: AtomicU64::new(0),
-                slow_consumers_closed: AtomicU64::new(0),
-                latest: Mutex::new(LatestMetrics::default()),
-            }),
+            registry: Arc::new(ClientRegistry::new()),
             subscription: tokio::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
             limits,

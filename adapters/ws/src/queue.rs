@@ -218,6 +218,14 @@ impl ClientQueue {
         }
     }
 
+    /// Moves every queued frame into `out` without waiting.
+    pub(crate) fn drain_now(&self, out: &mut Vec<Frame>) {
+        let mut state = self.lock();
+        out.extend(state.frames.drain(..));
+        state.bytes = 0;
+        state.dropped_since_drain = 0;
+    }
+
     /// Waits until there is something to write, moves every queued frame into `out`, and returns
     /// the close reason once one is set (after the frames queued before it).
     pub(crate) async fn next_batch(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
