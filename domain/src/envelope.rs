@@ -274,13 +274,14 @@ mod properties {
 
     fn envelope() -> impl Strategy<Value = Envelope> {
         let metrics = proptest::collection::vec(metric(), 1..4).prop_map(Payload::Metrics);
-        let alert =
-            ("[ -~]{1,40}", proptest::option::of(-1e6f64..1e6)).prop_map(|(message, value)| {
+        let alert = ("[a-zA-Z][ -~]{0,39}", proptest::option::of(-1e6f64..1e6)).prop_map(
+            |(message, value)| {
                 let mut alert = Alert::new(Severity::Warning, message);
                 alert.value = value;
                 alert.labels = BTreeMap::new();
                 Payload::Alert(alert)
-            });
+            },
+        );
         (
             prop_oneof![metrics, alert],
             any::<u64>(),
