@@ -124,6 +124,32 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_CLIENT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub client_timeout: Duration,
 
+    /// Turns authentication on with HS256 tokens signed with this secret (at least 16 bytes).
+    #[arg(long, env = "FANOUT_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Turns authentication on with RS256/ES256 tokens verified with this PEM public key file.
+    #[arg(long, env = "FANOUT_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<std::path::PathBuf>,
+
+    /// Browser origin allowed to open WebSocket connections, repeatable (env: comma-separated);
+    /// none given: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "FANOUT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket clients on this worker; beyond it upgrades get 503.
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Publishes per second allowed per credential (token subject); beyond it 429 with
+    /// Retry-After. Unlimited when not given.
+    #[arg(long, env = "FANOUT_PUBLISH_RATE")]
+    pub publish_rate: Option<u32>,
+
     /// How long shutdown waits for clients to acknowledge the close frame.
     #[arg(long, env = "FANOUT_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

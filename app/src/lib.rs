@@ -9,6 +9,7 @@ pub mod config;
 pub mod limits;
 mod monitor;
 mod outbox;
+mod report;
 pub mod supervisor;
 pub mod telemetry;
 mod worker;

@@ -8,19 +8,24 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fanout_domain::{
-    AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, SubscriberState,
-    WorkerId,
+    AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, WorkerId,
 };
-use fanout_http::HealthReport;
+use std::num::NonZeroU32;
+
+use fanout_auth::{JwtAccess, Key};
+use fanout_domain::{AccessControl, OpenAccess};
+use fanout_http::ApiConfig;
 use fanout_memory::MemoryBus;
 use fanout_redis::{RedisConfig, RedisPublisher, RedisSubscriber};
-use fanout_ws::{ClientLimits, ConnectionManager, QueueLimits};
+use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{BusKind, WorkerConfig};
+use crate::report::WorkerStatus;
 use crate::{monitor, outbox};
 
 /// The bus a worker is given. The in-memory bus is shared by the workers of one process.
@@ -106,32 +111,18 @@ pub fn default_worker_id() -> WorkerId {
     })
 }
 
-struct WorkerHealth {
-    manager: Arc<ConnectionManager>,
-    service: Arc<PerformanceService>,
-    started: Instant,
-}
-
-impl HealthReport for WorkerHealth {
-    fn health(&self) -> serde_json::Value {
-        let bus = self.manager.bus_status();
-        let (queued, lost) = self.service.outbox_status();
-        let status = match bus.state {
-            SubscriberState::Idle | SubscriberState::Subscribed => "ok",
-            SubscriberState::Connecting | SubscriberState::Reconnecting => "degraded",
-        };
-        serde_json::json!({
-            "status": status,
-            "worker": self.manager.worker(),
-            "pid": std::process::id(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "draining": self.manager.is_draining(),
-            "connections": self.manager.connections(),
-            "bus": bus,
-            "delivery": self.manager.stats(),
-            "outbox": { "queued": queued, "lost": lost },
-        })
-    }
+/// Open access, or JWT verification when a secret or public key is configured.
+fn access_control(config: &WorkerConfig) -> anyhow::Result<Arc<dyn AccessControl>> {
+    let key = match (&config.auth_secret, &config.auth_public_key) {
+        (None, None) => return Ok(Arc::new(OpenAccess)),
+        (Some(_), Some(_)) => anyhow::bail!("give --auth-secret or --auth-public-key, not both"),
+        (Some(secret), None) => Key::Secret(secret.as_bytes().to_vec()),
+        (None, Some(path)) => Key::PublicKeyPem(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read --auth-public-key {}", path.display()))?,
+        ),
+    };
+    Ok(Arc::new(JwtAccess::new(key)?))
 }
 
 /// A running worker.
@@ -195,18 +186,33 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         ping_interval: config.ping_interval,
         client_timeout: config.client_timeout,
     };
-    let manager = Arc::new(ConnectionManager::new(
-        worker.clone(),
-        subscriber,
-        history,
-        limits,
-    ));
-    let health = Arc::new(WorkerHealth {
+    let access = access_control(config)?;
+    let manager = Arc::new(
+        ConnectionManager::new(
+            worker.clone(),
+            subscriber,
+            history,
+            Arc::clone(&access),
+            limits,
+        )
+        .with_admission(Admission {
+            allowed_origins: config.allowed_origins.clone(),
+            max_connections: config.max_connections.map(|max| max as usize),
+        }),
+    );
+    let publish_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+    let report = Arc::new(WorkerStatus {
         manager: Arc::clone(&manager),
         service: Arc::clone(&service),
+        publish_latency: publish_latency.clone(),
         started: Instant::now(),
     });
-    let app = fanout_http::router(Arc::clone(&service), health, config.max_body_bytes as usize)
+    let api = ApiConfig {
+        max_body_bytes: config.max_body_bytes as usize,
+        publish_rate: config.publish_rate.and_then(NonZeroU32::new),
+        publish_latency,
+    };
+    let app = fanout_http::router(Arc::clone(&service), report, access, api)
         .merge(fanout_ws::router(Arc::clone(&manager)))
         .layer(TraceLayer::new_for_http());
 

@@ -5,6 +5,7 @@
 //! [`Clock`] port, the bus through [`Broadcaster`] and [`BusSubscriber`], local clients through
 //! [`LocalDelivery`]. Anything that needs tokio, axum or redis belongs in an adapter.
 
+mod access;
 mod alert;
 mod alert_id;
 mod channel;
@@ -17,6 +18,7 @@ mod rules;
 mod service;
 mod worker;
 
+pub use access::{AccessControl, AccessError, Grant, OpenAccess};
 pub use alert::{Alert, Severity};
 pub use alert_id::{AlertId, InvalidAlertId};
 pub use channel::Channel;

@@ -41,6 +41,7 @@ pub struct PerformanceService {
     rules: Mutex<RuleEngine>,
     /// Rule alerts waiting for the bus. Held only for a push or a pop, never across an await.
     outbox: Mutex<Outbox>,
+    published: AtomicU64,
 }
 
 impl PerformanceService {
@@ -58,6 +59,7 @@ impl PerformanceService {
             next_seq: AtomicU64::new(1),
             rules: Mutex::new(rules),
             outbox: Mutex::new(Outbox::new(outbox_capacity)),
+            published: AtomicU64::new(0),
         }
     }
 
@@ -84,7 +86,7 @@ impl PerformanceService {
             metric.source.get_or_insert_with(|| self.worker.clone());
         }
         let envelope = self.envelope(now_us, Payload::Metrics(metrics));
-        self.broadcaster.publish(&envelope).await?;
+        self.publish_envelope(&envelope).await?;
         Ok(PublishReceipt {
             seq: envelope.seq,
             alert_id: None,
@@ -96,7 +98,7 @@ impl PerformanceService {
     /// the alert and may retry): nothing is queued on its behalf.
     pub async fn publish_alert(&self, alert: Alert) -> Result<PublishReceipt, ServiceError> {
         let envelope = self.alert_envelope(alert)?;
-        let log_id = self.broadcaster.publish(&envelope).await?;
+        let log_id = self.publish_envelope(&envelope).await?;
         Ok(PublishReceipt {
             seq: envelope.seq,
             alert_id: alert_id_of(&envelope),
@@ -132,7 +134,7 @@ impl PerformanceService {
     pub async fn raise_alert(&self, alert: Alert) -> Result<Raised, ServiceError> {
         let envelope = self.alert_envelope(alert)?;
         if lock(&self.outbox).is_empty() {
-            match self.broadcaster.publish(&envelope).await {
+            match self.publish_envelope(&envelope).await {
                 Ok(_) => return Ok(Raised::Published),
                 Err(PublishError::Unavailable(_)) => {}
             }
@@ -152,7 +154,7 @@ impl PerformanceService {
             let Some(front) = lock(&self.outbox).front().cloned() else {
                 return Ok(sent);
             };
-            self.broadcaster.publish(&front).await?;
+            self.publish_envelope(&front).await?;
             lock(&self.outbox).pop_front();
             sent += 1;
         }
@@ -162,6 +164,17 @@ impl PerformanceService {
     pub fn outbox_status(&self) -> (usize, u64) {
         let outbox = lock(&self.outbox);
         (outbox.len(), outbox.lost())
+    }
+
+    /// Messages this worker handed to the bus.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    async fn publish_envelope(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
+        let published = self.broadcaster.publish(envelope).await?;
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(published)
     }
 
     fn alert_envelope(&self, mut alert: Alert) -> Result<Envelope, ServiceError> {

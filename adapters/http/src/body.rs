@@ -15,6 +15,7 @@ pub struct ApiError {
     status: StatusCode,
     error: String,
     field: Option<String>,
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +31,25 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             error: reason.into(),
             field: (!field.is_empty()).then(|| field.to_owned()),
+            retry_after: None,
+        }
+    }
+
+    pub fn unauthorized(reason: String) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, reason)
+    }
+
+    pub fn forbidden(reason: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, reason)
+    }
+
+    /// 429 with `Retry-After: seconds`.
+    pub fn too_many(retry_after_seconds: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: "publish rate limit exceeded".into(),
+            field: None,
+            retry_after: Some(retry_after_seconds),
         }
     }
 
@@ -38,6 +58,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             error: reason,
             field: None,
+            retry_after: None,
         }
     }
 
@@ -46,6 +67,7 @@ impl ApiError {
             status,
             error: error.into(),
             field: None,
+            retry_after: None,
         }
     }
 }
@@ -57,10 +79,14 @@ impl IntoResponse for ApiError {
             field: self.field.as_deref(),
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => self.retry_after,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -128,6 +154,7 @@ fn refusal(path: String, error: serde_json::Error) -> ApiError {
         status,
         error: reason,
         field: (!path.is_empty() && path != ".").then_some(path),
+        retry_after: None,
     }
 }
 

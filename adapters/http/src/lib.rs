@@ -9,58 +9,116 @@ mod body;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    Alert, AlertId, Metric, PerformanceService, PublishError, PublishReceipt, ServiceError,
+    AccessControl, Alert, AlertId, Metric, PerformanceService, PublishError, PublishReceipt,
+    ServiceError,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 pub use body::ApiError;
 use body::JsonBody;
 
-/// What `/healthz` reports, gathered by the composition root from the other adapters.
-pub trait HealthReport: Send + Sync + 'static {
+/// What the worker reports about itself, gathered by the composition root from the other adapters.
+pub trait WorkerReport: Send + Sync + 'static {
+    /// The body of `/healthz`.
     fn health(&self) -> serde_json::Value;
+    /// `Err(reason)` while the worker should get no new clients (bus subscriber down, draining).
+    fn readiness(&self) -> Result<(), String>;
+    /// `/metrics` in the Prometheus text format.
+    fn prometheus(&self) -> String;
 }
+
+/// Bounds of the publish API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Largest publish body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Publishes per second allowed per credential (429 beyond); `None`: unlimited.
+    pub publish_rate: Option<NonZeroU32>,
+    /// Observes how long each accepted publish took, in seconds.
+    pub publish_latency: Histogram,
+}
+
+type PublishLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 #[derive(Clone)]
 struct ApiState {
     service: Arc<PerformanceService>,
-    health: Arc<dyn HealthReport>,
+    report: Arc<dyn WorkerReport>,
+    access: Arc<dyn AccessControl>,
+    limiter: Option<Arc<PublishLimiter>>,
+    publish_latency: Histogram,
 }
 
-/// The routes of this adapter. `max_body_bytes` bounds a publish body (413 beyond).
+/// The routes of this adapter.
 pub fn router(
     service: Arc<PerformanceService>,
-    health: Arc<dyn HealthReport>,
-    max_body_bytes: usize,
+    report: Arc<dyn WorkerReport>,
+    access: Arc<dyn AccessControl>,
+    config: ApiConfig,
 ) -> Router {
+    let limiter = config.publish_rate.map(|rate| {
+        Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
+            rate,
+        )))
+    });
     Router::new()
         .route("/api/metrics", post(publish_metrics))
         .route("/api/alerts", post(publish_alert))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(ApiState { service, health })
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(ApiState {
+            service,
+            report,
+            access,
+            limiter,
+            publish_latency: config.publish_latency,
+        })
 }
 
-#[derive(Serialize)]
-struct Accepted {
-    published: usize,
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    /// The alert's position in the bus's alert log.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_id: Option<AlertId>,
+/// Checks the caller may publish now: 401 without a valid token (when authentication is on), 403
+/// for a token without the publish right, 429 beyond the rate.
+fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let grant = state
+        .access
+        .verify(token)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if !grant.publish {
+        return Err(ApiError::forbidden("this token may not publish".into()));
+    }
+    if let Some(limiter) = &state.limiter {
+        if let Err(not_until) = limiter.check_key(&grant.subject) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(ApiError::too_many(wait.as_secs().max(1)));
+        }
+    }
+    Ok(())
 }
 
 async fn publish_metrics(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    admit_publisher(&state, &headers)?;
+    let started = Instant::now();
     // One metric or an array of them. Chosen by the first byte rather than with an untagged
     // enum, so that an error names the field instead of saying "did not match any variant".
     let metrics = if body.is_array() {
@@ -80,24 +138,66 @@ async fn publish_metrics(
         .send_metrics(metrics)
         .await
         .map_err(service_error)?;
+    state
+        .publish_latency
+        .observe(started.elapsed().as_secs_f64());
     Ok(accepted(count, receipt))
 }
 
 async fn publish_alert(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    admit_publisher(&state, &headers)?;
+    let started = Instant::now();
     let alert = body.decode::<Alert>()?;
     let receipt = state
         .service
         .send_alert(alert)
         .await
         .map_err(service_error)?;
+    state
+        .publish_latency
+        .observe(started.elapsed().as_secs_f64());
     Ok(accepted(1, receipt))
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {
-    Json(state.health.health()).into_response()
+    Json(state.report.health()).into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.report.readiness() {
+        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn prometheus(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.report.prometheus(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    published: usize,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The alert's position in the bus's alert log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_id: Option<AlertId>,
 }
 
 fn accepted(published: usize, receipt: PublishReceipt) -> Response {

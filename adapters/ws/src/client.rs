@@ -8,15 +8,15 @@
 //! meanwhile (slow consumer, shutdown) interrupts the blocked write.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use fanout_domain::AlertId;
+use fanout_domain::{AlertId, Grant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Interval;
 
 use crate::manager::{ConnectionManager, Registered};
-use crate::queue::{ClientQueue, CloseReason, Frame};
+use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind};
 use crate::ClientLimits;
 
 /// How long the server waits for the client's answer to its close frame before dropping the
@@ -29,12 +29,13 @@ pub(crate) async fn serve(
     manager: Arc<ConnectionManager>,
     mut socket: WebSocket,
     resume_after: Option<AlertId>,
+    grant: Grant,
 ) {
     let Registered {
         id,
         queue,
         mut greeting,
-    } = match manager.register().await {
+    } = match manager.register(&grant).await {
         Ok(registered) => registered,
         Err(refused) => {
             let _ = socket.send(close_message(CloseReason::GOING_AWAY)).await;
@@ -45,7 +46,7 @@ pub(crate) async fn serve(
     // Live frames queue up while the missed alerts are read; the greeting and the replay go
     // first, then the queue without the replayed ids.
     let mut floor = None;
-    if let Some(after) = resume_after {
+    if let Some(after) = resume_after.filter(|_| grant.alerts) {
         match manager.replay(after).await {
             Ok(replay) => {
                 greeting.extend(replay.frames);
@@ -64,6 +65,10 @@ pub(crate) async fn serve(
         limits: *manager.limits(),
         last_heard: Instant::now(),
         ping: ping_interval(manager.limits().ping_interval),
+        expires: grant.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        }),
     };
     let ending = connection.run(greeting, floor).await;
     manager.unregister(id).await;
@@ -94,6 +99,8 @@ struct Connection<'a> {
     /// When the client last sent anything (a pong counts).
     last_heard: Instant,
     ping: Interval,
+    /// When the client's credential expires.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Connection<'_> {
@@ -133,6 +140,7 @@ impl Connection<'_> {
                         },
                     }
                 }
+                _ = expiry(self.expires) => close = Some(CloseReason::TOKEN_EXPIRED),
                 _ = self.ping.tick() => {
                     if self.last_heard.elapsed() > self.limits.client_timeout {
                         close = Some(CloseReason::TIMEOUT);
@@ -147,7 +155,11 @@ impl Connection<'_> {
     /// Feeds every frame of `batch` and flushes once. A pending close interrupts a write the
     /// client is not reading; so does a write that makes no progress for the client timeout.
     async fn write(&mut self, batch: &mut Vec<Frame>) -> Written {
-        let count = batch.len() as u64;
+        // Bus messages delivered; control frames (hello, snapshot, resume) are not counted.
+        let count = batch
+            .iter()
+            .filter(|f| f.kind != FrameKind::Control)
+            .count() as u64;
         let frames = batch.drain(..).map(|frame| Ok(Message::Text(frame.text)));
         let mut frames = futures_util::stream::iter(frames);
         let started = Instant::now();
@@ -191,6 +203,14 @@ impl Connection<'_> {
             }
         })
         .await;
+    }
+}
+
+/// Resolves when the credential expires; never without one.
+async fn expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

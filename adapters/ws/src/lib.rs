@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use fanout_domain::AlertId;
 use serde::Deserialize;
 
-pub use manager::{ConnectionManager, DeliveryStats, Refused};
+pub use manager::{Admission, ConnectionManager, DeliveryStats, Refused};
 pub use queue::{CloseReason, QueueLimits};
 
 /// The WebSocket endpoint's path.
@@ -70,20 +70,73 @@ pub fn router(manager: Arc<ConnectionManager>) -> Router {
 struct ConnectParams {
     /// The last alert-log id the client saw: it is sent every retained alert after it first.
     last_alert_id: Option<String>,
+    /// The access token, for browsers that cannot set `Authorization`.
+    token: Option<String>,
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, else the `token` query parameter.
+pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or(query_token)
+}
+
+fn refuse(status: StatusCode, reason: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
 async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
     Query(params): Query<ConnectParams>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if manager.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "worker is shutting down").into_response();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker is shutting down".into(),
+        );
+    }
+    let grant = match manager
+        .access()
+        .verify(bearer_token(&headers, params.token.as_deref()))
+    {
+        Ok(grant) => grant,
+        Err(error) => return refuse(StatusCode::UNAUTHORIZED, error.to_string()),
+    };
+    if !grant.metrics && !grant.alerts {
+        return refuse(StatusCode::FORBIDDEN, "the token allows no channel".into());
+    }
+    let admission = manager.admission();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        if !admission.allowed_origins.is_empty()
+            && !admission
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == origin)
+        {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("origin {origin} is not allowed"),
+            );
+        }
+    }
+    if admission
+        .max_connections
+        .is_some_and(|max| manager.connections() >= max)
+    {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker is at its connection limit".into(),
+        );
     }
     let resume_after = match params.last_alert_id.as_deref().map(str::parse::<AlertId>) {
         None => None,
         Some(Ok(id)) => Some(id),
-        Some(Err(error)) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+        Some(Err(error)) => return refuse(StatusCode::BAD_REQUEST, error.to_string()),
     };
     let limits = *manager.limits();
     upgrade
@@ -92,7 +145,7 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_after))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_after, grant))
 }
 
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.

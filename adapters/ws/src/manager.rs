@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fanout_domain::{
-    AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, HistoryError, LocalDelivery, Metric,
-    Payload, Subscription, WorkerId,
+    AccessControl, AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, Grant, HistoryError,
+    LocalDelivery, Metric, Payload, Subscription, WorkerId,
 };
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -48,6 +51,9 @@ pub(crate) struct ClientRegistry {
     slow_consumers_closed: AtomicU64,
     /// The latest value of each metric series this worker has seen, for new clients' snapshot.
     latest: Mutex<LatestMetrics>,
+    /// Seconds from a message's publication to its fan-out on this worker (observed once per
+    /// message, when it is queued for the clients).
+    fanout_latency: Histogram,
 }
 
 /// Most metric series kept for the snapshot; new series beyond it are not kept (the bound keeps
@@ -94,6 +100,7 @@ impl ClientRegistry {
             dropped_metrics: AtomicU64::new(0),
             slow_consumers_closed: AtomicU64::new(0),
             latest: Mutex::new(LatestMetrics::default()),
+            fanout_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
     }
 
@@ -127,6 +134,14 @@ impl LocalDelivery for ClientRegistry {
         let clients = self.lock();
         if clients.is_empty() {
             return;
+        }
+        if envelope.published_at_us > 0 {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or_default();
+            let seconds = now_us.saturating_sub(envelope.published_at_us) as f64 / 1e6;
+            self.fanout_latency.observe(seconds);
         }
         // The one serialization of this message on this worker; every client shares the bytes.
         let frame = Frame::for_envelope(kind, envelope);
@@ -206,11 +221,23 @@ struct Hello<'a> {
     bus: BusStatus,
 }
 
+/// Who may open a WebSocket connection, checked before the upgrade.
+#[derive(Clone, Debug, Default)]
+pub struct Admission {
+    /// Browser origins allowed to connect (the `Origin` header); empty: any. Requests without an
+    /// `Origin` (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Most clients on this worker; beyond it upgrades get 503.
+    pub max_connections: Option<usize>,
+}
+
 /// Keeps one worker's WebSocket clients and its bus subscription.
 pub struct ConnectionManager {
     worker: WorkerId,
     subscriber: Arc<dyn BusSubscriber>,
     history: Arc<dyn AlertLog>,
+    access: Arc<dyn AccessControl>,
+    admission: Admission,
     registry: Arc<ClientRegistry>,
     /// `Some` while the worker has clients. The async lock orders subscribe/unsubscribe against
     /// client arrivals (see the module doc).
@@ -225,12 +252,15 @@ impl ConnectionManager {
         worker: WorkerId,
         subscriber: Arc<dyn BusSubscriber>,
         history: Arc<dyn AlertLog>,
+        access: Arc<dyn AccessControl>,
         limits: ClientLimits,
     ) -> Self {
         Self {
             worker,
             subscriber,
             history,
+            access,
+            admission: Admission::default(),
             registry: Arc::new(ClientRegistry::new()),
             subscription: tokio::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
@@ -245,6 +275,20 @@ impl ConnectionManager {
 
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
+    }
+
+    pub(crate) fn access(&self) -> &dyn AccessControl {
+        self.access.as_ref()
+    }
+
+    /// Sets who may open a connection (origins, the connection cap).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     pub fn connections(&self) -> usize {
@@ -265,6 +309,20 @@ impl ConnectionManager {
         }
     }
 
+    /// Publication-to-fan-out latency of every message this worker delivered, in seconds.
+    pub fn fanout_latency(&self) -> Histogram {
+        self.registry.fanout_latency.clone()
+    }
+
+    /// Frames waiting in client queues now: the deepest queue, and all of them.
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let clients = self.registry.lock();
+        clients
+            .values()
+            .map(|q| q.len())
+            .fold((0, 0), |(max, total), len| (max.max(len), total + len))
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -275,7 +333,7 @@ impl ConnectionManager {
 
     /// Registers a client, subscribing to the bus first if it is the worker's first client.
     /// The client's first frame is `hello`, queued once the subscription is live.
-    pub(crate) async fn register(&self) -> Result<Registered, Refused> {
+    pub(crate) async fn register(&self, grant: &Grant) -> Result<Registered, Refused> {
         let mut subscription = self.subscription.lock().await;
         if self.is_draining() {
             return Err(Refused::Draining);
@@ -287,7 +345,11 @@ impl ConnectionManager {
             tracing::info!(state = ?status.state, bus = status.bus, "first client: subscribed to the bus");
         }
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(ClientQueue::new(self.limits.queue));
+        let queue = Arc::new(ClientQueue::for_channels(
+            self.limits.queue,
+            grant.metrics,
+            grant.alerts,
+        ));
         let (connections, greeting) = {
             let mut clients = self.registry.lock();
             let hello = Hello {
@@ -298,12 +360,15 @@ impl ConnectionManager {
             };
             let snapshot = Snapshot {
                 kind: "snapshot",
-                data: self
-                    .registry
-                    .latest
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .snapshot(),
+                data: if grant.metrics {
+                    self.registry
+                        .latest
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .snapshot()
+                } else {
+                    Vec::new()
+                },
             };
             // Taken under the clients lock, so the snapshot is older than every live frame the
             // client will get.

@@ -84,6 +84,11 @@ impl CloseReason {
         code: 1013,
         reason: "alert history unavailable, resume later",
     };
+    /// The client's token expired: reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: Self = Self {
+        code: 4003,
+        reason: "token expired",
+    };
     pub const TIMEOUT: Self = Self {
         code: 4001,
         reason: "no pong within the client timeout",
@@ -124,6 +129,9 @@ struct State {
 
 pub(crate) struct ClientQueue {
     limits: QueueLimits,
+    /// Which kinds of frame this client may receive (its credential's channels).
+    accepts_metrics: bool,
+    accepts_alerts: bool,
     /// Held only for a push or a drain: never across an await.
     state: Mutex<State>,
     /// Wakes the writer; a notification sent while it is busy is kept as a permit.
@@ -134,8 +142,15 @@ pub(crate) struct ClientQueue {
 
 impl ClientQueue {
     pub(crate) fn new(limits: QueueLimits) -> Self {
+        Self::for_channels(limits, true, true)
+    }
+
+    /// A queue that silently skips the channels the client may not receive.
+    pub(crate) fn for_channels(limits: QueueLimits, metrics: bool, alerts: bool) -> Self {
         Self {
             limits,
+            accepts_metrics: metrics,
+            accepts_alerts: alerts,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
@@ -153,6 +168,14 @@ impl ClientQueue {
     }
 
     pub(crate) fn push(&self, frame: Frame) -> Pushed {
+        let allowed = match frame.kind {
+            FrameKind::Metrics => self.accepts_metrics,
+            FrameKind::Alert => self.accepts_alerts,
+            FrameKind::Control => true,
+        };
+        if !allowed {
+            return Pushed::Queued { dropped: 0 };
+        }
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;
@@ -216,6 +239,11 @@ impl ClientQueue {
             }
             closing.await;
         }
+    }
+
+    /// Frames queued now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().frames.len()
     }
 
     /// Moves every queued frame into `out` without waiting.
