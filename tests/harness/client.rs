@@ -63,6 +63,25 @@ impl Client {
         Self::greeted(stream, None).await
     }
 
+    /// Connects with `Authorization: Bearer TOKEN`.
+    pub async fn connect_with_token(addr: SocketAddr, token: &str) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/ws/performance")
+            .into_client_request()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let value = format!("Bearer {token}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        request.headers_mut().insert("authorization", value);
+        let (stream, _) = within(
+            "WebSocket connect",
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Self::greeted(stream, None).await
+    }
+
     async fn open(addr: SocketAddr, last_alert_id: Option<&str>) -> Client {
         let url = match last_alert_id {
             None => format!("ws://{addr}/ws/performance"),

@@ -1,0 +1,364 @@
+//! The production face: authentication, origins, limits, readiness and Prometheus metrics, each
+//! checked against a real server with real clients.
+
+mod harness;
+
+use std::time::Duration;
+
+use fanout_app::{start, Bus, RunningWorker, WorkerConfig};
+use fanout_memory::MemoryBus;
+use harness::client::Ended;
+use harness::process::WorkerProcess;
+use harness::redis::RedisServer;
+use harness::{wait_until, within, Client};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const SECRET: &str = "test-secret-of-at-least-32-bytes!";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn token(claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn reader_token() -> String {
+    token(json!({ "sub": "dashboard", "exp": now() + 600 }))
+}
+
+fn publisher_token() -> String {
+    token(json!({ "sub": "publisher", "exp": now() + 600, "publish": true }))
+}
+
+async fn worker(configure: impl FnOnce(&mut WorkerConfig)) -> RunningWorker {
+    let mut config = WorkerConfig::for_tests();
+    config.metrics_interval = Duration::ZERO;
+    configure(&mut config);
+    start(&config, Bus::Memory(MemoryBus::new()))
+        .await
+        .unwrap_or_else(|e| panic!("worker did not start: {e:#}"))
+}
+
+fn with_auth(config: &mut WorkerConfig) {
+    config.auth_secret = Some(SECRET.to_owned());
+}
+
+/// The HTTP status of a WebSocket upgrade attempt (101 when it succeeded).
+async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    query: &str,
+    headers: &[(&'static str, &str)],
+) -> u16 {
+    let mut request = format!("ws://{addr}/ws/performance{query}")
+        .into_client_request()
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"));
+        request.headers_mut().insert(*name, value);
+    }
+    match within("upgrade", tokio_tungstenite::connect_async(request)).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("upgrade failed without an HTTP status: {other}"),
+    }
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+#[tokio::test]
+async fn websocket_clients_need_a_valid_unexpired_token() {
+    let a = worker(with_auth).await;
+    assert_eq!(upgrade_status(a.addr(), "", &[]).await, 401, "no token");
+    let forged = encode(
+        &Header::default(),
+        &json!({ "exp": now() + 600 }),
+        &EncodingKey::from_secret(b"some-other-secret-32-bytes-long!!"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        upgrade_status(a.addr(), &format!("?token={forged}"), &[]).await,
+        401,
+        "bad signature"
+    );
+    let expired = token(json!({ "exp": now() - 10 }));
+    assert_eq!(
+        upgrade_status(a.addr(), &format!("?token={expired}"), &[]).await,
+        401,
+        "expired"
+    );
+    let bearer = format!("Bearer {}", reader_token());
+    assert_eq!(
+        upgrade_status(a.addr(), "", &[("authorization", &bearer)]).await,
+        101,
+        "header token"
+    );
+    assert_eq!(
+        upgrade_status(a.addr(), &format!("?token={}", reader_token()), &[]).await,
+        101,
+        "query token"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_the_alerts_channel_never_receives_alerts() {
+    let a = worker(with_auth).await;
+    let metrics_only = token(json!({ "sub": "m", "exp": now() + 600, "channels": ["metrics"] }));
+    let mut client = Client::connect_with_token(a.addr(), &metrics_only).await;
+    let publisher = publisher_token();
+    assert_eq!(
+        post(
+            a.addr(),
+            "/api/alerts",
+            Some(&publisher),
+            json!({ "severity": "critical", "message": "secret" })
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        post(
+            a.addr(),
+            "/api/metrics",
+            Some(&publisher),
+            json!({ "name": "after", "value": 1 })
+        )
+        .await
+        .status(),
+        202
+    );
+    let frame = client.next_frame().await;
+    assert_eq!(
+        frame["type"], "metrics",
+        "the alert must have been skipped: {frame}"
+    );
+    assert_eq!(frame["data"][0]["name"], "after");
+}
+
+#[tokio::test]
+async fn only_publisher_tokens_may_publish() {
+    let a = worker(with_auth).await;
+    let body = json!({ "name": "cpu", "value": 1 });
+    assert_eq!(
+        post(a.addr(), "/api/metrics", None, body.clone())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(
+            a.addr(),
+            "/api/metrics",
+            Some(&reader_token()),
+            body.clone()
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        post(
+            a.addr(),
+            "/api/alerts",
+            Some(&reader_token()),
+            json!({ "severity": "info", "message": "x" })
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        post(a.addr(), "/api/metrics", Some(&publisher_token()), body)
+            .await
+            .status(),
+        202
+    );
+}
+
+#[tokio::test]
+async fn a_live_connection_is_closed_with_4003_when_its_token_expires() {
+    let a = worker(with_auth).await;
+    let short = token(json!({ "sub": "brief", "exp": now() + 2 }));
+    let mut client = Client::connect_with_token(a.addr(), &short).await;
+    assert_eq!(client.ended().await, Ended::Close(Some(4003)));
+}
+
+#[tokio::test]
+async fn disallowed_origins_are_refused() {
+    let a = worker(|config| config.allowed_origins = vec!["https://dash.example".to_owned()]).await;
+    assert_eq!(
+        upgrade_status(a.addr(), "", &[("origin", "https://evil.example")]).await,
+        403
+    );
+    assert_eq!(
+        upgrade_status(a.addr(), "", &[("origin", "https://dash.example")]).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(a.addr(), "", &[]).await,
+        101,
+        "non-browser clients send no Origin"
+    );
+}
+
+#[tokio::test]
+async fn the_connection_cap_answers_503_and_the_publish_rate_limit_429() {
+    let a = worker(|config| {
+        config.max_connections = Some(2);
+        config.publish_rate = Some(2);
+    })
+    .await;
+    let _first = Client::connect(a.addr()).await;
+    let _second = Client::connect(a.addr()).await;
+    assert_eq!(upgrade_status(a.addr(), "", &[]).await, 503);
+
+    let body = json!({ "name": "cpu", "value": 1 });
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let response = post(a.addr(), "/api/metrics", None, body.clone()).await;
+        if response.status() == 429 {
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..2], [202, 202], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)));
+}
+
+/// `name{worker="…"}` from a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("not Prometheus text: {e}"));
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_what_the_clients_received() {
+    let a = worker(|_| {}).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect(a.addr()).await);
+    }
+    for n in 0..5 {
+        assert_eq!(
+            post(
+                a.addr(),
+                "/api/metrics",
+                None,
+                json!({ "name": "m", "value": n })
+            )
+            .await
+            .status(),
+            202
+        );
+    }
+    let mut received = 0;
+    for client in &mut clients {
+        for _ in 0..5 {
+            assert_eq!(client.next_frame().await["type"], "metrics");
+            received += 1;
+        }
+    }
+    let addr = a.addr();
+    wait_until(
+        "the delivered counter reaches what the clients counted",
+        || async {
+            sample(&metrics_text(addr).await, "fanout_delivered_total") == Some(f64::from(received))
+        },
+    )
+    .await;
+    let text = metrics_text(addr).await;
+    assert!(
+        text.contains(&format!("worker=\"{}\"", a.worker_id())),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "fanout_connections"), Some(3.0));
+    assert_eq!(sample(&text, "fanout_messages_published_total"), Some(5.0));
+    assert_eq!(
+        sample(&text, "fanout_publish_duration_seconds_count"),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&text, "fanout_fanout_latency_seconds_count"),
+        Some(5.0)
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_redis_is_down_and_200_after() {
+    let redis = RedisServer::start().await;
+    let worker =
+        WorkerProcess::start_redis("w1", &redis.url(), &["--redis-timeout", "500ms"]).await;
+    let _client = Client::connect(worker.addr).await;
+    let ready = |addr| async move {
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(worker.addr).await, 200);
+    redis.stop().await;
+    wait_until("/readyz says 503", || async {
+        ready(worker.addr).await == 503
+    })
+    .await;
+    redis.start_again().await;
+    wait_until("/readyz says 200 again", || async {
+        ready(worker.addr).await == 200
+    })
+    .await;
+}
