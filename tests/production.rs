@@ -362,3 +362,101 @@ async fn readyz_is_503_while_redis_is_down_and_200_after() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn check_config_shows_flags_over_environment_over_file_with_secrets_masked() {
+    let dir = std::env::temp_dir().join(format!("fanout-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.join("fanout.toml");
+    let settings = "listen = \"127.0.0.1:9999\"\nmetrics-interval = \"5s\"\nping-interval = \"7s\"\n\
+                    auth-secret = \"a-secret-that-must-not-print\"\nredis-url = \"redis://user:hunter2@db:6379\"\n";
+    std::fs::write(&file, settings).unwrap_or_else(|e| panic!("{e}"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:1234",
+            "check-config",
+        ])
+        .env("FANOUT_METRICS_INTERVAL", "3s")
+        .env_remove("FANOUT_LISTEN")
+        .env_remove("FANOUT_PING_INTERVAL")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("listen").contains("127.0.0.1:1234"),
+        "flag beats file: {text}"
+    );
+    assert!(
+        line("metrics_interval").contains("3s"),
+        "environment beats file: {text}"
+    );
+    assert!(
+        line("ping_interval").contains("7s"),
+        "file beats default: {text}"
+    );
+    assert!(
+        !text.contains("a-secret-that-must-not-print") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(line("auth_secret").contains("***"), "{text}");
+
+    std::fs::write(&file, "listn = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "check-config",
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown setting \"listn\""));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_worker_id_on_every_line() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--worker-id",
+            "json-1",
+            "--metrics-interval",
+            "0s",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| unreachable!("piped"));
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let listening = within("the worker's first log line", lines.next_line())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+    let event: Value =
+        serde_json::from_str(&listening).unwrap_or_else(|e| panic!("not JSON ({e}): {listening}"));
+    assert_eq!(event["worker"], "json-1");
+    assert!(event["pid"].as_u64().is_some());
+    assert_eq!(event["message"], "worker listening");
+}

@@ -19,8 +19,22 @@ pub struct Cli {
     #[arg(long, env = "FANOUT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
+    /// TOML file of settings (keys: the long flag names). Flags and environment win over it.
+    #[arg(long, env = "FANOUT_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Log output: human-readable text, or one JSON object per line.
+    #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +44,9 @@ pub enum Command {
     /// Load tool: open WebSocket clients against running workers, publish at a fixed rate, and
     /// report deliveries, loss, duplicates and latency.
     Bench(crate::bench::BenchConfig),
+    /// Validate the configuration (flags, environment, file) and print the effective settings,
+    /// each with where it came from; secrets are masked.
+    CheckConfig,
 }
 
 /// Which bus carries messages between workers.

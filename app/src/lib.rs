@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod config_file;
 pub mod limits;
 mod monitor;
 mod outbox;
@@ -15,4 +16,4 @@ pub mod telemetry;
 mod worker;
 
 pub use config::{BusKind, Cli, WorkerConfig};
-pub use worker::{default_worker_id, start, Bus, RunningWorker};
+pub use worker::{check_access, default_worker_id, start, Bus, RunningWorker};

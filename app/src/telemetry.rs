@@ -10,6 +10,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogFormat;
+
 /// Prefixes each event with `worker=ID pid=PID`.
 struct WithWorker<F> {
     prefix: String,
@@ -33,9 +35,55 @@ where
     }
 }
 
+/// Inserts `"worker":…,"pid":…` at the start of each JSON line.
+struct JsonWithWorker<F> {
+    fields: String,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for JsonWithWorker<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{}{rest}", self.fields),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
 /// Installs the global subscriber. Call once, as early as possible.
-pub fn init(worker: &str) {
+pub fn init(worker: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if format == LogFormat::Json {
+        let fields = format!(
+            "\"worker\":{},\"pid\":{},",
+            serde_json::Value::from(worker),
+            std::process::id()
+        );
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .event_format(JsonWithWorker {
+                fields,
+                inner: tracing_subscriber::fmt::format().json().flatten_event(true),
+            })
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     let ansi = std::io::stderr().is_terminal();
     let format = WithWorker {
         prefix: format!("worker={worker} pid={}", std::process::id()),

@@ -111,6 +111,11 @@ pub fn default_worker_id() -> WorkerId {
     })
 }
 
+/// Checks the access settings (keys readable and valid) without starting anything.
+pub fn check_access(config: &WorkerConfig) -> anyhow::Result<()> {
+    access_control(config).map(drop)
+}
+
 /// Open access, or JWT verification when a secret or public key is configured.
 fn access_control(config: &WorkerConfig) -> anyhow::Result<Arc<dyn AccessControl>> {
     let key = match (&config.auth_secret, &config.auth_public_key) {
