@@ -2,7 +2,7 @@
 //! processes), connect real WebSocket clients, publish over real HTTP, and wait on signals with
 //! timeouts that fail loudly.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod client;
 pub mod http;

@@ -66,7 +66,7 @@ fn collect_log(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, oneshot::Receiver
 }
 
 impl WorkerProcess {
-    /// Starts one worker on the Redis bus, on an ephemeral port, with the monitor off.
+    /// Starts one worker on the Redis bus, on an ephemeral port.
     pub async fn start_redis(id: &str, redis_url: &str, extra: &[&str]) -> WorkerProcess {
         let mut args = vec![
             "--listen",
@@ -77,9 +77,12 @@ impl WorkerProcess {
             redis_url,
             "--worker-id",
             id,
-            "--metrics-interval",
-            "0s",
         ];
+        // The monitor is off unless the test asks for it: its samples would mix with the
+        // test's own messages.
+        if !extra.contains(&"--metrics-interval") {
+            args.extend_from_slice(&["--metrics-interval", "0s"]);
+        }
         args.extend_from_slice(extra);
         let mut child = command(&args)
             .spawn()

@@ -1,4 +1,5 @@
-//! The HTTP API of a worker: `POST /api/metrics`, `POST /api/alerts` and `GET /healthz`.
+//! The HTTP side of a worker: the dashboard (`GET /`), `POST /api/metrics`, `POST /api/alerts`,
+//! `GET /healthz`, `GET /readyz` and `GET /metrics`.
 //!
 //! An inbound adapter: it decodes and checks requests, calls the domain's
 //! [`PerformanceService`], and maps its errors to status codes. Every refusal is a JSON body
@@ -73,6 +74,7 @@ pub fn router(
     Router::new()
         .route("/api/metrics", post(publish_metrics))
         .route("/api/alerts", post(publish_alert))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -165,6 +167,18 @@ async fn publish_alert(
 
 async fn healthz(State(state): State<ApiState>) -> Response {
     Json(state.report.health()).into_response()
+}
+
+/// The live dashboard: one self-contained page (HTML, CSS and JS inline, no external assets), so
+/// it works offline and needs no build step.
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        axum::response::Html(DASHBOARD),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
