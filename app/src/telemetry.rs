@@ -12,9 +12,17 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Prefixes each event with `worker=ID pid=PID`.
+/// Where the worker id and pid go in a log line.
+enum Stamp {
+    /// `worker=ID pid=PID ` before the human-readable line.
+    Prefix(String),
+    /// `"worker":…,"pid":…,` spliced in as the JSON object's first fields.
+    JsonFields(String),
+}
+
+/// Stamps every event with the worker id and pid, around the inner formatter.
 struct WithWorker<F> {
-    prefix: String,
+    stamp: Stamp,
     inner: F,
 }
 
@@ -30,35 +38,20 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "{} ", self.prefix)?;
-        self.inner.format_event(ctx, writer, event)
-    }
-}
-
-/// Inserts `"worker":…,"pid":…` at the start of each JSON line.
-struct JsonWithWorker<F> {
-    fields: String,
-    inner: F,
-}
-
-impl<S, N, F> FormatEvent<S, N> for JsonWithWorker<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut line = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
-            Some(rest) => write!(writer, "{{{}{rest}", self.fields),
-            None => writer.write_str(&line),
+        match &self.stamp {
+            Stamp::Prefix(prefix) => {
+                write!(writer, "{prefix} ")?;
+                self.inner.format_event(ctx, writer, event)
+            }
+            Stamp::JsonFields(fields) => {
+                let mut line = String::new();
+                self.inner
+                    .format_event(ctx, Writer::new(&mut line), event)?;
+                match line.strip_prefix('{') {
+                    Some(rest) => write!(writer, "{{{fields}{rest}"),
+                    None => writer.write_str(&line),
+                }
+            }
         }
     }
 }
@@ -75,8 +68,8 @@ pub fn init(worker: &str, format: LogFormat) {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .event_format(JsonWithWorker {
-                fields,
+            .event_format(WithWorker {
+                stamp: Stamp::JsonFields(fields),
                 inner: tracing_subscriber::fmt::format().json().flatten_event(true),
             })
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
@@ -86,7 +79,7 @@ pub fn init(worker: &str, format: LogFormat) {
     }
     let ansi = std::io::stderr().is_terminal();
     let format = WithWorker {
-        prefix: format!("worker={worker} pid={}", std::process::id()),
+        stamp: Stamp::Prefix(format!("worker={worker} pid={}", std::process::id())),
         inner: tracing_subscriber::fmt::format()
             .with_target(false)
             .with_ansi(ansi),
