@@ -156,4 +156,41 @@ mod tests {
         ));
         assert!(JwtAccess::new(Key::Secret(b"short".to_vec())).is_err());
     }
+
+    /// A P-256 key pair made with openssl for this test only; it protects nothing.
+    const TEST_EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgQxZsXsoren8O8jyz
+Y+CYoDkBKnKH3RFjzh1Etp173AOhRANCAATtUlqXrdQpULSMBkGJnSGfvjg0LgCw
+4fDxU4frKu8mVB4ufNkDNnFogry2FLSQQr6ld7lu9k/XLJ5Q+It4FGBF
+-----END PRIVATE KEY-----
+";
+    const TEST_EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7VJal63UKVC0jAZBiZ0hn744NC4A
+sOHw8VOH6yrvJlQeLnzZAzZxaIK8thS0kEK+pXe5bvZP1yyeUPiLeBRgRQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_and_hs256_ones_do_not() {
+        let access = JwtAccess::new(Key::PublicKeyPem(TEST_EC_PUBLIC.as_bytes().to_vec()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signing =
+            EncodingKey::from_ec_pem(TEST_EC_PRIVATE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let claims = serde_json::json!({ "sub": "es", "exp": now_seconds() + 60, "publish": true });
+        let es256 = encode(
+            &Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &signing,
+        )
+        .unwrap_or_default();
+        assert!(access
+            .verify(Some(&es256))
+            .is_ok_and(|grant| grant.publish && grant.subject == "es"));
+        // An HS256 token must not pass where a public key is configured (algorithm confusion).
+        let hs256 = token(claims, SECRET);
+        assert!(matches!(
+            access.verify(Some(&hs256)),
+            Err(AccessError::Invalid(_))
+        ));
+    }
 }
