@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use fanout_domain::{AlertId, Grant};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::Interval;
+use std::pin::Pin;
+
+use tokio::time::{Interval, Sleep};
 
 use crate::manager::{ConnectionManager, Registered};
 use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind};
@@ -65,9 +67,10 @@ pub(crate) async fn serve(
         limits: *manager.limits(),
         last_heard: Instant::now(),
         ping: ping_interval(manager.limits().ping_interval),
-        expires: grant.expires_at.map(|at| {
+        // One timer for the connection's life, not one per loop turn.
+        expiry: grant.expires_at.map(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
+            Box::pin(tokio::time::sleep(left))
         }),
     };
     let ending = connection.run(greeting, floor).await;
@@ -99,8 +102,8 @@ struct Connection<'a> {
     /// When the client last sent anything (a pong counts).
     last_heard: Instant,
     ping: Interval,
-    /// When the client's credential expires.
-    expires: Option<tokio::time::Instant>,
+    /// Fires when the client's credential expires.
+    expiry: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection<'_> {
@@ -140,7 +143,7 @@ impl Connection<'_> {
                         },
                     }
                 }
-                _ = expiry(self.expires) => close = Some(CloseReason::TOKEN_EXPIRED),
+                _ = expired(&mut self.expiry) => close = Some(CloseReason::TOKEN_EXPIRED),
                 _ = self.ping.tick() => {
                     if self.last_heard.elapsed() > self.limits.client_timeout {
                         close = Some(CloseReason::TIMEOUT);
@@ -207,9 +210,9 @@ impl Connection<'_> {
 }
 
 /// Resolves when the credential expires; never without one.
-async fn expiry(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }
