@@ -2,8 +2,6 @@
 
 use std::time::SystemTime;
 
-use crate::Channel;
-
 /// What a verified credential allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -26,13 +24,6 @@ impl Grant {
             alerts: true,
             publish: true,
             expires_at: None,
-        }
-    }
-
-    pub fn receives(&self, channel: Channel) -> bool {
-        match channel {
-            Channel::Metrics => self.metrics,
-            Channel::Alerts => self.alerts,
         }
     }
 }

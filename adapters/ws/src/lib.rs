@@ -41,20 +41,6 @@ pub struct ClientLimits {
     pub client_timeout: Duration,
 }
 
-impl Default for ClientLimits {
-    fn default() -> Self {
-        Self {
-            queue: QueueLimits {
-                max_messages: 1024,
-                max_bytes: 1024 * 1024,
-            },
-            max_incoming_message: 64 * 1024,
-            ping_interval: Duration::from_secs(15),
-            client_timeout: Duration::from_secs(45),
-        }
-    }
-}
-
 /// Socket buffer sizes per connection. tungstenite's defaults (128 KiB each way) would cost
 /// 256 KiB per idle client; these keep an idle client to a few KiB.
 const READ_BUFFER: usize = 4 * 1024;
