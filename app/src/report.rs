@@ -94,13 +94,23 @@ impl WorkerReport for WorkerStatus {
         );
         registry.register(
             "bus_lost",
-            "Replays that found alerts already trimmed from the log",
+            "Times this worker found alerts it could not deliver (trimmed from the log, log reset, lagging)",
             ConstCounter::new(bus.lost),
         );
         registry.register(
             "bus_reconnects",
-            "Times the bus subscriber reconnected",
+            "Recoveries: times the bus subscriber was subscribed again after losing its connection",
             ConstCounter::new(bus.reconnects),
+        );
+        registry.register(
+            "bus_failed_attempts",
+            "Bus subscriber connection attempts that failed",
+            ConstCounter::new(bus.failed_attempts),
+        );
+        registry.register(
+            "bus_foreign_ids",
+            "Alerts on the bus whose id the alert log did not assign (delivered without it)",
+            ConstCounter::new(bus.foreign_ids),
         );
         let subscribed = usize::from(bus.state == SubscriberState::Subscribed);
         registry.register(

@@ -16,7 +16,7 @@ use fanout_auth::{JwtAccess, Key};
 use fanout_domain::{AccessControl, OpenAccess};
 use fanout_http::ApiConfig;
 use fanout_memory::MemoryBus;
-use fanout_redis::{RedisConfig, RedisPublisher, RedisSubscriber};
+use fanout_redis::{RedisBus, RedisConfig};
 use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
@@ -73,13 +73,10 @@ impl Bus {
                 Arc::new(bus.clone()),
             ),
             Bus::Redis(config) => {
-                // One publisher (and its pool) serves publishing and reading the alert log.
-                let publisher = Arc::new(RedisPublisher::new(config.clone()));
-                (
-                    publisher.clone(),
-                    Arc::new(RedisSubscriber::new(config.clone())),
-                    publisher,
-                )
+                // One publisher (and its pool) serves publishing and reading the alert log; it
+                // shares the subscriber's view of the bus's health.
+                let bus = RedisBus::new(config.clone());
+                (bus.publisher.clone(), bus.subscriber, bus.publisher)
             }
         }
     }

@@ -16,6 +16,7 @@ pub fn envelope() -> Envelope {
         .with_label("endpoint", "/api/v1/orders");
     Envelope {
         id: None,
+        epoch: None,
         origin: WorkerId::new("web-1-4242").unwrap_or_else(|e| panic!("{e}")),
         seq: 17,
         published_at_us: 1_764_380_000_123_456,

@@ -59,9 +59,107 @@ impl fmt::Display for AlertId {
     }
 }
 
+/// The identity of one alert log. Positions ([`AlertId`]) compare only within one epoch: a log
+/// that was lost or reset (Redis restarted without persistence, `FLUSHALL`, another Redis behind
+/// the same address, a restarted in-memory bus) starts a new epoch, so a reader coming back with
+/// a position from the old one is recognised and told that it may have missed alerts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogEpoch(String);
+
+/// Longest epoch accepted.
+const MAX_EPOCH_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid log epoch {0:?}: expected 1 to 64 letters, digits, '-' or '_'")]
+pub struct InvalidLogEpoch(pub String);
+
+impl LogEpoch {
+    /// An epoch from its text form (as the server sent it).
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidLogEpoch> {
+        let text = text.into();
+        let valid = !text.is_empty()
+            && text.len() <= MAX_EPOCH_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(text))
+        } else {
+            Err(InvalidLogEpoch(text))
+        }
+    }
+
+    /// A new epoch from 64 random bits (the caller brings the randomness: the domain has none).
+    pub fn from_random(bits: u64) -> Self {
+        Self(format!("{bits:016x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for LogEpoch {
+    type Err = InvalidLogEpoch;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::new(text)
+    }
+}
+
+impl TryFrom<String> for LogEpoch {
+    type Error = InvalidLogEpoch;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<LogEpoch> for String {
+    fn from(epoch: LogEpoch) -> Self {
+        epoch.0
+    }
+}
+
+impl fmt::Display for LogEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AlertId {
+    /// The id right before this one, for reading the log from exactly this id on; `None` for
+    /// [`AlertId::ZERO`], which no entry has.
+    pub fn predecessor(self) -> Option<AlertId> {
+        match (self.ms, self.seq) {
+            (0, 0) => None,
+            (ms, 0) => Some(AlertId::new(ms - 1, u64::MAX)),
+            (ms, seq) => Some(AlertId::new(ms, seq - 1)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_are_short_plain_tokens() {
+        assert!(LogEpoch::new("0123abcd-_Z").is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(65), "a\n"] {
+            assert!(LogEpoch::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(LogEpoch::from_random(255).as_str(), "00000000000000ff");
+    }
+
+    #[test]
+    fn the_predecessor_is_the_greatest_smaller_id() {
+        assert_eq!(AlertId::ZERO.predecessor(), None);
+        assert_eq!(AlertId::new(5, 2).predecessor(), Some(AlertId::new(5, 1)));
+        assert_eq!(
+            AlertId::new(5, 0).predecessor(),
+            Some(AlertId::new(4, u64::MAX))
+        );
+    }
 
     #[test]
     fn parses_orders_and_prints_like_redis_stream_ids() {

@@ -4,11 +4,17 @@
 //! `{"type":"metrics","origin":"w1","seq":7,"published_at_us":…,"data":[…]}` or
 //! `{"type":"alert",…,"data":{…}}`. Outside publishers may leave out everything but `type` and
 //! `data`; such messages are attributed to [`EXTERNAL_ORIGIN`].
+//!
+//! Decoding fills what the server owns, the same way on every worker, so that clients of
+//! different workers see identical messages: each item's `source` is the envelope's `origin`; a
+//! missing `timestamp` comes from `published_at_us`; an alert without its own `id` gets one derived
+//! from the message bytes. An `id` or `epoch` that is not a well-formed log position is ignored
+//! (only the alert log assigns them; see [`crate::AlertFeed`] for how a live id is checked).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Alert, AlertId, Channel, InvalidMessage, Metric, WorkerId};
+use crate::{Alert, AlertId, Channel, InvalidMessage, LogEpoch, Metric, WorkerId};
 
 /// Origin given to messages that arrive on the bus without one (published by an outside system).
 pub const EXTERNAL_ORIGIN: &str = "external";
@@ -26,6 +32,9 @@ pub enum Payload {
 pub struct Envelope {
     /// For alerts that went through the bus's alert log: their cluster-wide position in it.
     pub id: Option<AlertId>,
+    /// For alerts that went through the bus's alert log: the log's identity (`id`s compare only
+    /// within one epoch).
+    pub epoch: Option<LogEpoch>,
     /// The worker that published it.
     pub origin: WorkerId,
     /// Per-origin sequence number, increasing in publish-call order (0 for outside publishers).
@@ -55,6 +64,8 @@ struct WireOut<'a> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<AlertId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a LogEpoch>,
     origin: &'a WorkerId,
     seq: u64,
     published_at_us: u64,
@@ -79,8 +90,11 @@ enum WireKind {
 struct WireIn<'a> {
     #[serde(rename = "type")]
     kind: WireKind,
-    #[serde(default)]
-    id: Option<AlertId>,
+    /// Taken as given only when it is a well-formed position; anything else is ignored.
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    epoch: Option<&'a RawValue>,
     #[serde(default)]
     origin: Option<WorkerId>,
     #[serde(default)]
@@ -112,6 +126,7 @@ impl Envelope {
         let wire = WireOut {
             kind: self.kind(),
             id: self.id,
+            epoch: self.epoch.as_ref(),
             origin: &self.origin,
             seq: self.seq,
             published_at_us: self.published_at_us,
@@ -125,23 +140,32 @@ impl Envelope {
         serde_json::to_string(&wire).unwrap_or_default()
     }
 
-    /// Decodes and validates bytes received on `channel`.
+    /// Decodes and validates bytes received on `channel`, filling the server-owned fields (see
+    /// the module doc).
     pub fn from_json(channel: Channel, bytes: &[u8]) -> Result<Self, DecodeError> {
         let wire: WireIn<'_> = serde_json::from_slice(bytes)?;
         let origin = wire
             .origin
             .unwrap_or_else(|| WorkerId(EXTERNAL_ORIGIN.to_owned()));
+        let timestamp_ms = (wire.published_at_us > 0).then_some(wire.published_at_us / 1000);
         let payload = match (wire.kind, channel) {
             (WireKind::Metrics, Channel::Metrics) => {
-                let metrics: Vec<Metric> = serde_json::from_str(wire.data.get())?;
-                for (index, metric) in metrics.iter().enumerate() {
+                let mut metrics: Vec<Metric> = serde_json::from_str(wire.data.get())?;
+                for (index, metric) in metrics.iter_mut().enumerate() {
                     metric.validate(&format!("data[{index}]"))?;
+                    metric.source = Some(origin.clone());
+                    metric.timestamp = metric.timestamp.or(timestamp_ms);
                 }
                 Payload::Metrics(metrics)
             }
             (WireKind::Alert, Channel::Alerts) => {
-                let alert: Alert = serde_json::from_str(wire.data.get())?;
+                let mut alert: Alert = serde_json::from_str(wire.data.get())?;
                 alert.validate("data")?;
+                alert.source = Some(origin.clone());
+                alert.timestamp = alert.timestamp.or(timestamp_ms);
+                alert
+                    .id
+                    .get_or_insert_with(|| format!("{origin}-{:016x}", fnv1a(bytes)));
                 Payload::Alert(alert)
             }
             (WireKind::Metrics, other) | (WireKind::Alert, other) => {
@@ -156,13 +180,29 @@ impl Envelope {
             }
         };
         Ok(Self {
-            id: wire.id,
+            id: wire.id.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            epoch: wire.epoch.and_then(|raw| serde_json::from_str(raw.get()).ok()),
             origin,
             seq: wire.seq,
             published_at_us: wire.published_at_us,
             payload,
         })
     }
+
+    /// This envelope without its log position: for an alert whose `id` the log did not assign.
+    pub fn without_log_position(mut self) -> Self {
+        self.id = None;
+        self.epoch = None;
+        self
+    }
+}
+
+/// FNV-1a, 64 bits: a fixed, dependency-free hash, so that every worker (and every version)
+/// derives the same id from the same bytes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -178,10 +218,15 @@ mod tests {
     fn round_trips_through_the_wire_form() {
         let envelope = Envelope {
             id: None,
+            epoch: None,
             origin: worker(),
             seq: 9,
             published_at_us: 1_700_000_000_000_000,
-            payload: Payload::Metrics(vec![Metric::new("cpu", 12.5).with_label("host", "a")]),
+            payload: Payload::Metrics(vec![Metric {
+                timestamp: Some(1_700_000_000_000),
+                source: Some(worker()),
+                ..Metric::new("cpu", 12.5).with_label("host", "a")
+            }]),
         };
         let json = envelope.to_json();
         assert!(
@@ -196,14 +241,20 @@ mod tests {
     fn an_alert_log_id_travels_first_and_round_trips() {
         let envelope = Envelope {
             id: Some(AlertId::new(17, 2)),
+            epoch: Some(LogEpoch::from_random(10)),
             origin: worker(),
             seq: 1,
             published_at_us: 5,
-            payload: Payload::Alert(Alert::new(Severity::Info, "x")),
+            payload: Payload::Alert(Alert {
+                id: Some("w1-1".into()),
+                timestamp: Some(0),
+                source: Some(worker()),
+                ..Alert::new(Severity::Info, "x")
+            }),
         };
         let json = envelope.to_json();
         assert!(
-            json.starts_with(r#"{"type":"alert","id":"17-2","#),
+            json.starts_with(r#"{"type":"alert","id":"17-2","epoch":"000000000000000a","#),
             "{json}"
         );
         assert_eq!(
@@ -217,13 +268,65 @@ mod tests {
         let json = br#"{"type":"alert","data":{"severity":"warning","message":"slow"}}"#;
         let decoded = Envelope::from_json(Channel::Alerts, json).ok();
         let decoded = decoded.map(|e| (e.origin.to_string(), e.payload));
+        let Some((origin, Payload::Alert(alert))) = decoded else {
+            panic!("not decoded as an alert: {decoded:?}");
+        };
+        assert_eq!(origin, EXTERNAL_ORIGIN);
+        assert_eq!(alert.severity, Severity::Warning);
+        assert_eq!(alert.message, "slow");
+    }
+
+    #[test]
+    fn what_the_server_fills_in_outside_messages_is_the_same_on_every_decode() {
+        let alert = br#"{"type":"alert","published_at_us":1700000000123456,"data":{"severity":"info","message":"m","source":"w9"}}"#;
+        let first = Envelope::from_json(Channel::Alerts, alert).ok();
+        let again = Envelope::from_json(Channel::Alerts, alert).ok();
+        assert_eq!(first, again, "every worker must fill the same values");
+        let Some(Payload::Alert(filled)) = first.map(|e| e.payload) else {
+            panic!("not an alert");
+        };
+        assert_eq!(filled.source.as_ref().map(WorkerId::as_str), Some("external"));
+        assert_eq!(filled.timestamp, Some(1_700_000_000_123));
+        let id = filled.id.unwrap_or_default();
+        assert!(id.starts_with("external-") && id.len() == 25, "{id}");
+        let other = br#"{"type":"alert","data":{"severity":"info","message":"other"}}"#;
+        let other_id = Envelope::from_json(Channel::Alerts, other)
+            .ok()
+            .and_then(|e| match e.payload {
+                Payload::Alert(a) => a.id,
+                Payload::Metrics(_) => None,
+            });
+        assert_ne!(other_id, Some(id), "different messages get different ids");
+
+        let metrics = br#"{"type":"metrics","origin":"batch-job","data":[{"name":"m","value":1,"source":"w1"},{"name":"n","value":2,"timestamp":5}]}"#;
+        let Some(Payload::Metrics(metrics)) =
+            Envelope::from_json(Channel::Metrics, metrics).ok().map(|e| e.payload)
+        else {
+            panic!("not metrics");
+        };
+        let filled: Vec<_> = metrics
+            .iter()
+            .map(|m| (m.source.as_ref().map(|s| s.as_str().to_owned()), m.timestamp))
+            .collect();
         assert_eq!(
-            decoded,
-            Some((
-                EXTERNAL_ORIGIN.to_owned(),
-                Payload::Alert(Alert::new(Severity::Warning, "slow"))
-            ))
+            filled,
+            [
+                (Some("batch-job".to_owned()), None),
+                (Some("batch-job".to_owned()), Some(5))
+            ]
         );
+    }
+
+    #[test]
+    fn an_id_or_epoch_that_is_not_a_log_position_is_ignored_not_fatal() {
+        for odd in [r#""id":12"#, r#""id":"x""#, r#""epoch":{"a":1}"#, r#""id":null"#] {
+            let json = format!(r#"{{"type":"alert",{odd},"data":{{"severity":"info","message":"m"}}}}"#);
+            let decoded = Envelope::from_json(Channel::Alerts, json.as_bytes());
+            assert!(
+                decoded.as_ref().is_ok_and(|e| e.id.is_none() && e.epoch.is_none()),
+                "{odd}: {decoded:?}"
+            );
+        }
     }
 
     #[test]
@@ -268,7 +371,7 @@ mod properties {
                 unit,
                 labels,
                 timestamp: Some(1),
-                source: None,
+                source: Some(WorkerId("w-1".to_owned())),
             })
     }
 
@@ -279,16 +382,20 @@ mod properties {
                 let mut alert = Alert::new(Severity::Warning, message);
                 alert.value = value;
                 alert.labels = BTreeMap::new();
+                alert.id = Some("w-1-3".to_owned());
+                alert.timestamp = Some(0);
+                alert.source = Some(WorkerId("w-1".to_owned()));
                 Payload::Alert(alert)
             },
         );
         (
             prop_oneof![metrics, alert],
             any::<u64>(),
-            proptest::option::of((any::<u64>(), any::<u64>())),
+            proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>())),
         )
             .prop_map(|(payload, seq, id)| Envelope {
-                id: id.map(|(ms, seq)| AlertId::new(ms, seq)),
+                id: id.map(|(ms, seq, _)| AlertId::new(ms, seq)),
+                epoch: id.map(|(_, _, bits)| LogEpoch::from_random(bits)),
                 origin: WorkerId("w-1".to_owned()),
                 seq,
                 published_at_us: 7,

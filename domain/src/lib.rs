@@ -7,6 +7,7 @@
 
 mod access;
 mod alert;
+mod alert_feed;
 mod alert_id;
 mod channel;
 mod envelope;
@@ -20,7 +21,8 @@ mod worker;
 
 pub use access::{AccessControl, AccessError, Grant, OpenAccess};
 pub use alert::{Alert, Severity};
-pub use alert_id::{AlertId, InvalidAlertId};
+pub use alert_feed::{read_after, AlertFeed, CatchUp, Caught, LiveAlert, LogPosition, LOG_PAGE};
+pub use alert_id::{AlertId, InvalidAlertId, InvalidLogEpoch, LogEpoch};
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
 pub use error::{HistoryError, InvalidMessage, PublishError, ServiceError};

@@ -62,6 +62,7 @@ mod tests {
     fn envelope(seq: u64) -> Envelope {
         Envelope {
             id: None,
+            epoch: None,
             origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
             seq,
             published_at_us: 0,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{AlertId, Envelope, HistoryError, PublishError};
+use crate::{AlertId, Envelope, HistoryError, LogEpoch, LogPosition, PublishError};
 
 /// Publishes a message to every worker (including this one).
 #[cfg_attr(test, mockall::automock)]
@@ -40,6 +40,10 @@ pub trait BusSubscriber: Send + Sync + 'static {
 
     /// What the subscriber is doing now, for health reports and logs.
     fn status(&self) -> BusStatus;
+
+    /// Resolves once a subscription is live (state [`SubscriberState::Subscribed`]): from then
+    /// on every message published reaches this worker. Call it after [`BusSubscriber::subscribe`].
+    async fn until_live(&self);
 }
 
 /// A live subscription: dropping it stops the listener and releases its connection.
@@ -81,15 +85,20 @@ pub struct BusStatus {
     /// Which bus: `memory` or `redis`.
     pub bus: &'static str,
     pub state: SubscriberState,
-    /// Times the subscriber had to connect again after losing its connection.
+    /// Recoveries: times the subscriber was subscribed again after losing its connection.
     pub reconnects: u64,
+    /// Connection attempts that failed (several per outage, one per backoff step).
+    pub failed_attempts: u64,
     pub last_error: Option<String>,
     /// Messages received from the bus and handed to local delivery.
     pub received: u64,
     /// Messages on the bus that were not valid envelopes.
     pub malformed: u64,
-    /// Messages the bus says this worker missed (e.g. an in-memory receiver that lagged).
+    /// Times this worker found alerts it could not deliver: an in-memory receiver that lagged,
+    /// or a catch-up that found alerts already trimmed from the log, or the log reset.
     pub lost: u64,
+    /// Alerts on the channel whose `id` the alert log did not assign: delivered without it.
+    pub foreign_ids: u64,
 }
 
 /// The time, as the domain sees it. Reading the clock is I/O; tests use a fixed one.
@@ -102,10 +111,13 @@ pub trait Clock: Send + Sync + 'static {
 /// Alerts the bus retained, read back after a given position.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlertHistory {
-    /// Alerts after the asked-for position, oldest first, each with its `id` set.
+    /// The log's identity now: positions compare only within one epoch.
+    pub epoch: LogEpoch,
+    /// Alerts after the asked-for position, oldest first, each with its `id` and `epoch` set.
     pub alerts: Vec<Envelope>,
-    /// False when alerts after the asked-for position were already trimmed by the retention
-    /// limit: the reader missed some that cannot be replayed.
+    /// False when an alert after the asked-for position is not in the log: trimmed by the
+    /// retention limit, or the position is beyond the newest id this log ever assigned (it comes
+    /// from another log). Within this epoch only: comparing epochs is the reader's part.
     pub complete: bool,
 }
 
@@ -113,10 +125,14 @@ pub struct AlertHistory {
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait AlertLog: Send + Sync + 'static {
-    /// At most `limit` alerts with an id greater than `after`, oldest first.
+    /// At most `limit` alerts with an id greater than `after`, oldest first, read atomically
+    /// with the log's epoch (an empty log gets its epoch on first read).
     async fn alerts_after(
         &self,
         after: AlertId,
         limit: usize,
     ) -> Result<AlertHistory, HistoryError>;
+
+    /// The log's epoch and newest id (zero when empty): where a new reader starts.
+    async fn head(&self) -> Result<LogPosition, HistoryError>;
 }

@@ -188,6 +188,7 @@ impl PerformanceService {
         alert.source.get_or_insert_with(|| self.worker.clone());
         Ok(Envelope {
             id: None,
+            epoch: None,
             origin: self.worker.clone(),
             seq,
             published_at_us: now_us,
@@ -198,6 +199,7 @@ impl PerformanceService {
     fn envelope(&self, now_us: u64, payload: Payload) -> Envelope {
         Envelope {
             id: None,
+            epoch: None,
             origin: self.worker.clone(),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             published_at_us: now_us,

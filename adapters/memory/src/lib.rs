@@ -5,6 +5,8 @@
 //! publish order; a worker that falls more than [`MemoryBus::CAPACITY`] messages behind loses the
 //! oldest and counts them as `lost` (the listener is never blocked by a slow worker). Alerts get
 //! ordered ids and the last [`MemoryBus::DEFAULT_RETENTION`] are kept for replay ([`AlertLog`]).
+//! Each bus has its own random epoch: a process restarted with a new bus is a new log, and a
+//! client resuming from the old one is told so.
 //! It never touches the network and never blocks a publisher.
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use fanout_domain::{
     AlertHistory, AlertId, AlertLog, Broadcaster, BusStatus, BusSubscriber, Envelope, HistoryError,
-    LocalDelivery, Payload, PublishError, SubscriberState, Subscription,
+    LocalDelivery, LogEpoch, LogPosition, Payload, PublishError, SubscriberState, Subscription,
 };
 use tokio::sync::broadcast;
 
@@ -28,11 +30,29 @@ pub struct MemoryBus {
 
 /// The retained alerts, the in-memory counterpart of the Redis stream.
 struct AlertLogState {
+    epoch: LogEpoch,
     entries: VecDeque<Envelope>,
     retention: usize,
     next_seq: u64,
     /// The newest id trimmed away by the retention limit.
     max_deleted: AlertId,
+}
+
+impl AlertLogState {
+    fn new(retention: usize) -> Self {
+        Self {
+            epoch: LogEpoch::from_random(rand::random()),
+            entries: VecDeque::new(),
+            retention: retention.max(1),
+            next_seq: 1,
+            max_deleted: AlertId::ZERO,
+        }
+    }
+
+    /// The newest id assigned in this epoch.
+    fn head(&self) -> AlertId {
+        AlertId::new(0, self.next_seq - 1)
+    }
 }
 
 impl Default for MemoryBus {
@@ -57,13 +77,15 @@ impl MemoryBus {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
         Self {
             sender,
-            log: Arc::new(Mutex::new(AlertLogState {
-                entries: VecDeque::new(),
-                retention: retention.max(1),
-                next_seq: 1,
-                max_deleted: AlertId::ZERO,
-            })),
+            log: Arc::new(Mutex::new(AlertLogState::new(retention))),
         }
+    }
+
+    /// Empties the alert log and starts a new epoch, as a Redis that lost its data would: the
+    /// way tests play a log reset.
+    pub fn reset_log(&self) {
+        let mut log = self.lock_log();
+        *log = AlertLogState::new(log.retention);
     }
 
     fn lock_log(&self) -> MutexGuard<'_, AlertLogState> {
@@ -93,6 +115,7 @@ impl Broadcaster for MemoryBus {
         log.next_seq += 1;
         let mut logged = envelope.clone();
         logged.id = Some(id);
+        logged.epoch = Some(log.epoch.clone());
         log.entries.push_back(logged.clone());
         while log.entries.len() > log.retention {
             if let Some(trimmed) = log.entries.pop_front().and_then(|e| e.id) {
@@ -120,8 +143,17 @@ impl AlertLog for MemoryBus {
             .cloned()
             .collect();
         Ok(AlertHistory {
+            epoch: log.epoch.clone(),
             alerts,
-            complete: after >= log.max_deleted,
+            complete: after >= log.max_deleted && after <= log.head(),
+        })
+    }
+
+    async fn head(&self) -> Result<LogPosition, HistoryError> {
+        let log = self.lock_log();
+        Ok(LogPosition {
+            epoch: Some(log.epoch.clone()),
+            id: log.head(),
         })
     }
 }
@@ -183,6 +215,9 @@ impl BusSubscriber for MemorySubscriber {
         Subscription::new(ListenerGuard { task, counters })
     }
 
+    /// The in-memory bus is live as soon as `subscribe` returns.
+    async fn until_live(&self) {}
+
     fn status(&self) -> BusStatus {
         let state = if self.counters.active.load(Ordering::Relaxed) > 0 {
             SubscriberState::Subscribed
@@ -193,10 +228,12 @@ impl BusSubscriber for MemorySubscriber {
             bus: "memory",
             state,
             reconnects: 0,
+            failed_attempts: 0,
             last_error: None,
             received: self.counters.received.load(Ordering::Relaxed),
             malformed: 0,
             lost: self.counters.lost.load(Ordering::Relaxed),
+            foreign_ids: 0,
         }
     }
 }
@@ -218,6 +255,7 @@ mod tests {
     fn envelope(seq: u64) -> Envelope {
         Envelope {
             id: None,
+            epoch: None,
             origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
             seq,
             published_at_us: 0,
@@ -276,6 +314,7 @@ mod tests {
     async fn alerts_get_ordered_ids_and_the_log_says_when_replay_is_incomplete() {
         let bus = MemoryBus::with_retention(2);
         let alert = |n: u64| Envelope {
+            epoch: None,
             payload: Payload::Alert(fanout_domain::Alert::new(
                 fanout_domain::Severity::Info,
                 "a",

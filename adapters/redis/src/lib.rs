@@ -17,11 +17,33 @@ mod publisher;
 mod status;
 mod subscriber;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use publisher::RedisPublisher;
 pub use subscriber::RedisSubscriber;
+
+use status::SharedStatus;
+
+/// One worker's Redis bus: the publisher (also the alert-log reader) and the subscriber, sharing
+/// one view of the bus's health.
+pub struct RedisBus {
+    pub publisher: Arc<RedisPublisher>,
+    pub subscriber: Arc<RedisSubscriber>,
+}
+
+impl RedisBus {
+    /// Connects nothing yet: the pool is created on the first publish, the subscriber's
+    /// connection on the first subscribe.
+    pub fn new(config: RedisConfig) -> Self {
+        let status = Arc::new(SharedStatus::new());
+        Self {
+            publisher: Arc::new(RedisPublisher::new(config.clone(), Arc::clone(&status))),
+            subscriber: Arc::new(RedisSubscriber::new(config, status)),
+        }
+    }
+}
 
 /// How a worker talks to Redis.
 #[derive(Clone, Debug)]
@@ -34,7 +56,9 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// How often the subscriber pings Redis to detect a hung server or a silent partition.
     pub ping_interval: Duration,
-    /// First and largest delay between reconnect attempts (jittered, doubling).
+    /// First and largest delay between reconnect attempts (jittered, doubling). The largest is
+    /// small on purpose: a worker must be subscribed again within ~300 ms of Redis answering,
+    /// and an attempt against a Redis that is down costs one refused connect.
     pub backoff: Backoff,
     /// The stream holding the alert log.
     pub alert_log_key: String,
@@ -49,7 +73,7 @@ impl RedisConfig {
             pool_size: 10,
             command_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
             alert_log_key: "performance:alerts:log".to_owned(),
             alert_retention: 10_000,
         }

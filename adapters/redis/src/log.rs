@@ -1,7 +1,16 @@
 //! The alert log: a Redis stream, appended to atomically with the Pub/Sub publish, trimmed to a
 //! bounded length, read back by workers and clients that were away.
+//!
+//! Two keys make the log: the stream (`--alert-retention` entries) and its epoch, a random token
+//! created by the first writer or reader that finds none (`SET NX`). A Redis that lost its data
+//! (restart without persistence, `FLUSHALL`, another server behind the address) has no epoch, so
+//! the next touch creates a new one and readers holding positions of the old log notice.
+//!
+//! Trimming deletes the oldest entries one by one with `XDEL`, not with `XADD MAXLEN ~`: only
+//! `XDEL` moves the stream's `max-deleted-entry-id`, which is what tells a reader exactly whether
+//! anything after its position was trimmed (`MAXLEN` trimming leaves it at `0-0`).
 
-use fanout_domain::{AlertHistory, AlertId, Channel, Envelope, HistoryError};
+use fanout_domain::{AlertHistory, AlertId, Channel, Envelope, HistoryError, LogEpoch, LogPosition};
 use redis::aio::ConnectionLike;
 use redis::Script;
 
@@ -11,113 +20,195 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// The stream field that holds the envelope's JSON.
 const FIELD: &str = "envelope";
 
-/// XADD the envelope to the log (approximately trimmed to `ARGV[1]` entries) and PUBLISH it on the
-/// alerts channel with its new id as the first field, in one atomic step: every alert on the
-/// channel is in the log, and no subscriber can see a later id before an earlier one.
-pub(crate) fn publish_alert_script() -> Script {
-    Script::new(
-        r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'envelope', ARGV[2])
-redis.call('PUBLISH', ARGV[3], '{"type":"alert","id":"' .. id .. '",' .. string.sub(ARGV[2], 17))
-return id
-"#,
-    )
+/// Most entries one append trims (a retention lowered a lot is reached over several appends, so
+/// no single script runs long).
+const MAX_TRIM_PER_APPEND: usize = 1000;
+
+/// The Redis keys of one alert log.
+#[derive(Clone, Debug)]
+pub(crate) struct LogKeys {
+    pub(crate) stream: String,
+    pub(crate) epoch: String,
 }
 
-/// The prefix every alert envelope starts with; the script splices the id in after it.
+impl LogKeys {
+    pub(crate) fn new(stream: &str) -> Self {
+        Self {
+            stream: stream.to_owned(),
+            epoch: format!("{stream}:epoch"),
+        }
+    }
+}
+
+/// A candidate epoch for a log that has none yet.
+fn fresh_epoch() -> String {
+    LogEpoch::from_random(rand::random()).to_string()
+}
+
+/// Appends an alert and publishes it, atomically: `XADD`, trim the oldest beyond the retention
+/// with `XDEL`, then `PUBLISH` with the new id and the log's epoch spliced in after `type`.
+/// Every alert on the channel is in the log, and no subscriber sees a later id before an earlier.
+pub(crate) struct AppendScript(Script);
+
+/// The prefix every alert envelope starts with; the script splices id and epoch in after it.
 pub(crate) const ALERT_PREFIX: &str = r#"{"type":"alert","#;
 
-/// Reads at most `limit` alerts after `after`, and whether the log still held everything after it.
-pub(crate) async fn alerts_after<C: ConnectionLike>(
-    connection: &mut C,
-    key: &str,
-    after: AlertId,
-    limit: usize,
-) -> Result<AlertHistory, HistoryError> {
-    let unavailable = |e: redis::RedisError| HistoryError::Unavailable(e.to_string());
-    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
-        .arg(key)
-        .arg(format!("({after}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(limit)
-        .query_async(connection)
-        .await
-        .map_err(unavailable)?;
-    let mut alerts = Vec::with_capacity(entries.len());
-    for (id, fields) in entries {
-        let Some((_, json)) = fields.iter().find(|(field, _)| field == FIELD) else {
-            continue;
-        };
-        let (Ok(id), Ok(mut envelope)) = (
-            id.parse::<AlertId>(),
-            Envelope::from_json(Channel::Alerts, json),
-        ) else {
-            tracing::warn!(%id, "skipping an alert log entry that is not a valid alert envelope");
-            continue;
-        };
-        envelope.id = Some(id);
-        alerts.push(envelope);
+impl AppendScript {
+    pub(crate) fn new() -> Self {
+        Self(Script::new(&format!(
+            r#"
+redis.call('SET', KEYS[2], ARGV[4], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local id = redis.call('XADD', KEYS[1], '*', '{FIELD}', ARGV[2])
+local excess = math.min(redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1]), {MAX_TRIM_PER_APPEND})
+if excess > 0 then
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)) do
+    redis.call('XDEL', KEYS[1], entry[1])
+  end
+end
+redis.call('PUBLISH', ARGV[3], '{{"type":"alert","id":"' .. id .. '","epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], {}))
+return {{id, epoch}}
+"#,
+            ALERT_PREFIX.len() + 1
+        )))
     }
-    let complete = after >= max_deleted(connection, key).await.map_err(unavailable)?;
-    Ok(AlertHistory { alerts, complete })
-}
 
-/// The newest id trimmed from the stream (`XINFO STREAM`'s `max-deleted-entry-id`, Redis 7+);
-/// zero when the stream does not exist or the server does not report it.
-async fn max_deleted<C: ConnectionLike>(
-    connection: &mut C,
-    key: &str,
-) -> redis::RedisResult<AlertId> {
-    let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async(connection)
-        .await;
-    let info = match info {
-        Ok(info) => info,
-        Err(error) if error.to_string().contains("no such key") => return Ok(AlertId::ZERO),
-        Err(error) => return Err(error),
-    };
-    let fields: Vec<redis::Value> = match info {
-        redis::Value::Array(items) => items,
-        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => return Ok(AlertId::ZERO),
-    };
-    let text = |value: &redis::Value| -> Option<String> {
-        match value {
-            redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-            redis::Value::SimpleString(text) => Some(text.clone()),
-            _ => None,
-        }
-    };
-    for pair in fields.chunks(2) {
-        if let [name, value] = pair {
-            if text(name).as_deref() == Some("max-deleted-entry-id") {
-                return Ok(text(value)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(AlertId::ZERO));
-            }
+    /// Runs the script; returns the alert's position.
+    pub(crate) async fn append<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        keys: &LogKeys,
+        retention: usize,
+        envelope_json: &str,
+    ) -> redis::RedisResult<(AlertId, LogEpoch)> {
+        debug_assert!(envelope_json.starts_with(ALERT_PREFIX));
+        let (id, epoch): (String, String) = self
+            .0
+            .key(&keys.stream)
+            .key(&keys.epoch)
+            .arg(retention)
+            .arg(envelope_json)
+            .arg(Channel::Alerts.name())
+            .arg(fresh_epoch())
+            .invoke_async(connection)
+            .await?;
+        match (id.parse(), LogEpoch::new(epoch)) {
+            (Ok(id), Ok(epoch)) => Ok((id, epoch)),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the alert log script returned a malformed id or epoch",
+            ))),
         }
     }
-    Ok(AlertId::ZERO)
 }
 
-/// The newest id in the log (zero when it is empty): the point a new subscriber starts from.
-pub(crate) async fn head<C: ConnectionLike>(
-    connection: &mut C,
-    key: &str,
-) -> redis::RedisResult<AlertId> {
-    let newest: Vec<StreamEntry> = redis::cmd("XREVRANGE")
-        .arg(key)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(connection)
-        .await?;
-    Ok(newest
-        .first()
-        .and_then(|(id, _)| id.parse().ok())
-        .unwrap_or(AlertId::ZERO))
+/// Reads the log's epoch (creating it when missing), up to `ARGV[2]` entries after the exclusive
+/// start `ARGV[1]`, the newest id trimmed and the newest id ever assigned, in one atomic step.
+pub(crate) struct ReadScript(Script);
+
+impl ReadScript {
+    pub(crate) fn new() -> Self {
+        Self(Script::new(
+            r#"
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+end
+local deleted, head = '0-0', '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1]
+    elseif info[i] == 'last-generated-id' then head = info[i + 1] end
+  end
+end
+return {epoch, deleted, head, entries}
+"#,
+        ))
+    }
+
+    async fn read<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        keys: &LogKeys,
+        after: AlertId,
+        limit: usize,
+    ) -> Result<LogRead, HistoryError> {
+        let (epoch, deleted, head, entries): (String, String, String, Vec<StreamEntry>) = self
+            .0
+            .key(&keys.stream)
+            .key(&keys.epoch)
+            .arg(format!("({after}"))
+            .arg(limit)
+            .arg(fresh_epoch())
+            .invoke_async(connection)
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let malformed = |what: &str| HistoryError::Unavailable(format!("the alert log {what}"));
+        Ok(LogRead {
+            epoch: LogEpoch::new(epoch).map_err(|_| malformed("epoch is malformed"))?,
+            max_deleted: deleted
+                .parse()
+                .map_err(|_| malformed("reported a malformed deleted id"))?,
+            head: head
+                .parse()
+                .map_err(|_| malformed("reported a malformed newest id"))?,
+            entries,
+        })
+    }
+
+    /// At most `limit` alerts after `after`, and whether the log still holds everything after it.
+    pub(crate) async fn alerts_after<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        keys: &LogKeys,
+        after: AlertId,
+        limit: usize,
+    ) -> Result<AlertHistory, HistoryError> {
+        let read = self.read(connection, keys, after, limit).await?;
+        let mut alerts = Vec::with_capacity(read.entries.len());
+        for (id, fields) in read.entries {
+            let Some((_, json)) = fields.iter().find(|(field, _)| field == FIELD) else {
+                continue;
+            };
+            let (Ok(id), Ok(mut envelope)) = (
+                id.parse::<AlertId>(),
+                Envelope::from_json(Channel::Alerts, json),
+            ) else {
+                tracing::warn!(%id, "skipping an alert log entry that is not a valid alert envelope");
+                continue;
+            };
+            envelope.id = Some(id);
+            envelope.epoch = Some(read.epoch.clone());
+            alerts.push(envelope);
+        }
+        Ok(AlertHistory {
+            epoch: read.epoch,
+            alerts,
+            // Trimmed after the position, or a position this log never reached (another log's).
+            complete: after >= read.max_deleted && after <= read.head,
+        })
+    }
+
+    /// The log's epoch and newest id: where a new reader starts.
+    pub(crate) async fn head<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        keys: &LogKeys,
+    ) -> Result<LogPosition, HistoryError> {
+        let read = self.read(connection, keys, AlertId::ZERO, 0).await?;
+        Ok(LogPosition {
+            epoch: Some(read.epoch),
+            id: read.head,
+        })
+    }
+}
+
+struct LogRead {
+    epoch: LogEpoch,
+    max_deleted: AlertId,
+    head: AlertId,
+    entries: Vec<StreamEntry>,
 }

@@ -1,31 +1,74 @@
 //! Publishing through a lazily created connection pool.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use fanout_domain::{
-    AlertHistory, AlertId, AlertLog, Broadcaster, Channel, Envelope, HistoryError, Payload,
-    PublishError,
+    AlertHistory, AlertId, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogPosition,
+    Payload, PublishError, SubscriberState,
 };
 use tokio::sync::OnceCell;
 
-use crate::{log, RedisConfig};
+use crate::log::{AppendScript, LogKeys, ReadScript};
+use crate::status::SharedStatus;
+use crate::RedisConfig;
 
 /// `PUBLISH`es metrics; appends alerts to the alert log and publishes them in one atomic script.
 /// Also reads the alert log back ([`AlertLog`]).
+///
+/// While this worker's subscriber is reconnecting it refuses (503) rather than accept messages
+/// its own clients would miss; it first asks Redis itself, and when Redis answers it wakes the
+/// subscriber and waits for it (within the command timeout).
 pub struct RedisPublisher {
     config: RedisConfig,
     /// Created on the first publish, then shared by every publish of this worker.
     pool: OnceCell<Pool>,
-    alert_script: redis::Script,
+    keys: LogKeys,
+    append: AppendScript,
+    read: ReadScript,
+    status: Arc<SharedStatus>,
 }
 
 impl RedisPublisher {
-    pub fn new(config: RedisConfig) -> Self {
+    pub(crate) fn new(config: RedisConfig, status: Arc<SharedStatus>) -> Self {
         Self {
+            keys: LogKeys::new(&config.alert_log_key),
             config,
             pool: OnceCell::new(),
-            alert_script: log::publish_alert_script(),
+            append: AppendScript::new(),
+            read: ReadScript::new(),
+            status,
         }
+    }
+
+    /// Waits until this worker's subscriber is live (or idle: no clients to miss anything).
+    async fn subscriber_ready(&self, pool: &Pool) -> Result<(), PublishError> {
+        let reconnecting =
+            |state| matches!(state, SubscriberState::Connecting | SubscriberState::Reconnecting);
+        if !reconnecting(self.status.state()) {
+            return Ok(());
+        }
+        let probe = async {
+            let mut connection = pool.get().await.map_err(|error| {
+                PublishError::Unavailable(format!("no Redis connection: {error}"))
+            })?;
+            redis::cmd("PING")
+                .query_async::<redis::Value>(&mut *connection)
+                .await
+                .map_err(|error| PublishError::Unavailable(format!("Redis unreachable: {error}")))?;
+            // Redis answers: the subscriber need not sleep out its backoff.
+            self.status.redis_answered.notify_one();
+            self.status.until(|state| !reconnecting(state)).await;
+            Ok(())
+        };
+        tokio::time::timeout(self.config.command_timeout, probe)
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::Unavailable(
+                    "this worker's Redis subscription is not live again yet".into(),
+                ))
+            })
     }
 
     async fn pool(&self) -> Result<&Pool, PublishError> {
@@ -56,6 +99,7 @@ impl RedisPublisher {
 impl Broadcaster for RedisPublisher {
     async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
         let pool = self.pool().await?;
+        self.subscriber_ready(pool).await?;
         let payload = envelope.to_json();
         let attempt = async {
             let mut connection = pool.get().await.map_err(|error| {
@@ -68,24 +112,16 @@ impl Broadcaster for RedisPublisher {
                     .query_async::<i64>(&mut *connection)
                     .await
                     .map(|_| None),
-                Payload::Alert(_) => {
-                    debug_assert!(payload.starts_with(log::ALERT_PREFIX));
-                    self.alert_script
-                        .key(&self.config.alert_log_key)
-                        .arg(self.config.alert_retention)
-                        .arg(&payload)
-                        .arg(Channel::Alerts.name())
-                        .invoke_async::<String>(&mut *connection)
-                        .await
-                        .and_then(|id| {
-                            id.parse().map(Some).map_err(|_| {
-                                redis::RedisError::from((
-                                    redis::ErrorKind::UnexpectedReturnType,
-                                    "XADD returned an unexpected id",
-                                ))
-                            })
-                        })
-                }
+                Payload::Alert(_) => self
+                    .append
+                    .append(
+                        &mut *connection,
+                        &self.keys,
+                        self.config.alert_retention,
+                        &payload,
+                    )
+                    .await
+                    .map(|(id, _epoch)| Some(id)),
             };
             published.map_err(|error| {
                 // A failed command may leave the connection broken: drop it from the pool
@@ -111,16 +147,39 @@ impl AlertLog for RedisPublisher {
         after: AlertId,
         limit: usize,
     ) -> Result<AlertHistory, HistoryError> {
+        let read = async {
+            let mut connection = self.log_connection().await?;
+            self.read
+                .alerts_after(&mut *connection, &self.keys, after, limit)
+                .await
+        };
+        self.bounded(read).await
+    }
+
+    async fn head(&self) -> Result<LogPosition, HistoryError> {
+        let read = async {
+            let mut connection = self.log_connection().await?;
+            self.read.head(&mut *connection, &self.keys).await
+        };
+        self.bounded(read).await
+    }
+}
+
+impl RedisPublisher {
+    async fn log_connection(&self) -> Result<deadpool_redis::Connection, HistoryError> {
         let pool = self
             .pool()
             .await
             .map_err(|PublishError::Unavailable(e)| HistoryError::Unavailable(e))?;
-        let read = async {
-            let mut connection = pool.get().await.map_err(|error| {
-                HistoryError::Unavailable(format!("no Redis connection: {error}"))
-            })?;
-            log::alerts_after(&mut *connection, &self.config.alert_log_key, after, limit).await
-        };
+        pool.get()
+            .await
+            .map_err(|error| HistoryError::Unavailable(format!("no Redis connection: {error}")))
+    }
+
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, HistoryError>>,
+    ) -> Result<T, HistoryError> {
         tokio::time::timeout(self.config.command_timeout, read)
             .await
             .unwrap_or_else(|_| {

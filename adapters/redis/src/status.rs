@@ -5,52 +5,83 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fanout_domain::{BusStatus, SubscriberState};
+use tokio::sync::{watch, Notify};
 
+/// The one view of the bus's health that the publisher and the subscriber of a worker share:
+/// the publisher refuses while the subscriber is reconnecting (so a `202` means this worker's
+/// clients will get the message), and wakes the subscriber when it finds Redis answering first.
 pub(crate) struct SharedStatus {
-    /// State and last error change together, a few times per outage: a plain mutex is enough.
-    inner: Mutex<(SubscriberState, Option<String>)>,
+    /// Changes a few times per outage; waiters (the publisher, clients waiting for `hello`)
+    /// watch it.
+    state: watch::Sender<SubscriberState>,
+    last_error: Mutex<Option<String>>,
+    /// Publisher → subscriber: Redis answered; stop waiting out the backoff.
+    pub(crate) redis_answered: Notify,
+    /// Recoveries: subscribed again after losing the connection.
     pub(crate) reconnects: AtomicU64,
+    /// Connection attempts that failed.
+    pub(crate) failed_attempts: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) malformed: AtomicU64,
-    /// Replays that found alerts already trimmed from the log.
+    /// Catch-ups that found alerts trimmed from the log, or the log reset.
     pub(crate) lost: AtomicU64,
+    /// Live alerts whose id the log did not assign.
+    pub(crate) foreign_ids: AtomicU64,
 }
 
 impl SharedStatus {
     pub(crate) fn new() -> Self {
         Self {
-            inner: Mutex::new((SubscriberState::Idle, None)),
+            state: watch::Sender::new(SubscriberState::Idle),
+            last_error: Mutex::new(None),
+            redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
             received: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            foreign_ids: AtomicU64::new(0),
         }
     }
 
+    pub(crate) fn state(&self) -> SubscriberState {
+        *self.state.borrow()
+    }
+
     pub(crate) fn set_state(&self, state: SubscriberState) {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).0 = state;
+        self.state.send_replace(state);
     }
 
     pub(crate) fn set_error(&self, error: String) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.0 = SubscriberState::Reconnecting;
-        inner.1 = Some(error);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+        self.set_state(SubscriberState::Reconnecting);
+    }
+
+    /// Resolves once the state satisfies `ready`.
+    pub(crate) async fn until(&self, ready: impl Fn(SubscriberState) -> bool) {
+        let mut state = self.state.subscribe();
+        // The sender lives as long as `self`, so the wait can only end with `ready` true.
+        let _ = state.wait_for(|current| ready(*current)).await;
     }
 
     pub(crate) fn snapshot(&self) -> BusStatus {
-        let (state, last_error) = self
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         BusStatus {
             bus: "redis",
-            state,
+            state: self.state(),
             reconnects: self.reconnects.load(Ordering::Relaxed),
-            last_error,
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             received: self.received.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
+            foreign_ids: self.foreign_ids.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,28 +1,35 @@
 //! The worker's dedicated Pub/Sub connection and the listener that keeps it alive.
 //!
-//! One task per subscription runs `connect → SUBSCRIBE → listen` in a loop. Any error (connect
-//! refused, stream ended, a `PING` unanswered within the command timeout) ends the session; the
-//! task records it, waits a jittered, doubling delay and starts again. Only dropping the
+//! One task per subscription runs `connect → SUBSCRIBE → catch up → listen` in a loop. Any error
+//! (connect refused, stream ended, a `PING` unanswered within the command timeout, the alert log
+//! unreadable) ends the session; the task records it, waits a short jittered delay (or until the
+//! publisher finds Redis answering) and starts again. Only dropping the
 //! [`fanout_domain::Subscription`] stops it, so the listener never dies silently.
+//!
+//! Alerts go through the domain's [`AlertFeed`]: the log, read on the session's own connection,
+//! is the only source of alert ids, so no message on the channel can stall or reorder them.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fanout_domain::{
-    AlertId, BusStatus, BusSubscriber, Channel, Envelope, LocalDelivery, SubscriberState,
+    AlertFeed, AlertHistory, AlertId, AlertLog, BusStatus, BusSubscriber, Caught, Channel,
+    Envelope, HistoryError, LiveAlert, LocalDelivery, LogPosition, Payload, SubscriberState,
     Subscription,
 };
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::log::{LogKeys, ReadScript};
 use crate::status::{RateLimitedLog, SharedStatus};
-use crate::{log, RedisConfig};
+use crate::RedisConfig;
 
-/// How often at most a malformed message is logged (the rest are counted).
-const MALFORMED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often at most a malformed message, a foreign alert id or a failed reconnect attempt is
+/// logged (the rest are counted).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct RedisSubscriber {
     config: RedisConfig,
@@ -30,11 +37,8 @@ pub struct RedisSubscriber {
 }
 
 impl RedisSubscriber {
-    pub fn new(config: RedisConfig) -> Self {
-        Self {
-            config,
-            status: Arc::new(SharedStatus::new()),
-        }
+    pub(crate) fn new(config: RedisConfig, status: Arc<SharedStatus>) -> Self {
+        Self { config, status }
     }
 }
 
@@ -56,11 +60,14 @@ impl BusSubscriber for RedisSubscriber {
         let cancel = CancellationToken::new();
         let (first_outcome, outcome) = oneshot::channel();
         let listener = Listener {
+            keys: LogKeys::new(&self.config.alert_log_key),
             config: self.config.clone(),
             status: Arc::clone(&self.status),
             delivery,
-            malformed_log: RateLimitedLog::new(MALFORMED_LOG_INTERVAL),
-            last_alert: None,
+            malformed_log: RateLimitedLog::new(LOG_INTERVAL),
+            foreign_log: RateLimitedLog::new(LOG_INTERVAL),
+            feed: None,
+            recovering: false,
         };
         self.status.set_state(SubscriberState::Connecting);
         tokio::spawn(listener.run(cancel.clone(), first_outcome));
@@ -76,26 +83,33 @@ impl BusSubscriber for RedisSubscriber {
     fn status(&self) -> BusStatus {
         self.status.snapshot()
     }
+
+    async fn until_live(&self) {
+        self.status
+            .until(|state| state == SubscriberState::Subscribed)
+            .await;
+    }
 }
 
 struct Listener {
     config: RedisConfig,
+    keys: LogKeys,
     status: Arc<SharedStatus>,
     delivery: Arc<dyn LocalDelivery>,
     malformed_log: RateLimitedLog,
-    /// The newest alert-log id this worker has delivered (or skipped as already seen): after a
-    /// reconnect, replay starts right after it. Set from the log's head before the first
+    foreign_log: RateLimitedLog,
+    /// This worker's place in the alert log; started at the log's head before the first
     /// SUBSCRIBE, so nothing published from then on can fall between the log and the channel.
-    last_alert: Option<AlertId>,
+    feed: Option<AlertFeed>,
+    /// A session was lost: reaching `subscribed` again is a recovery (counted in `reconnects`).
+    recovering: bool,
 }
-
-/// Alerts replayed per XRANGE page.
-const REPLAY_PAGE: usize = 1000;
 
 impl Listener {
     async fn run(mut self, cancel: CancellationToken, first_outcome: oneshot::Sender<()>) {
         let mut first_outcome = Some(first_outcome);
         let mut attempt: u32 = 0;
+        let mut attempts_log = RateLimitedLog::new(LOG_INTERVAL);
         loop {
             let session = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -105,22 +119,33 @@ impl Listener {
             if let Some(signal) = first_outcome.take() {
                 let _ = signal.send(());
             }
-            if error.was_subscribed {
+            let delay = if error.was_subscribed {
                 attempt = 0;
-            }
-            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
-            self.status.set_error(error.message.clone());
-            let delay = self.config.backoff.delay(attempt);
-            tracing::warn!(
-                error = %error.message,
-                retry_in_ms = delay.as_millis() as u64,
-                attempt,
-                "Redis subscriber lost its connection; reconnecting"
-            );
-            attempt = attempt.saturating_add(1);
+                self.recovering = true;
+                tracing::warn!(error = %error.message, "Redis subscriber lost its connection; reconnecting");
+                // The first retry comes at once: most losses are a restart or a failover.
+                Duration::ZERO
+            } else {
+                let failed = self.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = attempts_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        error = %error.message,
+                        attempt,
+                        failed_attempts_total = failed,
+                        suppressed,
+                        "Redis subscriber cannot connect; retrying"
+                    );
+                }
+                let delay = self.config.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                delay
+            };
+            self.status.set_error(error.message);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+                // The publisher found Redis answering first.
+                _ = self.status.redis_answered.notified() => {}
             }
             self.status.set_state(SubscriberState::Connecting);
         }
@@ -137,20 +162,19 @@ impl Listener {
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        let mut log_connection =
-            tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
-                .map_err(SessionError::before)?;
-        if self.last_alert.is_none() {
-            let head = tokio::time::timeout(
-                timeout,
-                log::head(&mut log_connection, &self.config.alert_log_key),
-            )
+        let connection = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
             .await
-            .map_err(|_| SessionError::before("reading the alert log head timed out"))?
+            .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-            self.last_alert = Some(head);
+        let log = ConnectionLog {
+            connection,
+            keys: self.keys.clone(),
+            read: ReadScript::new(),
+            timeout,
+        };
+        if self.feed.is_none() {
+            let head = log.head().await.map_err(SessionError::before)?;
+            self.feed = Some(AlertFeed::new(head));
         }
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
@@ -158,15 +182,31 @@ impl Listener {
             .await
             .map_err(|_| SessionError::before(format!("SUBSCRIBE took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        // Live messages queue up on the subscription while the missed alerts are replayed; the
-        // live copies of replayed alerts are skipped by id.
-        let replayed = tokio::time::timeout(timeout * 4, self.replay(&mut log_connection))
-            .await
-            .map_err(|_| SessionError::before("replaying the alert log timed out"))?
-            .map_err(SessionError::before)?;
-        drop(log_connection);
+        // Live messages queue up on the subscription while the missed alerts are delivered; the
+        // feed recognises their live copies.
+        let caught = match self.feed.as_mut() {
+            Some(feed) => feed
+                .catch_up(&log, self.delivery.as_ref())
+                .await
+                .map_err(SessionError::before)?,
+            None => Caught {
+                delivered: 0,
+                complete: true,
+            },
+        };
+        self.report_gap(caught);
         self.status.set_state(SubscriberState::Subscribed);
-        tracing::info!(channels = ?channels, replayed, "Redis subscriber subscribed");
+        if std::mem::take(&mut self.recovering) {
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let status = self.status.snapshot();
+        tracing::info!(
+            channels = ?channels,
+            replayed = caught.delivered,
+            reconnects = status.reconnects,
+            failed_attempts = status.failed_attempts,
+            "Redis subscriber subscribed"
+        );
         if let Some(signal) = first_outcome.take() {
             let _ = signal.send(());
         }
@@ -179,7 +219,9 @@ impl Listener {
                     let Some(message) = message else {
                         return Err(SessionError::after("the connection closed"));
                     };
-                    self.handle(message.get_channel_name(), message.get_payload_bytes());
+                    self.handle(message.get_channel_name(), message.get_payload_bytes(), &log)
+                        .await
+                        .map_err(SessionError::after)?;
                 }
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
@@ -193,54 +235,19 @@ impl Listener {
         }
     }
 
-    /// Delivers every alert logged after `last_alert`, oldest first; returns how many.
-    async fn replay(
+    /// Hands one channel message on; an error (the alert log unreadable) ends the session.
+    async fn handle(
         &mut self,
-        connection: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<usize, String> {
-        let mut replayed = 0;
-        loop {
-            let after = self.last_alert.unwrap_or(AlertId::ZERO);
-            let history =
-                log::alerts_after(connection, &self.config.alert_log_key, after, REPLAY_PAGE)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            if !history.complete {
-                self.status.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    after = %after,
-                    "alerts after {after} were trimmed from the log before this worker could replay them"
-                );
-            }
-            let page = history.alerts.len();
-            for envelope in history.alerts {
-                self.last_alert = envelope.id.or(self.last_alert);
-                self.delivery.deliver(&envelope);
-            }
-            replayed += page;
-            if page < REPLAY_PAGE {
-                return Ok(replayed);
-            }
-        }
-    }
-
-    fn handle(&mut self, channel_name: &str, payload: &[u8]) {
+        channel_name: &str,
+        payload: &[u8],
+        log: &ConnectionLog,
+    ) -> Result<(), HistoryError> {
         let decoded = match Channel::from_name(channel_name) {
             Some(channel) => Envelope::from_json(channel, payload).map_err(|e| e.to_string()),
             None => Err(format!("message on unexpected channel {channel_name:?}")),
         };
-        match decoded {
-            Ok(envelope) => {
-                self.status.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(id) = envelope.id {
-                    if self.last_alert.is_some_and(|last| id <= last) {
-                        // Already delivered by a replay.
-                        return;
-                    }
-                    self.last_alert = Some(id);
-                }
-                self.delivery.deliver(&envelope);
-            }
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
             Err(reason) => {
                 let total = self.status.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(suppressed) = self.malformed_log.allow(Instant::now()) {
@@ -252,8 +259,90 @@ impl Listener {
                         "dropped a malformed message from Redis"
                     );
                 }
+                return Ok(());
+            }
+        };
+        self.status.received.fetch_add(1, Ordering::Relaxed);
+        let (Payload::Alert(_), Some(feed)) = (&envelope.payload, self.feed.as_mut()) else {
+            self.delivery.deliver(&envelope);
+            return Ok(());
+        };
+        let claimed = envelope.id;
+        match feed.on_live(envelope, log, self.delivery.as_ref()).await? {
+            LiveAlert::Logged(caught) => self.report_gap(caught),
+            LiveAlert::Duplicate | LiveAlert::Unlogged => {}
+            LiveAlert::Foreign(caught) => {
+                self.report_gap(caught);
+                let total = self.status.foreign_ids.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.foreign_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        id = ?claimed.map(|id| id.to_string()),
+                        foreign_ids_total = total,
+                        suppressed,
+                        "an alert on the channel carries an id the alert log did not assign: delivered without it"
+                    );
+                }
             }
         }
+        Ok(())
+    }
+
+    fn report_gap(&self, caught: Caught) {
+        if caught.complete {
+            return;
+        }
+        self.status.lost.fetch_add(1, Ordering::Relaxed);
+        let position = self.feed.as_ref().map(|feed| feed.position().clone());
+        tracing::error!(
+            ?position,
+            "alerts this worker had not delivered were trimmed from the log, or the log was reset: its clients missed them"
+        );
+    }
+}
+
+/// The alert log read on the session's own connection (not the publish pool), every read
+/// bounded by the command timeout.
+struct ConnectionLog {
+    connection: redis::aio::MultiplexedConnection,
+    keys: LogKeys,
+    read: ReadScript,
+    timeout: Duration,
+}
+
+impl ConnectionLog {
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, HistoryError>>,
+    ) -> Result<T, HistoryError> {
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(HistoryError::Unavailable(
+                    "reading the alert log timed out".into(),
+                ))
+            })
+    }
+}
+
+#[async_trait]
+impl AlertLog for ConnectionLog {
+    async fn alerts_after(
+        &self,
+        after: AlertId,
+        limit: usize,
+    ) -> Result<AlertHistory, HistoryError> {
+        let mut connection = self.connection.clone();
+        self.bounded(
+            self.read
+                .alerts_after(&mut connection, &self.keys, after, limit),
+        )
+        .await
+    }
+
+    async fn head(&self) -> Result<LogPosition, HistoryError> {
+        let mut connection = self.connection.clone();
+        self.bounded(self.read.head(&mut connection, &self.keys))
+            .await
     }
 }
 

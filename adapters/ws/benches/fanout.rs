@@ -15,6 +15,7 @@ fn envelope() -> Envelope {
         .with_label("service", "checkout");
     Envelope {
         id: None,
+        epoch: None,
         origin: WorkerId::new("web-1-4242").unwrap_or_else(|e| panic!("{e}")),
         seq: 17,
         published_at_us: 1_764_380_000_123_456,

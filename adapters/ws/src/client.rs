@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use fanout_domain::{AlertId, Grant};
+use fanout_domain::{Grant, LogPosition};
 use futures_util::{SinkExt, StreamExt};
 use std::pin::Pin;
 
@@ -30,13 +30,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub(crate) async fn serve(
     manager: Arc<ConnectionManager>,
     mut socket: WebSocket,
-    resume_after: Option<AlertId>,
+    resume_from: Option<LogPosition>,
     grant: Grant,
 ) {
     let Registered {
         id,
         queue,
-        mut greeting,
+        snapshot,
     } = match manager.register(&grant).await {
         Ok(registered) => registered,
         Err(refused) => {
@@ -45,11 +45,22 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // `hello` promises that every message published from now on reaches the client: it waits
+    // for the bus subscription to be live.
+    let mut greeting = Vec::new();
+    match until_live(&manager, &mut socket, &queue).await {
+        Waited::Live => greeting.extend([manager.hello(), snapshot]),
+        Waited::Closing => {}
+        Waited::Gone => {
+            manager.unregister(id).await;
+            return;
+        }
+    }
     // Live frames queue up while the missed alerts are read; the greeting and the replay go
     // first, then the queue without the replayed ids.
     let mut floor = None;
-    if let Some(after) = resume_after.filter(|_| grant.alerts) {
-        match manager.replay(after).await {
+    if let Some(from) = resume_from.filter(|_| grant.alerts && !greeting.is_empty()) {
+        match manager.replay(&from).await {
             Ok(replay) => {
                 greeting.extend(replay.frames);
                 floor = replay.floor;
@@ -80,6 +91,36 @@ pub(crate) async fn serve(
     }
 }
 
+/// How the wait for a live subscription ended.
+enum Waited {
+    Live,
+    /// The server is closing the client (shutdown) before it was live.
+    Closing,
+    /// The client left.
+    Gone,
+}
+
+/// Waits for the worker's bus subscription to be live, noticing meanwhile a client that leaves
+/// or a close the server decided.
+async fn until_live(
+    manager: &ConnectionManager,
+    socket: &mut WebSocket,
+    queue: &ClientQueue,
+) -> Waited {
+    let live = manager.until_live();
+    tokio::pin!(live);
+    loop {
+        tokio::select! {
+            _ = &mut live => return Waited::Live,
+            _ = queue.closed() => return Waited::Closing,
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return Waited::Gone,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
 fn ping_interval(period: Duration) -> Interval {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,7 +148,7 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<AlertId>) -> Ending {
+    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<fanout_domain::AlertId>) -> Ending {
         let mut batch = greeting;
         let mut close = None;
         let mut is_greeting = true;

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use fanout_domain::AlertId;
+use fanout_domain::{AlertId, LogEpoch, LogPosition};
 use serde::Deserialize;
 
 pub use manager::{Admission, ConnectionManager, DeliveryStats, Refused};
@@ -56,6 +56,8 @@ pub fn router(manager: Arc<ConnectionManager>) -> Router {
 struct ConnectParams {
     /// The last alert-log id the client saw: it is sent every retained alert after it first.
     last_alert_id: Option<String>,
+    /// The epoch that id belongs to (from the same alert frame): a log reset since is detected.
+    epoch: Option<String>,
     /// The access token, for browsers that cannot set `Authorization`.
     token: Option<String>,
 }
@@ -119,10 +121,9 @@ async fn upgrade(
             "this worker is at its connection limit".into(),
         );
     }
-    let resume_after = match params.last_alert_id.as_deref().map(str::parse::<AlertId>) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(error)) => return refuse(StatusCode::BAD_REQUEST, error.to_string()),
+    let resume_from = match resume_position(&params) {
+        Ok(position) => position,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     let limits = *manager.limits();
     upgrade
@@ -131,7 +132,23 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_after, grant))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant))
+}
+
+/// Where a resuming client stands: `last_alert_id` and, when given, its `epoch`.
+fn resume_position(params: &ConnectParams) -> Result<Option<LogPosition>, String> {
+    let epoch = match params.epoch.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<LogEpoch>().map_err(|e| e.to_string())?),
+    };
+    match params.last_alert_id.as_deref() {
+        None if epoch.is_some() => Err("epoch is given without last_alert_id".into()),
+        None => Ok(None),
+        Some(text) => {
+            let id = text.parse::<AlertId>().map_err(|e| e.to_string())?;
+            Ok(Some(LogPosition { epoch, id }))
+        }
+    }
 }
 
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.

@@ -4,16 +4,17 @@
 //! arrive subscribes, the last one to leave unsubscribes. Both happen under one async lock, and a
 //! client is inserted while that lock is held, so there is never a registered client without a
 //! live subscription, and a new client's `hello` frame and metrics snapshot come before any bus
-//! message. A resuming client is sent the alerts it missed from the bus's alert log, then the
-//! live stream with the replayed ids skipped.
+//! message. A client's `hello` is sent once the subscription is live (it means "from now on you
+//! get every message"). A resuming client is sent the alerts it missed from the bus's alert log,
+//! then the live stream with the replayed ids skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fanout_domain::{
-    AccessControl, AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, Grant, HistoryError,
-    LocalDelivery, Metric, Payload, Subscription, WorkerId,
+    read_after, AccessControl, AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, Grant,
+    HistoryError, LocalDelivery, LogEpoch, LogPosition, Metric, Payload, Subscription, WorkerId,
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -169,12 +170,12 @@ impl LocalDelivery for ClientRegistry {
     }
 }
 
-/// A registered client: its id, its queue, and the frames to send before anything queued (its
-/// `hello` and the metrics snapshot). Unregister it with [`ConnectionManager::unregister`].
+/// A registered client: its id, its queue, and the metrics snapshot to send (after `hello`)
+/// before anything queued. Unregister it with [`ConnectionManager::unregister`].
 pub(crate) struct Registered {
     pub(crate) id: u64,
     pub(crate) queue: Arc<ClientQueue>,
-    pub(crate) greeting: Vec<Frame>,
+    pub(crate) snapshot: Frame,
 }
 
 /// What a resuming client is sent before the live stream.
@@ -193,17 +194,17 @@ struct Snapshot {
 }
 
 #[derive(Serialize)]
-struct Resume {
+struct Resume<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     after: AlertId,
+    /// The log's epoch now: the one the replayed and live alerts' ids belong to.
+    epoch: Option<&'a LogEpoch>,
     replayed: usize,
-    /// False when alerts after `after` were already trimmed from the log: some are missed.
+    /// False when an alert after `after` is not in the log: trimmed, or the log was reset
+    /// (the client's epoch is not the log's): some are missed.
     complete: bool,
 }
-
-/// Alerts replayed per read of the log.
-const REPLAY_PAGE: usize = 1000;
 
 /// Why a client was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -332,7 +333,6 @@ impl ConnectionManager {
     }
 
     /// Registers a client, subscribing to the bus first if it is the worker's first client.
-    /// The client's first frame is `hello`, queued once the subscription is live.
     pub(crate) async fn register(&self, grant: &Grant) -> Result<Registered, Refused> {
         let mut subscription = self.subscription.lock().await;
         if self.is_draining() {
@@ -350,14 +350,8 @@ impl ConnectionManager {
             grant.metrics,
             grant.alerts,
         ));
-        let (connections, greeting) = {
+        let (connections, snapshot) = {
             let mut clients = self.registry.lock();
-            let hello = Hello {
-                kind: "hello",
-                worker: &self.worker,
-                connections: clients.len() + 1,
-                bus: self.subscriber.status(),
-            };
             let snapshot = Snapshot {
                 kind: "snapshot",
                 data: if grant.metrics {
@@ -372,9 +366,9 @@ impl ConnectionManager {
             };
             // Taken under the clients lock, so the snapshot is older than every live frame the
             // client will get.
-            let greeting = vec![Frame::control(&hello), Frame::control(&snapshot)];
+            let snapshot = Frame::control(&snapshot);
             clients.insert(id, Arc::clone(&queue));
-            (clients.len(), greeting)
+            (clients.len(), snapshot)
         };
         self.registry.accepted.fetch_add(1, Ordering::Relaxed);
         drop(subscription);
@@ -382,41 +376,49 @@ impl ConnectionManager {
         Ok(Registered {
             id,
             queue,
-            greeting,
+            snapshot,
         })
     }
 
-    /// Reads every retained alert after `after` for a resuming client.
-    pub(crate) async fn replay(&self, after: AlertId) -> Result<Replay, HistoryError> {
-        let mut alerts = Vec::new();
-        let mut complete = true;
-        let mut cursor = after;
-        loop {
-            let page = self.history.alerts_after(cursor, REPLAY_PAGE).await?;
-            complete &= page.complete;
-            let count = page.alerts.len();
-            cursor = page.alerts.last().and_then(|e| e.id).unwrap_or(cursor);
-            alerts.extend(page.alerts);
-            if count < REPLAY_PAGE {
-                break;
-            }
-        }
-        if !complete {
-            tracing::warn!(%after, "a resuming client asked for alerts already trimmed from the log");
+    /// Resolves once the worker's bus subscription is live.
+    pub(crate) async fn until_live(&self) {
+        self.subscriber.until_live().await;
+    }
+
+    /// The `hello` frame, as of now.
+    pub(crate) fn hello(&self) -> Frame {
+        Frame::control(&Hello {
+            kind: "hello",
+            worker: &self.worker,
+            connections: self.connections(),
+            bus: self.subscriber.status(),
+        })
+    }
+
+    /// Reads every retained alert after `from` for a resuming client.
+    pub(crate) async fn replay(&self, from: &LogPosition) -> Result<Replay, HistoryError> {
+        let read = read_after(self.history.as_ref(), from).await?;
+        if !read.complete {
+            tracing::warn!(
+                after = %from.id,
+                epoch = ?from.epoch.as_ref().map(LogEpoch::as_str),
+                "a resuming client missed alerts: trimmed from the log, or the log was reset"
+            );
         }
         let resume = Resume {
             kind: "resume",
-            after,
-            replayed: alerts.len(),
-            complete,
+            after: from.id,
+            epoch: read.position.epoch.as_ref(),
+            replayed: read.alerts.len(),
+            complete: read.complete,
         };
         let mut frames = vec![Frame::control(&resume)];
         frames.extend(
-            alerts
+            read.alerts
                 .iter()
                 .map(|e| Frame::for_envelope(FrameKind::Alert, e)),
         );
-        let floor = alerts.last().and_then(|e| e.id);
+        let floor = read.alerts.last().and_then(|e| e.id);
         Ok(Replay { frames, floor })
     }
 
