@@ -108,13 +108,21 @@ pub struct Caught {
 pub enum LiveAlert {
     /// Its id is one the log assigned: delivered from the log, together with anything logged
     /// before it that this worker had not delivered yet.
-    Logged(Caught),
-    /// A log id this worker already delivered (a catch-up got there first): skipped.
+    Logged,
+    /// A log entry this worker already delivered (a catch-up got there first): skipped.
     Duplicate,
     /// Published straight onto the channel without an id: delivered as it is.
     Unlogged,
-    /// Its id is not one the log assigned: delivered without it, after the catch-up it caused.
-    Foreign(Caught),
+    /// Its id is not one the log assigned: delivered without it.
+    Foreign,
+}
+
+/// The outcome of [`AlertFeed::on_live`]: what became of the alert, and what the catch-up it
+/// caused (if any) delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handled {
+    pub alert: LiveAlert,
+    pub caught: Option<Caught>,
 }
 
 /// A worker's place in the alert log: delivers every logged alert to the worker's clients
@@ -171,23 +179,24 @@ impl AlertFeed {
         alert: Envelope,
         log: &dyn AlertLog,
         delivery: &dyn LocalDelivery,
-    ) -> Result<LiveAlert, HistoryError> {
+    ) -> Result<Handled, HistoryError> {
+        let handled = |alert, caught| Ok(Handled { alert, caught });
         let Some(id) = alert.id else {
             delivery.deliver(&alert);
-            return Ok(LiveAlert::Unlogged);
+            return handled(LiveAlert::Unlogged, None);
         };
         if self.was_delivered(id, alert.epoch.as_ref()) {
-            return Ok(LiveAlert::Duplicate);
+            return handled(LiveAlert::Duplicate, None);
         }
-        let caught = self.catch_up(log, delivery).await?;
+        let caught = Some(self.catch_up(log, delivery).await?);
         if self.was_delivered(id, alert.epoch.as_ref()) {
-            return Ok(LiveAlert::Logged(caught));
+            return handled(LiveAlert::Logged, caught);
         }
         if self.is_older_log_entry(id, alert.epoch.as_ref(), log).await? {
-            return Ok(LiveAlert::Duplicate);
+            return handled(LiveAlert::Duplicate, caught);
         }
         delivery.deliver(&alert.without_log_position());
-        Ok(LiveAlert::Foreign(caught))
+        handled(LiveAlert::Foreign, caught)
     }
 
     fn remember(&mut self, id: AlertId) {
@@ -303,7 +312,7 @@ mod tests {
             ..alert(None, Some("e1"), "outside")
         };
         let outcome = feed.on_live(forged, &log, &delivered).await;
-        assert!(matches!(outcome, Ok(LiveAlert::Foreign(_))), "{outcome:?}");
+        assert_eq!(outcome.map(|handled| handled.alert), Ok(LiveAlert::Foreign));
         for seq in 1..=2 {
             let _ = feed
                 .on_live(alert(Some(seq), Some("e1"), "live copy"), &log, &delivered)

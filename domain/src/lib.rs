@@ -21,7 +21,7 @@ mod worker;
 
 pub use access::{AccessControl, AccessError, Grant, OpenAccess};
 pub use alert::{Alert, Severity};
-pub use alert_feed::{read_after, AlertFeed, CatchUp, Caught, LiveAlert, LogPosition, LOG_PAGE};
+pub use alert_feed::{read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE};
 pub use alert_id::{AlertId, InvalidAlertId, InvalidLogEpoch, LogEpoch};
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};

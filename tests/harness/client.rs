@@ -42,6 +42,16 @@ impl Client {
         Self::open(addr, Some(last_alert_id)).await
     }
 
+    /// Resumes with the last alert id seen and the epoch of the log it came from (both from the
+    /// same alert frame), as PROTOCOL.md tells clients to.
+    pub async fn resume_in(addr: SocketAddr, last_alert_id: &str, epoch: &str) -> Client {
+        let url = format!("ws://{addr}/ws/performance?last_alert_id={last_alert_id}&epoch={epoch}");
+        let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Self::greeted(stream, Some(last_alert_id)).await
+    }
+
     /// Connects with a tiny socket receive buffer, for a client that will stop reading: the
     /// server's writes block after a few KiB instead of megabytes of kernel buffering.
     pub async fn connect_small_buffer(addr: SocketAddr) -> Client {

@@ -73,6 +73,28 @@ impl RedisServer {
         self.wait_ready().await;
     }
 
+    /// Starts it again on the same port without waiting (the caller measures when it answers).
+    pub async fn start_again_unwaited(&self) {
+        self.container
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("cannot start Redis again: {e}"));
+    }
+
+    /// Runs one command, as an operator's `redis-cli` would.
+    pub async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap_or_else(|e| panic!("{e}"));
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to Redis: {e}"));
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+    }
+
     /// Freezes Redis: connections stay open but nothing is answered (a hang, not a disconnect).
     pub async fn pause(&self) {
         self.container

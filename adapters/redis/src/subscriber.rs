@@ -268,11 +268,13 @@ impl Listener {
             return Ok(());
         };
         let claimed = envelope.id;
-        match feed.on_live(envelope, log, self.delivery.as_ref()).await? {
-            LiveAlert::Logged(caught) => self.report_gap(caught),
-            LiveAlert::Duplicate | LiveAlert::Unlogged => {}
-            LiveAlert::Foreign(caught) => {
-                self.report_gap(caught);
+        let handled = feed.on_live(envelope, log, self.delivery.as_ref()).await?;
+        if let Some(caught) = handled.caught {
+            self.report_gap(caught);
+        }
+        match handled.alert {
+            LiveAlert::Logged | LiveAlert::Duplicate | LiveAlert::Unlogged => {}
+            LiveAlert::Foreign => {
                 let total = self.status.foreign_ids.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(suppressed) = self.foreign_log.allow(Instant::now()) {
                     tracing::warn!(

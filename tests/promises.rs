@@ -1,0 +1,483 @@
+//! The promises of PROTOCOL.md and RELIABILITY.md, tried the way a user who read only the docs
+//! would: outside publishers with odd fields, a resume across trimming and log resets, clients
+//! that connect while Redis is down, and the same Redis fault repeated 20 times. Real `fanout`
+//! processes, one real Redis (testcontainers), real WebSocket clients.
+
+mod harness;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use harness::http::{health, post, publish};
+use harness::process::WorkerProcess;
+use harness::redis::RedisServer;
+use harness::{wait_until, within, Client};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{json, Value};
+
+/// The next alert frame, skipping metrics.
+async fn next_alert(client: &mut Client) -> Value {
+    loop {
+        let frame = client.next_frame().await;
+        if frame["type"] == "alert" {
+            return frame;
+        }
+    }
+}
+
+/// Alert frames until the one whose message is `marker` (returned last).
+async fn alerts_until(client: &mut Client, marker: &str) -> Vec<Value> {
+    let mut alerts = Vec::new();
+    loop {
+        let alert = next_alert(client).await;
+        let done = alert["data"]["message"] == marker;
+        alerts.push(alert);
+        if done {
+            return alerts;
+        }
+    }
+}
+
+async fn post_alert(worker: &WorkerProcess, message: &str) -> Value {
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({"severity": "warning", "message": message}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_outside_alert_with_any_id_never_silences_live_alerts_on_any_worker() {
+    let redis = RedisServer::start().await;
+    let a = WorkerProcess::start_redis("a", &redis.url(), &[]).await;
+    let b = WorkerProcess::start_redis("b", &redis.url(), &[]).await;
+    let mut on_a = Client::connect(a.addr).await;
+    let mut on_b = Client::connect(b.addr).await;
+
+    // The reported case: a far-future id from outside, then alerts POSTed to the other worker.
+    let forged = r#"{"type":"alert","id":"99999999999999-0","data":{"severity":"info","message":"outside"}}"#;
+    assert_eq!(redis.publish_raw("performance:alerts", forged).await, 2);
+    let mut epoch = Value::Null;
+    for round in 0..20 {
+        let message = format!("real {round}");
+        let receipt = post_alert(&b, &message).await;
+        for client in [&mut on_a, &mut on_b] {
+            let alerts = alerts_until(client, &message).await;
+            let (real, outside) = alerts.split_last().unwrap_or_else(|| unreachable!());
+            assert_eq!(real["id"], receipt["log_id"], "{real}");
+            assert!(real["epoch"].is_string(), "{real}");
+            epoch = real["epoch"].clone();
+            for frame in outside {
+                assert!(
+                    frame["data"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("outside")),
+                    "only outside alerts come between real ones: {frame}"
+                );
+                assert!(
+                    frame.get("id").is_none() && frame.get("epoch").is_none(),
+                    "an id the log did not assign is not passed on: {frame}"
+                );
+            }
+        }
+        // A different odd message every round: the log's own epoch copied with a huge id, ids
+        // out of range or malformed, numbers where strings belong.
+        let odd = match round % 5 {
+            0 => json!({"type":"alert","id":"99999999999999-9","epoch":epoch,"data":{"severity":"info","message":"outside copied epoch"}}),
+            1 => json!({"type":"alert","id":"0-0","data":{"severity":"info","message":"outside zero"}}),
+            2 => json!({"type":"alert","id":"1-1","seq":18446744073709551615u64,"origin":"a","data":{"severity":"info","message":"outside old id"}}),
+            3 => json!({"type":"alert","id":12,"epoch":["x"],"data":{"severity":"info","message":"outside numbers"}}),
+            _ => json!({"type":"alert","id":"18446744073709551615-18446744073709551615","data":{"severity":"critical","message":"outside max"}}),
+        };
+        redis
+            .publish_raw("performance:alerts", &odd.to_string())
+            .await;
+    }
+    // A client that connects afterwards gets live alerts too.
+    let mut late = Client::connect(a.addr).await;
+    let receipt = post_alert(&b, "after all that").await;
+    let frame = alerts_until(&mut late, "after all that").await;
+    assert_eq!(frame.last().map(|f| f["id"].clone()), Some(receipt["log_id"].clone()));
+    let bus = &health(a.addr).await["bus"];
+    assert!(bus["foreign_ids"].as_u64() >= Some(17), "{bus}");
+    assert_eq!(bus["malformed"], 0, "{bus}");
+}
+
+#[tokio::test]
+async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
+    let redis = RedisServer::start().await;
+    let worker = WorkerProcess::start_redis("w", &redis.url(), &["--alert-retention", "100"]).await;
+    let mut watcher = Client::connect(worker.addr).await;
+    let first = post_alert(&worker, "first").await;
+    let mut receipts = vec![first.clone()];
+    for n in 1..490 {
+        receipts.push(post_alert(&worker, &format!("alert {n}")).await);
+    }
+    let last_id = receipts[489]["log_id"].as_str().unwrap_or_default().to_owned();
+
+    // From before the log's first entry, and from the very start: alerts were trimmed.
+    let trimmed = Client::resume(worker.addr, first["log_id"].as_str().unwrap_or("?")).await;
+    assert_eq!(trimmed.resume["complete"], false, "{}", trimmed.resume);
+    assert_eq!(trimmed.resume["replayed"], 100, "retention is exact");
+    let from_zero = Client::resume(worker.addr, "0-0").await;
+    assert_eq!(from_zero.resume["complete"], false, "{}", from_zero.resume);
+
+    // From within the retention: complete, and exactly the alerts after the id.
+    let epoch = trimmed.resume["epoch"].as_str().unwrap_or("?").to_owned();
+    let within_id = receipts[450]["log_id"].as_str().unwrap_or("?").to_owned();
+    let mut recent = Client::resume_in(worker.addr, &within_id, &epoch).await;
+    assert_eq!(recent.resume["complete"], true, "{}", recent.resume);
+    assert_eq!(recent.resume["replayed"], 39);
+    for receipt in &receipts[451..] {
+        assert_eq!(next_alert(&mut recent).await["id"], receipt["log_id"]);
+    }
+    let watched = alerts_until(&mut watcher, "alert 489").await;
+    assert_eq!(watched.last().map(|f| f["epoch"].clone()), Some(json!(epoch)));
+
+    // The log is wiped (FLUSHALL): the old epoch's id is recognised as another log's.
+    redis.command(&["FLUSHALL"]).await;
+    let after_flush = Client::resume_in(worker.addr, &last_id, &epoch).await;
+    assert_eq!(after_flush.resume["complete"], false, "{}", after_flush.resume);
+    assert_ne!(after_flush.resume["epoch"], json!(epoch));
+    // Without the epoch the id is beyond anything the new log assigned: incomplete as well.
+    let no_epoch = Client::resume(worker.addr, &last_id).await;
+    assert_eq!(no_epoch.resume["complete"], false, "{}", no_epoch.resume);
+
+    // The live stream goes on in the new log, and the worker counts the gap it cannot rule out.
+    let receipt = post_alert(&worker, "after the flush").await;
+    let live = alerts_until(&mut watcher, "after the flush").await;
+    assert_eq!(live.len(), 1, "nothing else: {live:?}");
+    assert_eq!(live[0]["id"], receipt["log_id"]);
+    let new_epoch = live[0]["epoch"].as_str().unwrap_or("?").to_owned();
+    assert_ne!(new_epoch, epoch);
+    assert!(health(worker.addr).await["bus"]["lost"].as_u64() >= Some(1));
+
+    // Redis restarted without persistence (as the test image runs): the same again.
+    redis.stop().await;
+    redis.start_again().await;
+    let after_restart =
+        Client::resume_in(worker.addr, receipt["log_id"].as_str().unwrap_or("?"), &new_epoch)
+            .await;
+    assert_eq!(after_restart.resume["complete"], false, "{}", after_restart.resume);
+    assert_ne!(after_restart.resume["epoch"], json!(new_epoch));
+}
+
+#[tokio::test]
+async fn hello_comes_only_once_the_subscription_is_live() {
+    let redis = RedisServer::start().await;
+    let worker = WorkerProcess::start_redis("w", &redis.url(), &[]).await;
+    redis.stop().await;
+    // A client connecting while Redis is down is upgraded and kept, and greeted when the
+    // subscription is live: `hello` keeps its meaning.
+    let addr = worker.addr;
+    let connecting = tokio::spawn(async move { Client::connect(addr).await });
+    wait_until("the worker tries to subscribe", || async {
+        health(addr).await["bus"]["failed_attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    redis.start_again().await;
+    let mut client = within("the greeting", connecting)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(client.hello["bus"]["state"], "subscribed", "{}", client.hello);
+    let receipt = post_alert(&worker, "live").await;
+    assert_eq!(next_alert(&mut client).await["id"], receipt["log_id"]);
+}
+
+/// p50, p99 and max of `values`, in that order.
+fn percentiles(values: &mut [Duration]) -> (Duration, Duration, Duration) {
+    values.sort();
+    let at = |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+#[tokio::test]
+async fn workers_resubscribe_quickly_after_each_of_20_redis_restarts_and_count_recoveries() {
+    const RESTARTS: u64 = 20;
+    let redis = RedisServer::start().await;
+    let mut workers = Vec::new();
+    let mut clients = Vec::new();
+    for index in 1..=3 {
+        let worker = WorkerProcess::start_redis(&format!("w{index}"), &redis.url(), &[]).await;
+        clients.push(Client::connect(worker.addr).await);
+        workers.push(worker);
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..RESTARTS {
+        redis.stop().await;
+        for worker in &workers {
+            let before = health(worker.addr).await["bus"]["failed_attempts"]
+                .as_u64()
+                .unwrap_or_default();
+            // Several attempts fail while Redis is down: they are not recoveries.
+            wait_until("two failed attempts", || async {
+                health(worker.addr).await["bus"]["failed_attempts"].as_u64() >= Some(before + 2)
+            })
+            .await;
+        }
+        redis.start_again_unwaited().await;
+        let deadline = Instant::now() + harness::WAIT;
+        while !redis.ping().await {
+            assert!(Instant::now() < deadline, "Redis never answered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let answered = Instant::now();
+        let mut pending: Vec<_> = workers.iter().map(|w| w.addr).collect();
+        while !pending.is_empty() {
+            assert!(Instant::now() < deadline, "workers did not resubscribe");
+            let mut still = Vec::new();
+            for addr in pending {
+                if health(addr).await["bus"]["state"] == "subscribed" {
+                    latencies.push(answered.elapsed());
+                } else {
+                    still.push(addr);
+                }
+            }
+            pending = still;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for worker in &workers {
+        let bus = &health(worker.addr).await["bus"];
+        assert_eq!(bus["reconnects"], RESTARTS, "one recovery per restart: {bus}");
+        assert!(bus["failed_attempts"].as_u64() >= Some(2 * RESTARTS), "{bus}");
+    }
+    // Still delivering everywhere.
+    let receipt = post_alert(&workers[0], "after 20 restarts").await;
+    for client in &mut clients {
+        assert_eq!(next_alert(client).await["id"], receipt["log_id"]);
+    }
+    let (p50, p99, max) = percentiles(&mut latencies);
+    println!(
+        "resubscribe after Redis answers, {} samples ({RESTARTS} restarts x 3 workers): p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        latencies.len()
+    );
+}
+
+#[tokio::test]
+async fn a_worker_refuses_publishes_until_its_own_subscriber_is_live_again() {
+    let redis = RedisServer::start().await;
+    let worker = WorkerProcess::start_redis("own", &redis.url(), &[]).await;
+    let other = WorkerProcess::start_redis("other", &redis.url(), &[]).await;
+    let mut own = Client::connect(worker.addr).await;
+    let mut elsewhere = Client::connect(other.addr).await;
+    redis.stop().await;
+    wait_until("the worker notices", || async {
+        health(worker.addr).await["bus"]["state"] != "subscribed"
+    })
+    .await;
+    // A publisher that keeps going through the outage and the recovery, every 5 ms.
+    let addr = worker.addr;
+    let publisher = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for n in 0..2000u32 {
+            let (status, _) = post(
+                addr,
+                "/api/metrics",
+                "application/json",
+                json!({"name": "recovery", "value": n}).to_string(),
+            )
+            .await;
+            match status {
+                202 => accepted.push(n),
+                _ => refused += 1,
+            }
+            if accepted.len() >= 40 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (accepted, refused)
+    });
+    wait_until("the worker fails to reconnect twice", || async {
+        health(worker.addr).await["bus"]["failed_attempts"].as_u64() >= Some(2)
+    })
+    .await;
+    redis.start_again().await;
+    let (accepted, refused) = within("the publisher", publisher)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(refused > 0, "the outage was seen");
+    let marker = json!({"name": "marker", "value": 0});
+    publish(worker.addr, "/api/metrics", &marker).await;
+    let mut missing_elsewhere = accepted.len();
+    for (client, is_own) in [(&mut own, true), (&mut elsewhere, false)] {
+        let mut seen = HashSet::new();
+        loop {
+            let frame = client.next_frame().await;
+            match frame["data"][0]["name"].as_str() {
+                Some("marker") => break,
+                Some("recovery") => {
+                    seen.insert(frame["data"][0]["value"].as_u64().unwrap_or(u64::MAX) as u32);
+                }
+                _ => {}
+            }
+        }
+        let missing: Vec<_> = accepted.iter().filter(|n| !seen.contains(n)).collect();
+        if is_own {
+            assert!(
+                missing.is_empty(),
+                "accepted with 202 by this worker but never reached its client: {missing:?}"
+            );
+        } else {
+            missing_elsewhere = missing.len();
+        }
+    }
+    println!(
+        "publishes during recovery: {} accepted, {refused} refused; missing on the other worker: {missing_elsewhere}",
+        accepted.len()
+    );
+}
+
+#[tokio::test]
+async fn what_the_server_fills_in_outside_messages_is_identical_on_every_worker() {
+    let redis = RedisServer::start().await;
+    let a = WorkerProcess::start_redis("a", &redis.url(), &[]).await;
+    let b = WorkerProcess::start_redis("b", &redis.url(), &[]).await;
+    let mut on_a = Client::connect(a.addr).await;
+    let mut on_b = Client::connect(b.addr).await;
+    let messages = [
+        ("performance:metrics", json!({"type":"metrics","data":[{"name":"bare","value":1}]})),
+        ("performance:metrics", json!({"type":"metrics","origin":"batch","published_at_us":1764380000123456u64,"data":[{"name":"timed","value":2,"source":"a"}]})),
+        ("performance:alerts", json!({"type":"alert","data":{"severity":"info","message":"bare alert"}})),
+    ];
+    for (channel, message) in &messages {
+        assert_eq!(redis.publish_raw(channel, &message.to_string()).await, 2);
+    }
+    let mut frames = Vec::new();
+    for client in [&mut on_a, &mut on_b] {
+        let mut got = Vec::new();
+        for _ in &messages {
+            got.push(client.next_frame().await);
+        }
+        frames.push(got);
+    }
+    assert_eq!(frames[0], frames[1], "clients of different workers see the same frames");
+    let [bare, timed, alert] = [&frames[0][0], &frames[0][1], &frames[0][2]];
+    assert_eq!(bare["data"][0]["source"], "external");
+    assert!(bare["data"][0].get("timestamp").is_none(), "{bare}");
+    assert_eq!(timed["data"][0]["source"], "batch", "source is the envelope's origin");
+    assert_eq!(timed["data"][0]["timestamp"], 1764380000123u64);
+    assert_eq!(alert["data"]["source"], "external");
+    assert!(
+        alert["data"]["id"].as_str().is_some_and(|id| id.starts_with("external-")),
+        "{alert}"
+    );
+}
+
+/// One step of the interleaving: a real alert through a worker's API, or anything an outside
+/// system might put on the alerts channel.
+#[derive(Clone, Debug)]
+enum Step {
+    Real { worker: usize },
+    Outside(String),
+}
+
+fn outside_message() -> impl Strategy<Value = String> {
+    let id = prop_oneof![
+        Just(String::new()),
+        (any::<u64>(), any::<u64>()).prop_map(|(ms, seq)| format!(r#""id":"{ms}-{seq}","#)),
+        (0u64..3, 0u64..3).prop_map(|(ms, seq)| format!(r#""id":"{ms}-{seq}","#)),
+        "[ -~&&[^\"\\\\]]{0,12}".prop_map(|text| format!(r#""id":"{text}","#)),
+        any::<i64>().prop_map(|n| format!(r#""id":{n},"#)),
+    ];
+    let epoch = prop_oneof![
+        Just(String::new()),
+        "[a-z0-9]{1,16}".prop_map(|text| format!(r#""epoch":"{text}","#)),
+        Just(r#""epoch":null,"#.to_owned()),
+    ];
+    let seq = prop_oneof![
+        Just(String::new()),
+        any::<u64>().prop_map(|n| format!(r#""seq":{n},"#)),
+        Just(r#""seq":-1,"#.to_owned()),
+    ];
+    let origin = prop_oneof![
+        Just(String::new()),
+        "[a-z0-9-]{1,10}".prop_map(|text| format!(r#""origin":"{text}","#)),
+        Just(r#""origin":7,"#.to_owned()),
+    ];
+    let data = prop_oneof![
+        3 => Just(r#""data":{"severity":"info","message":"outside"}"#.to_owned()),
+        1 => Just(r#""data":{"severity":"loud","message":"outside"}"#.to_owned()),
+        1 => Just(r#""data":[1,2]"#.to_owned()),
+    ];
+    let garbage = "[ -~]{0,40}";
+    prop_oneof![
+        6 => (id, epoch, seq, origin, data).prop_map(|(id, epoch, seq, origin, data)| {
+            format!(r#"{{"type":"alert",{id}{epoch}{seq}{origin}{data}}}"#)
+        }),
+        1 => garbage.prop_map(|text| text.to_owned()),
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        (0usize..2).prop_map(|worker| Step::Real { worker }),
+        outside_message().prop_map(Step::Outside),
+    ];
+    proptest::collection::vec(step, 1..24)
+}
+
+/// Property: whatever outside messages are interleaved with real publishes, every real alert
+/// arrives live, exactly once and in order, at a client of every worker.
+#[test]
+fn interleaved_outside_messages_never_cost_a_real_alert_on_any_worker() {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let (redis, workers, clients) = runtime.block_on(async {
+        let redis = RedisServer::start().await;
+        let mut workers = Vec::new();
+        let mut clients = Vec::new();
+        for name in ["p1", "p2"] {
+            let worker = WorkerProcess::start_redis(name, &redis.url(), &[]).await;
+            clients.push(Client::connect(worker.addr).await);
+            workers.push(worker);
+        }
+        (redis, workers, clients)
+    });
+    let clients = std::sync::Mutex::new(clients);
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        ..Config::default()
+    });
+    let result = runner.run(&steps(), |steps| {
+        let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+        runtime.block_on(async {
+            let mut expected = Vec::new();
+            for (index, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Real { worker } => {
+                        let message = format!("real {case}.{index}");
+                        let receipt = post_alert(&workers[*worker], &message).await;
+                        expected.push(receipt["log_id"].clone());
+                    }
+                    Step::Outside(payload) => {
+                        redis.publish_raw("performance:alerts", payload).await;
+                    }
+                }
+            }
+            let end = format!("end {case}");
+            expected.push(post_alert(&workers[0], &end).await["log_id"].clone());
+            for client in clients.iter_mut() {
+                let frames = alerts_until(client, &end).await;
+                let real: Vec<Value> = frames
+                    .iter()
+                    .filter(|f| f["data"]["message"] != "outside")
+                    .map(|f| f["id"].clone())
+                    .collect();
+                prop_assert_eq!(&real, &expected);
+                for frame in frames.iter().filter(|f| f["data"]["message"] == "outside") {
+                    prop_assert!(frame.get("id").is_none(), "{}", frame);
+                }
+            }
+            Ok::<(), TestCaseError>(())
+        })
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
