@@ -431,6 +431,48 @@ async fn check_config_shows_flags_over_environment_over_file_with_secrets_masked
 }
 
 #[tokio::test]
+async fn check_config_takes_the_flags_on_either_side_of_the_subcommand() {
+    let flags = [
+        "--auth-secret",
+        "a-secret-of-sixteen-bytes",
+        "--ping-interval",
+        "9s",
+    ];
+    let before = [&flags[..], &["check-config"]].concat();
+    let after = [&["check-config"][..], &flags].concat();
+    for args in [before, after] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(&args)
+            .env_remove("FANOUT_CONFIG")
+            .env_remove("FANOUT_AUTH_SECRET")
+            .env_remove("FANOUT_PING_INTERVAL")
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{id} ")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            line("auth_secret").contains("***") && line("auth_secret").contains("[flag]"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            line("ping_interval").contains("9s") && line("ping_interval").contains("[flag]"),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn json_logs_carry_the_worker_id_on_every_line() {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
