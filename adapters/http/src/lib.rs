@@ -33,7 +33,7 @@ pub trait WorkerReport: Send + Sync + 'static {
     fn health(&self) -> serde_json::Value;
     /// `Err(reason)` while the worker should get no new clients (bus subscriber down, draining).
     fn readiness(&self) -> Result<(), String>;
-    /// `/metrics` in the Prometheus text format.
+    /// `/metrics` in the OpenMetrics text format (served as `application/openmetrics-text`).
     fn prometheus(&self) -> String;
 }
 
@@ -192,12 +192,15 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// What `/metrics` serves: the OpenMetrics text format, whose counters are declared by family
+/// name (`# TYPE fanout_delivered counter`) and sampled with `_total`, ending with `# EOF`. Under
+/// the 0.0.4 text content type a scraper would find no sample named like the declared family and
+/// lose the types.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn prometheus(State(state): State<ApiState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
         state.report.prometheus(),
     )
         .into_response()
