@@ -211,6 +211,93 @@ async fn bad_publishes_get_clear_errors_and_publish_nothing() {
 }
 
 #[tokio::test]
+async fn publishes_of_the_wrong_shape_or_naming_a_source_are_422_with_the_field_named() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let mut client = Client::connect(a.addr()).await;
+    let refusals = [
+        // serde's sequence form of a struct: not a metric, not an alert.
+        ("/api/metrics", r#"[["name",5]]"#, Some("[0]")),
+        ("/api/alerts", r#"["id","info","msg"]"#, None),
+        // A missing field is named.
+        ("/api/metrics", r#"{"value":1}"#, Some("name")),
+        (
+            "/api/metrics",
+            r#"[{"name":"a","value":1},{"name":"b"}]"#,
+            Some("[1].value"),
+        ),
+        ("/api/alerts", r#"{"severity":"info"}"#, Some("message")),
+        // Empty label keys and control characters in names.
+        (
+            "/api/metrics",
+            r#"{"name":"cpu","value":1,"labels":{"":"x"}}"#,
+            Some("labels"),
+        ),
+        (
+            "/api/metrics",
+            r#"{"name":"cpu\u0007","value":1}"#,
+            Some("name"),
+        ),
+        (
+            "/api/metrics",
+            r#"{"name":"cpu","unit":"%\n","value":1}"#,
+            Some("unit"),
+        ),
+        (
+            "/api/metrics",
+            r#"{"name":"cpu","value":1,"labels":{"a\tb":"x"}}"#,
+            Some("labels"),
+        ),
+        (
+            "/api/alerts",
+            r#"{"severity":"info","message":"m","metric":"cpu\u001b[2J"}"#,
+            Some("metric"),
+        ),
+        // `source` belongs to the server.
+        (
+            "/api/metrics",
+            r#"{"name":"cpu","value":1,"source":"worker-b"}"#,
+            Some("source"),
+        ),
+        (
+            "/api/metrics",
+            r#"[{"name":"a","value":1},{"name":"b","value":1,"source":"worker-b"}]"#,
+            Some("[1].source"),
+        ),
+        (
+            "/api/alerts",
+            r#"{"severity":"info","message":"m","source":"worker-b"}"#,
+            Some("source"),
+        ),
+    ];
+    for (path, body, field) in refusals {
+        let (status, answer) = post(a.addr(), path, "application/json", body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, field),
+            "{path} {body}: {answer}"
+        );
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    let (_, answer) = post(
+        a.addr(),
+        "/api/metrics",
+        "application/json",
+        r#"{"name":"cpu","value":1,"source":"worker-b"}"#,
+    )
+    .await;
+    assert_eq!(answer["error"], "source is set by the server", "{answer}");
+
+    // None of them was published: the next frame is this one, attributed to the worker.
+    publish(a.addr(), "/api/metrics", &metric("valid", 1.0)).await;
+    let frame = expect_metric(&mut client, "valid").await;
+    assert_eq!(frame["data"][0]["source"], "worker-a", "{frame}");
+}
+
+#[tokio::test]
 async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else_notices() {
     let bus = MemoryBus::new();
     let a = worker(&bus, "worker-a").await;

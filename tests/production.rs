@@ -12,6 +12,8 @@ use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
 use harness::{wait_until, within, Client};
 use jsonwebtoken::{encode, EncodingKey, Header};
+use openmetrics_parser::openmetrics::parse_openmetrics;
+use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -260,30 +262,70 @@ async fn the_connection_cap_answers_503_and_the_publish_rate_limit_429() {
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)));
 }
 
-/// `name{worker="…"}` from a Prometheus text exposition.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    let lines = text.lines().map(|line| Ok(line.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines)
-        .unwrap_or_else(|e| panic!("not Prometheus text: {e}"));
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
+type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
+
+/// The OpenMetrics content type, version 1.0.0: the format prometheus-client writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`, checked to be served as OpenMetrics and read by an OpenMetrics parser (which
+/// insists on `# EOF`, on `_total` samples for counters and on the bucket/count/sum of a
+/// histogram).
+async fn scrape(addr: std::net::SocketAddr) -> Exposition {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        content_type, OPENMETRICS,
+        "the content type names the format"
+    );
+    let text = response.text().await.unwrap_or_default();
+    parse_openmetrics(&text).unwrap_or_else(|e| panic!("not OpenMetrics text ({e}):\n{text}"))
 }
 
-async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default()
+/// The one sample of `family` (every family here has one, labelled with the worker id), when the
+/// family is declared with `kind`.
+fn sample<'a>(
+    exposition: &'a Exposition,
+    family: &str,
+    kind: OpenMetricsType,
+) -> Option<&'a OpenMetricsValue> {
+    let family = exposition.families.get(family)?;
+    assert_eq!(family.family_type, kind, "{}", family.family_name);
+    let mut samples = family.iter_samples();
+    let sample = samples.next()?;
+    assert!(
+        samples.next().is_none(),
+        "{}: one sample",
+        family.family_name
+    );
+    Some(&sample.value)
+}
+
+fn counter(exposition: &Exposition, family: &str) -> Option<f64> {
+    match sample(exposition, family, OpenMetricsType::Counter)? {
+        OpenMetricsValue::Counter(counter) => Some(counter.value.as_f64()),
+        _ => None,
+    }
+}
+
+fn gauge(exposition: &Exposition, family: &str) -> Option<f64> {
+    match sample(exposition, family, OpenMetricsType::Gauge)? {
+        OpenMetricsValue::Gauge(value) => Some(value.as_f64()),
+        _ => None,
+    }
+}
+
+fn histogram_count(exposition: &Exposition, family: &str) -> Option<u64> {
+    match sample(exposition, family, OpenMetricsType::Histogram)? {
+        OpenMetricsValue::Histogram(histogram) => histogram.count,
+        _ => None,
+    }
 }
 
 #[tokio::test]
@@ -316,25 +358,27 @@ async fn prometheus_metrics_count_what_the_clients_received() {
     let addr = a.addr();
     wait_until(
         "the delivered counter reaches what the clients counted",
-        || async {
-            sample(&metrics_text(addr).await, "fanout_delivered_total") == Some(f64::from(received))
-        },
+        || async { counter(&scrape(addr).await, "fanout_delivered") == Some(f64::from(received)) },
     )
     .await;
-    let text = metrics_text(addr).await;
-    assert!(
-        text.contains(&format!("worker=\"{}\"", a.worker_id())),
-        "{text}"
-    );
-    assert_eq!(sample(&text, "fanout_connections"), Some(3.0));
-    assert_eq!(sample(&text, "fanout_messages_published_total"), Some(5.0));
+    let exposition = scrape(addr).await;
+    let connections = exposition
+        .families
+        .get("fanout_connections")
+        .and_then(|family| family.iter_samples().next())
+        .and_then(|sample| sample.get_labelset().ok())
+        .and_then(|labels| labels.get_label_value("worker").map(str::to_owned));
+    assert_eq!(connections.as_deref(), Some(a.worker_id().as_str()));
+    assert_eq!(gauge(&exposition, "fanout_connections"), Some(3.0));
+    assert_eq!(counter(&exposition, "fanout_clients_accepted"), Some(3.0));
+    assert_eq!(counter(&exposition, "fanout_messages_published"), Some(5.0));
     assert_eq!(
-        sample(&text, "fanout_publish_duration_seconds_count"),
-        Some(5.0)
+        histogram_count(&exposition, "fanout_publish_duration_seconds"),
+        Some(5)
     );
     assert_eq!(
-        sample(&text, "fanout_fanout_latency_seconds_count"),
-        Some(5.0)
+        histogram_count(&exposition, "fanout_fanout_latency_seconds"),
+        Some(5)
     );
 }
 
@@ -428,6 +472,48 @@ async fn check_config_shows_flags_over_environment_over_file_with_secrets_masked
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown setting \"listn\""));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn check_config_takes_the_flags_on_either_side_of_the_subcommand() {
+    let flags = [
+        "--auth-secret",
+        "a-secret-of-sixteen-bytes",
+        "--ping-interval",
+        "9s",
+    ];
+    let before = [&flags[..], &["check-config"]].concat();
+    let after = [&["check-config"][..], &flags].concat();
+    for args in [before, after] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(&args)
+            .env_remove("FANOUT_CONFIG")
+            .env_remove("FANOUT_AUTH_SECRET")
+            .env_remove("FANOUT_PING_INTERVAL")
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{id} ")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            line("auth_secret").contains("***") && line("auth_secret").contains("[flag]"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            line("ping_interval").contains("9s") && line("ping_interval").contains("[flag]"),
+            "{args:?}: {text}"
+        );
+    }
 }
 
 #[tokio::test]

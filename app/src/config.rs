@@ -16,7 +16,7 @@ pub struct Cli {
 
     /// Worker processes to start on the listen address (they share it with SO_REUSEPORT).
     /// With more than one, the listen port must not be 0.
-    #[arg(long, env = "FANOUT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "FANOUT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256), global = true)]
     pub workers: u16,
 
     /// TOML file of settings (keys: the long flag names). Flags and environment win over it.
@@ -59,94 +59,113 @@ pub enum BusKind {
 }
 
 /// The configuration of one worker.
+///
+/// Every flag is `global`: users type them on either side of a subcommand
+/// (`fanout --auth-secret X check-config` and `fanout check-config --auth-secret X`).
 #[derive(Clone, Debug, Args)]
 pub struct WorkerConfig {
     /// Address to listen on for HTTP and WebSocket clients.
-    #[arg(long, env = "FANOUT_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FANOUT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Let several processes listen on the same address (SO_REUSEPORT); `--workers` sets it.
-    #[arg(long, env = "FANOUT_REUSE_PORT")]
+    #[arg(long, env = "FANOUT_REUSE_PORT", global = true)]
     pub reuse_port: bool,
 
     /// The bus between workers.
-    #[arg(long, env = "FANOUT_BUS", value_enum, default_value_t = BusKind::Memory)]
+    #[arg(long, env = "FANOUT_BUS", value_enum, default_value_t = BusKind::Memory, global = true)]
     pub bus: BusKind,
 
     /// Redis URL for `--bus redis`: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
     #[arg(
         long,
         env = "FANOUT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        global = true
     )]
     pub redis_url: String,
 
     /// Most pooled Redis connections used for publishing, per worker.
-    #[arg(long, env = "FANOUT_REDIS_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "FANOUT_REDIS_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub redis_pool_size: u16,
 
     /// Bound on a Redis connect, publish or ping; a hung Redis is detected within about this long.
-    #[arg(long, env = "FANOUT_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "FANOUT_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
     pub redis_timeout: Duration,
 
     /// This worker's id in logs, messages and health reports [default: HOSTNAME-PID].
-    #[arg(long, env = "FANOUT_WORKER_ID")]
+    #[arg(long, env = "FANOUT_WORKER_ID", global = true)]
     pub worker_id: Option<WorkerId>,
 
     /// How often the built-in monitor samples and publishes this process's metrics (0s: off).
-    #[arg(long, env = "FANOUT_METRICS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "FANOUT_METRICS_INTERVAL", default_value = "2s", value_parser = parse_duration, global = true)]
     pub metrics_interval: Duration,
 
     /// Alert rule on the monitor's metrics, repeatable: NAME>THRESHOLD[,for=N][,severity=S].
     /// In the environment, separate rules with ';'. Replaces the default rules.
-    #[arg(long = "alert-rule", env = "FANOUT_ALERT_RULES", value_delimiter = ';')]
+    #[arg(
+        long = "alert-rule",
+        env = "FANOUT_ALERT_RULES",
+        value_delimiter = ';',
+        global = true
+    )]
     pub alert_rules: Vec<AlertRule>,
 
     /// Alerts kept in the bus's alert log for replay to workers and clients that were away.
-    #[arg(long, env = "FANOUT_ALERT_RETENTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FANOUT_ALERT_RETENTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub alert_retention: u32,
 
     /// Alerts raised by this worker's rules kept while the bus is down; beyond it they are lost
     /// (counted and logged).
-    #[arg(long, env = "FANOUT_OUTBOX_CAPACITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FANOUT_OUTBOX_CAPACITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub outbox_capacity: u32,
 
     /// Most frames queued for one client; beyond it the oldest metrics are dropped.
-    #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub client_queue_messages: u32,
 
     /// Most bytes queued for one client; beyond it the oldest metrics are dropped.
-    #[arg(long, env = "FANOUT_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..), global = true)]
     pub client_queue_bytes: u32,
 
     /// Kernel send buffer per client socket (SO_SNDBUF) [default: the OS's autotuning]. A small
     /// one bounds the kernel memory a client that stops reading can hold, and lets the worker
     /// notice it sooner.
-    #[arg(long, env = "FANOUT_CLIENT_SEND_BUFFER", value_parser = clap::value_parser!(u32).range(4096..))]
+    #[arg(long, env = "FANOUT_CLIENT_SEND_BUFFER", value_parser = clap::value_parser!(u32).range(4096..), global = true)]
     pub client_send_buffer: Option<u32>,
 
     /// Largest message a client may send (1009 beyond).
-    #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..))]
+    #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..), global = true)]
     pub max_client_message: u32,
 
     /// Largest publish body accepted by the HTTP API (413 beyond).
-    #[arg(long, env = "FANOUT_MAX_BODY_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    #[arg(long, env = "FANOUT_MAX_BODY_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..), global = true)]
     pub max_body_bytes: u32,
 
     /// How often each client is pinged.
-    #[arg(long, env = "FANOUT_PING_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "FANOUT_PING_INTERVAL", default_value = "15s", value_parser = parse_duration, global = true)]
     pub ping_interval: Duration,
 
     /// A client silent this long (no pong) is closed with 4001.
-    #[arg(long, env = "FANOUT_CLIENT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    #[arg(long, env = "FANOUT_CLIENT_TIMEOUT", default_value = "45s", value_parser = parse_duration, global = true)]
     pub client_timeout: Duration,
 
     /// Turns authentication on with HS256 tokens signed with this secret (at least 16 bytes).
-    #[arg(long, env = "FANOUT_AUTH_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FANOUT_AUTH_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub auth_secret: Option<String>,
 
     /// Turns authentication on with RS256/ES256 tokens verified with this PEM public key file.
-    #[arg(long, env = "FANOUT_AUTH_PUBLIC_KEY")]
+    #[arg(long, env = "FANOUT_AUTH_PUBLIC_KEY", global = true)]
     pub auth_public_key: Option<std::path::PathBuf>,
 
     /// Browser origin allowed to open WebSocket connections, repeatable (env: comma-separated);
@@ -154,21 +173,22 @@ pub struct WorkerConfig {
     #[arg(
         long = "allowed-origin",
         env = "FANOUT_ALLOWED_ORIGINS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub allowed_origins: Vec<String>,
 
     /// Most WebSocket clients on this worker; beyond it upgrades get 503.
-    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub max_connections: Option<u32>,
 
     /// Publishes per second allowed per credential (token subject); beyond it 429 with
     /// Retry-After. Unlimited when not given.
-    #[arg(long, env = "FANOUT_PUBLISH_RATE")]
+    #[arg(long, env = "FANOUT_PUBLISH_RATE", global = true)]
     pub publish_rate: Option<u32>,
 
     /// How long shutdown waits for clients to acknowledge the close frame.
-    #[arg(long, env = "FANOUT_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "FANOUT_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_timeout: Duration,
 }
 
@@ -232,6 +252,35 @@ mod tests {
         assert_eq!(cli.worker.rules().len(), 1);
         assert_eq!(cli.workers, 1);
         assert!(cli.worker.validate().is_ok());
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn worker_flags_are_accepted_on_either_side_of_a_subcommand() {
+        let flags = ["--auth-secret", "sixteen-bytes-or-more", "--workers", "2"];
+        let before = [&["fanout"][..], &flags, &["check-config"]].concat();
+        let after = [&["fanout", "check-config"][..], &flags].concat();
+        for args in [before, after] {
+            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(
+                matches!(cli.command, Some(Command::CheckConfig)),
+                "{args:?}"
+            );
+            assert_eq!(
+                cli.worker.auth_secret.as_deref(),
+                Some("sixteen-bytes-or-more"),
+                "{args:?}"
+            );
+            assert_eq!(cli.workers, 2, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["fanout", "bench", "--redis-url", "redis://db:1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.worker.redis_url, "redis://db:1");
     }
 
     #[test]

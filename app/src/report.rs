@@ -1,4 +1,4 @@
-//! What a worker says about itself: `/healthz`, `/readyz` and the Prometheus `/metrics`.
+//! What a worker says about itself: `/healthz`, `/readyz` and `/metrics` (OpenMetrics text).
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::metric::{check_labels, check_text, Required};
+use crate::json_object::ObjectOnly;
+use crate::metric::{check_labels, check_name, check_text, Required};
 use crate::{InvalidMessage, WorkerId};
 
 /// How urgent an alert is.
@@ -32,9 +33,10 @@ impl std::str::FromStr for Severity {
 
 /// An alert, raised by a rule inside a worker or posted by an outside system.
 ///
-/// `id`, `timestamp` and `source` are filled by the server when the publisher leaves them out.
+/// `id` and `timestamp` are filled by the server when the publisher leaves them out; `source` is
+/// always set by the server. On the wire it is a JSON object only (see [`crate::Metric`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct Alert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -56,6 +58,18 @@ pub struct Alert {
 
 /// Longest alert message accepted, in bytes.
 const MAX_MESSAGE_LEN: usize = 4096;
+
+impl Serialize for Alert {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Alert::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Alert {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Alert::deserialize(ObjectOnly(deserializer))
+    }
+}
 
 impl Alert {
     pub fn new(severity: Severity, message: impl Into<String>) -> Self {
@@ -87,7 +101,7 @@ impl Alert {
             ));
         }
         if let Some(metric) = &self.metric {
-            check_text(path, "metric", metric, Required::Yes)?;
+            check_name(path, "metric", metric, Required::Yes)?;
         }
         for (field, number) in [("value", self.value), ("threshold", self.threshold)] {
             if number.is_some_and(|n| !n.is_finite()) {
@@ -108,6 +122,25 @@ mod tests {
         let json = serde_json::to_string(&alert).unwrap_or_default();
         assert_eq!(json, r#"{"severity":"critical","message":"disk full"}"#);
         assert!(serde_json::from_str::<Alert>(r#"{"severity":"fatal","message":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn only_the_object_form_decodes() {
+        assert!(serde_json::from_str::<Alert>(r#"["id","info","msg"]"#).is_err());
+        let decoded = serde_json::from_str::<Alert>(r#"{"severity":"info","message":"msg"}"#);
+        assert_eq!(decoded.ok(), Some(Alert::new(Severity::Info, "msg")));
+    }
+
+    #[test]
+    fn the_metric_it_names_has_no_control_characters() {
+        let mut alert = Alert::new(Severity::Info, "multi\nline messages are fine");
+        assert!(alert.validate("").is_ok());
+        alert.metric = Some("cpu\u{1b}".into());
+        let error = alert.validate("data").err();
+        assert_eq!(
+            error.map(|e| e.to_string()).as_deref(),
+            Some("data.metric: must not contain control characters")
+        );
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct AlertFeed {
     position: LogPosition,
     /// Ids delivered from the log, in the position's epoch, oldest first (so sorted).
     recent: VecDeque<AlertId>,
+    /// Where the feed left the previous log when it was reset: live copies of that log's alerts
+    /// up to there, still in the channel, were delivered (or lost with the log, and reported).
+    previous: Option<LogPosition>,
 }
 
 impl AlertFeed {
@@ -141,6 +144,7 @@ impl AlertFeed {
         Self {
             position: start,
             recent: VecDeque::new(),
+            previous: None,
         }
     }
 
@@ -159,6 +163,7 @@ impl AlertFeed {
         let read = read_after(log, &self.position).await?;
         if read.position.epoch != self.position.epoch {
             self.recent.clear();
+            self.previous = Some(self.position.clone());
         }
         for alert in &read.alerts {
             if let (Some(id), true) = (alert.id, alert.epoch == read.position.epoch) {
@@ -182,7 +187,8 @@ impl AlertFeed {
     ) -> Result<Handled, HistoryError> {
         let handled = |alert, caught| Ok(Handled { alert, caught });
         let Some(id) = alert.id else {
-            delivery.deliver(&alert);
+            // An epoch without an id is not a log position either.
+            delivery.deliver(&alert.without_log_position());
             return handled(LiveAlert::Unlogged, None);
         };
         if self.was_delivered(id, alert.epoch.as_ref()) {
@@ -214,7 +220,13 @@ impl AlertFeed {
     }
 
     fn was_delivered(&self, id: AlertId, epoch: Option<&LogEpoch>) -> bool {
-        self.in_this_epoch(epoch) && self.recent.binary_search(&id).is_ok()
+        let of_previous_log = self.previous.as_ref().is_some_and(|previous| {
+            epoch.is_some()
+                && epoch == previous.epoch.as_ref()
+                && id != AlertId::ZERO
+                && id <= previous.id
+        });
+        of_previous_log || (self.in_this_epoch(epoch) && self.recent.binary_search(&id).is_ok())
     }
 
     /// Whether `id` is an entry of the log at or before the position that is no longer among the

@@ -347,6 +347,20 @@ mod tests {
             Some("data[0].name: must not be empty")
         );
     }
+
+    #[test]
+    fn a_data_item_that_is_not_an_object_is_refused() {
+        let metrics = br#"{"type":"metrics","data":[["cpu",5]]}"#;
+        assert!(matches!(
+            Envelope::from_json(Channel::Metrics, metrics),
+            Err(DecodeError::Json(_))
+        ));
+        let alert = br#"{"type":"alert","data":["id","info","msg"]}"#;
+        assert!(matches!(
+            Envelope::from_json(Channel::Alerts, alert),
+            Err(DecodeError::Json(_))
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,19 @@ pub struct InvalidMessage {
 
 impl InvalidMessage {
     pub(crate) fn new(path: &str, field: &str, reason: &'static str) -> Self {
-        let field = if path.is_empty() {
+        Self {
+            field: Self::join(path, field),
+            reason,
+        }
+    }
+
+    /// `path.field`, or `field` at the top.
+    pub(crate) fn join(path: &str, field: &str) -> String {
+        if path.is_empty() {
             field.to_owned()
         } else {
             format!("{path}.{field}")
-        };
-        Self { field, reason }
+        }
     }
 
     /// The offending field, as a path such as `[2].value` or `labels.host`.

@@ -12,6 +12,7 @@ mod alert_id;
 mod channel;
 mod envelope;
 mod error;
+mod json_object;
 mod metric;
 mod outbox;
 mod ports;

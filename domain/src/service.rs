@@ -29,8 +29,9 @@ pub enum Raised {
     Lost,
 }
 
-/// Publishes metrics and alerts for one worker, filling what publishers leave out, and raises the
-/// alerts its rules derive from the metrics that pass through it.
+/// Publishes metrics and alerts for one worker, filling what publishers leave out (and setting
+/// `source`, which belongs to the server, whatever the caller put there), and raises the alerts
+/// its rules derive from the metrics that pass through it.
 pub struct PerformanceService {
     worker: WorkerId,
     broadcaster: Arc<dyn Broadcaster>,
@@ -83,7 +84,9 @@ impl PerformanceService {
         let now_us = self.clock.now_us();
         for metric in &mut metrics {
             metric.timestamp.get_or_insert(now_us / 1000);
-            metric.source.get_or_insert_with(|| self.worker.clone());
+            // Always this worker: a publisher that could name another worker as the source would
+            // overwrite that worker's series in every snapshot.
+            metric.source = Some(self.worker.clone());
         }
         let envelope = self.envelope(now_us, Payload::Metrics(metrics));
         self.publish_envelope(&envelope).await?;
@@ -185,7 +188,8 @@ impl PerformanceService {
             .id
             .get_or_insert_with(|| format!("{}-{seq}", self.worker));
         alert.timestamp.get_or_insert(now_us / 1000);
-        alert.source.get_or_insert_with(|| self.worker.clone());
+        // Always this worker, as for metrics.
+        alert.source = Some(self.worker.clone());
         Ok(Envelope {
             id: None,
             epoch: None,
@@ -280,6 +284,30 @@ mod tests {
             .send_metrics(vec![Metric::new("a", 1.0), kept])
             .await;
         assert_eq!(receipt.map(|r| r.seq), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn source_is_always_the_publishing_worker() {
+        let forged = WorkerId::new("w9").unwrap_or_else(|e| panic!("{e}"));
+        let from_w1 =
+            |source: &Option<WorkerId>| source.as_ref().map(WorkerId::as_str) == Some("w1");
+        let mut broadcaster = MockBroadcaster::new();
+        broadcaster
+            .expect_publish()
+            .withf(move |envelope| match &envelope.payload {
+                Payload::Metrics(metrics) => metrics.iter().all(|m| from_w1(&m.source)),
+                Payload::Alert(alert) => from_w1(&alert.source),
+            })
+            .times(3)
+            .returning(|_| Ok(None));
+        let service = service(broadcaster, &[]);
+        let mut metric = Metric::new("cpu", 1.0);
+        metric.source = Some(forged.clone());
+        let mut alert = Alert::new(Severity::Info, "forged");
+        alert.source = Some(forged);
+        assert!(service.send_metrics(vec![metric]).await.is_ok());
+        assert!(service.send_alert(alert.clone()).await.is_ok());
+        assert_eq!(service.raise_alert(alert).await, Ok(Raised::Published));
     }
 
     #[tokio::test]

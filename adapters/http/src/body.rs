@@ -150,12 +150,28 @@ fn refusal(path: String, error: serde_json::Error) -> ApiError {
         StatusCode::BAD_REQUEST => format!("invalid JSON: {error}"),
         _ => error.to_string(),
     };
+    // `.` is serde_path_to_error's name for the top of the body.
+    let path = if path == "." { String::new() } else { path };
+    let field = match missing_field(&error) {
+        Some(missing) if path.is_empty() => missing.to_owned(),
+        Some(missing) => format!("{path}.{missing}"),
+        None => path,
+    };
     ApiError {
         status,
         error: reason,
-        field: (!path.is_empty() && path != ".").then_some(path),
+        field: (!field.is_empty()).then_some(field),
         retry_after: None,
     }
+}
+
+/// The field a decoding error says is missing. The path stops at the object that lacks it, and
+/// serde carries the field's name only in the message it writes for
+/// `serde::de::Error::missing_field`: "missing field `NAME`" (serde_json appends the position).
+fn missing_field(error: &serde_json::Error) -> Option<String> {
+    let message = error.to_string();
+    let name = message.strip_prefix("missing field `")?.split('`').next()?;
+    Some(name.to_owned())
 }
 
 #[cfg(test)]
@@ -191,6 +207,43 @@ mod tests {
             .err();
         assert_eq!(error.and_then(|e| e.field), Some("[0].value".to_owned()));
         assert_eq!(status_of::<Metric>(b"{\"name\":\"a\",\"value\":1}"), None);
+    }
+
+    fn field_of<T: DeserializeOwned>(body: &[u8]) -> Option<(StatusCode, Option<String>)> {
+        JsonBody(Bytes::copy_from_slice(body))
+            .decode::<T>()
+            .err()
+            .map(|e| (e.status, e.field))
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let unprocessable =
+            |field: &str| Some((StatusCode::UNPROCESSABLE_ENTITY, Some(field.to_owned())));
+        assert_eq!(
+            field_of::<Metric>(br#"{"name":"a"}"#),
+            unprocessable("value")
+        );
+        assert_eq!(
+            field_of::<Vec<Metric>>(br#"[{"name":"a","value":1},{"value":2}]"#),
+            unprocessable("[1].name")
+        );
+        assert_eq!(
+            field_of::<Alert>(br#"{"severity":"info"}"#),
+            unprocessable("message")
+        );
+    }
+
+    #[test]
+    fn the_sequence_form_of_a_metric_or_an_alert_is_422() {
+        assert_eq!(
+            field_of::<Vec<Metric>>(br#"[["name",5]]"#),
+            Some((StatusCode::UNPROCESSABLE_ENTITY, Some("[0]".to_owned())))
+        );
+        assert_eq!(
+            field_of::<Alert>(br#"["id","info","msg"]"#),
+            Some((StatusCode::UNPROCESSABLE_ENTITY, None))
+        );
     }
 
     proptest! {

@@ -33,7 +33,7 @@ pub trait WorkerReport: Send + Sync + 'static {
     fn health(&self) -> serde_json::Value;
     /// `Err(reason)` while the worker should get no new clients (bus subscriber down, draining).
     fn readiness(&self) -> Result<(), String>;
-    /// `/metrics` in the Prometheus text format.
+    /// `/metrics` in the OpenMetrics text format (served as `application/openmetrics-text`).
     fn prometheus(&self) -> String;
 }
 
@@ -114,6 +114,11 @@ fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError
     Ok(())
 }
 
+/// `source` names the worker that published a message. It is the server's to set (the service
+/// sets it to this worker), so a publisher cannot pass its values off as another worker's series;
+/// a publish that sets it is refused rather than silently changed.
+const SOURCE_IS_THE_SERVERS: &str = "source is set by the server";
+
 async fn publish_metrics(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -123,7 +128,8 @@ async fn publish_metrics(
     let started = Instant::now();
     // One metric or an array of them. Chosen by the first byte rather than with an untagged
     // enum, so that an error names the field instead of saying "did not match any variant".
-    let metrics = if body.is_array() {
+    let is_array = body.is_array();
+    let metrics = if is_array {
         body.decode::<Vec<Metric>>()?
     } else {
         vec![body.decode::<Metric>()?]
@@ -133,6 +139,16 @@ async fn publish_metrics(
             "",
             "at least one metric is required",
         ));
+    }
+    for (index, metric) in metrics.iter().enumerate() {
+        if metric.source.is_some() {
+            let field = if is_array {
+                format!("[{index}].source")
+            } else {
+                "source".to_owned()
+            };
+            return Err(ApiError::unprocessable(&field, SOURCE_IS_THE_SERVERS));
+        }
     }
     let count = metrics.len();
     let receipt = state
@@ -154,6 +170,9 @@ async fn publish_alert(
     admit_publisher(&state, &headers)?;
     let started = Instant::now();
     let alert = body.decode::<Alert>()?;
+    if alert.source.is_some() {
+        return Err(ApiError::unprocessable("source", SOURCE_IS_THE_SERVERS));
+    }
     let receipt = state
         .service
         .send_alert(alert)
@@ -192,12 +211,15 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// What `/metrics` serves: the OpenMetrics text format, whose counters are declared by family
+/// name (`# TYPE fanout_delivered counter`) and sampled with `_total`, ending with `# EOF`. Under
+/// the 0.0.4 text content type a scraper would find no sample named like the declared family and
+/// lose the types.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn prometheus(State(state): State<ApiState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
         state.report.prometheus(),
     )
         .into_response()

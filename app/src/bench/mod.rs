@@ -45,8 +45,9 @@ pub struct BenchConfig {
     #[arg(long, value_enum, default_value_t = PublishVia::Http)]
     pub publish: PublishVia,
 
-    /// Redis URL for `--publish redis`.
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    /// Redis URL for `--publish redis`: the global `--redis-url` (the workers' flags are global,
+    /// so bench cannot declare its own), filled in by `main`.
+    #[arg(skip)]
     pub redis_url: String,
 
     /// Clients connecting at once during the ramp.
