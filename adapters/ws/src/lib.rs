@@ -9,6 +9,7 @@
 mod client;
 mod manager;
 mod queue;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,19 +111,18 @@ async fn upgrade(
             );
         }
     }
-    if admission
-        .max_connections
-        .is_some_and(|max| manager.connections() >= max)
-    {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this worker is at its connection limit".into(),
-        );
-    }
     let resume_after = match params.last_alert_id.as_deref().map(str::parse::<AlertId>) {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(error)) => return refuse(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    // Reserved here, before the upgrade, and owned by the connection from now on: it goes back
+    // when the connection ends, or when axum drops the callback of a failed upgrade.
+    let Some(slot) = manager.reserve_slot() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker is at its connection limit".into(),
+        );
     };
     let limits = *manager.limits();
     upgrade
@@ -131,7 +131,7 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_after, grant))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_after, grant, slot))
 }
 
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.
