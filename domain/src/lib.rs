@@ -14,6 +14,7 @@ mod error;
 mod metric;
 mod outbox;
 mod ports;
+mod quota;
 mod rules;
 mod service;
 mod worker;
@@ -30,6 +31,7 @@ pub use ports::{
     AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery,
     SubscriberState, Subscription,
 };
+pub use quota::{PublishQuota, PublishRate, QuotaDecision, QuotaError, RateOutcome};
 pub use rules::{AlertRule, Comparison, ParseRuleError, RuleEngine};
 pub use service::{PerformanceService, PublishReceipt, Raised};
 pub use worker::{InvalidWorkerId, WorkerId};

@@ -7,6 +7,8 @@
 //! ordered ids and the last [`MemoryBus::DEFAULT_RETENTION`] are kept for replay ([`AlertLog`]).
 //! It never touches the network and never blocks a publisher.
 
+mod quota;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,6 +19,8 @@ use fanout_domain::{
     LocalDelivery, Payload, PublishError, SubscriberState, Subscription,
 };
 use tokio::sync::broadcast;
+
+pub use quota::MemoryQuota;
 
 /// One bus shared by every worker of a process. Cloning is cheap and shares the bus.
 #[derive(Clone)]
