@@ -85,11 +85,21 @@ async fn an_outside_alert_with_any_id_never_silences_live_alerts_on_any_worker()
         // A different odd message every round: the log's own epoch copied with a huge id, ids
         // out of range or malformed, numbers where strings belong.
         let odd = match round % 5 {
-            0 => json!({"type":"alert","id":"99999999999999-9","epoch":epoch,"data":{"severity":"info","message":"outside copied epoch"}}),
-            1 => json!({"type":"alert","id":"0-0","data":{"severity":"info","message":"outside zero"}}),
-            2 => json!({"type":"alert","id":"1-1","seq":18446744073709551615u64,"origin":"a","data":{"severity":"info","message":"outside old id"}}),
-            3 => json!({"type":"alert","id":12,"epoch":["x"],"data":{"severity":"info","message":"outside numbers"}}),
-            _ => json!({"type":"alert","id":"18446744073709551615-18446744073709551615","data":{"severity":"critical","message":"outside max"}}),
+            0 => {
+                json!({"type":"alert","id":"99999999999999-9","epoch":epoch,"data":{"severity":"info","message":"outside copied epoch"}})
+            }
+            1 => {
+                json!({"type":"alert","id":"0-0","data":{"severity":"info","message":"outside zero"}})
+            }
+            2 => {
+                json!({"type":"alert","id":"1-1","seq":18446744073709551615u64,"origin":"a","data":{"severity":"info","message":"outside old id"}})
+            }
+            3 => {
+                json!({"type":"alert","id":12,"epoch":["x"],"data":{"severity":"info","message":"outside numbers"}})
+            }
+            _ => {
+                json!({"type":"alert","id":"18446744073709551615-18446744073709551615","data":{"severity":"critical","message":"outside max"}})
+            }
         };
         redis
             .publish_raw("performance:alerts", &odd.to_string())
@@ -99,7 +109,10 @@ async fn an_outside_alert_with_any_id_never_silences_live_alerts_on_any_worker()
     let mut late = Client::connect(a.addr).await;
     let receipt = post_alert(&b, "after all that").await;
     let frame = alerts_until(&mut late, "after all that").await;
-    assert_eq!(frame.last().map(|f| f["id"].clone()), Some(receipt["log_id"].clone()));
+    assert_eq!(
+        frame.last().map(|f| f["id"].clone()),
+        Some(receipt["log_id"].clone())
+    );
     let bus = &health(a.addr).await["bus"];
     assert!(bus["foreign_ids"].as_u64() >= Some(17), "{bus}");
     assert_eq!(bus["malformed"], 0, "{bus}");
@@ -115,7 +128,10 @@ async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
     for n in 1..490 {
         receipts.push(post_alert(&worker, &format!("alert {n}")).await);
     }
-    let last_id = receipts[489]["log_id"].as_str().unwrap_or_default().to_owned();
+    let last_id = receipts[489]["log_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     // From before the log's first entry, and from the very start: alerts were trimmed.
     let trimmed = Client::resume(worker.addr, first["log_id"].as_str().unwrap_or("?")).await;
@@ -134,12 +150,19 @@ async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
         assert_eq!(next_alert(&mut recent).await["id"], receipt["log_id"]);
     }
     let watched = alerts_until(&mut watcher, "alert 489").await;
-    assert_eq!(watched.last().map(|f| f["epoch"].clone()), Some(json!(epoch)));
+    assert_eq!(
+        watched.last().map(|f| f["epoch"].clone()),
+        Some(json!(epoch))
+    );
 
     // The log is wiped (FLUSHALL): the old epoch's id is recognised as another log's.
     redis.command(&["FLUSHALL"]).await;
     let after_flush = Client::resume_in(worker.addr, &last_id, &epoch).await;
-    assert_eq!(after_flush.resume["complete"], false, "{}", after_flush.resume);
+    assert_eq!(
+        after_flush.resume["complete"], false,
+        "{}",
+        after_flush.resume
+    );
     assert_ne!(after_flush.resume["epoch"], json!(epoch));
     // Without the epoch the id is beyond anything the new log assigned: incomplete as well.
     let no_epoch = Client::resume(worker.addr, &last_id).await;
@@ -157,10 +180,17 @@ async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
     // Redis restarted without persistence (as the test image runs): the same again.
     redis.stop().await;
     redis.start_again().await;
-    let after_restart =
-        Client::resume_in(worker.addr, receipt["log_id"].as_str().unwrap_or("?"), &new_epoch)
-            .await;
-    assert_eq!(after_restart.resume["complete"], false, "{}", after_restart.resume);
+    let after_restart = Client::resume_in(
+        worker.addr,
+        receipt["log_id"].as_str().unwrap_or("?"),
+        &new_epoch,
+    )
+    .await;
+    assert_eq!(
+        after_restart.resume["complete"], false,
+        "{}",
+        after_restart.resume
+    );
     assert_ne!(after_restart.resume["epoch"], json!(new_epoch));
 }
 
@@ -181,7 +211,11 @@ async fn hello_comes_only_once_the_subscription_is_live() {
     let mut client = within("the greeting", connecting)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(client.hello["bus"]["state"], "subscribed", "{}", client.hello);
+    assert_eq!(
+        client.hello["bus"]["state"], "subscribed",
+        "{}",
+        client.hello
+    );
     let receipt = post_alert(&worker, "live").await;
     assert_eq!(next_alert(&mut client).await["id"], receipt["log_id"]);
 }
@@ -189,7 +223,8 @@ async fn hello_comes_only_once_the_subscription_is_live() {
 /// p50, p99 and max of `values`, in that order.
 fn percentiles(values: &mut [Duration]) -> (Duration, Duration, Duration) {
     values.sort();
-    let at = |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
+    let at =
+        |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
     (at(0.5), at(0.99), at(1.0))
 }
 
@@ -241,8 +276,14 @@ async fn workers_resubscribe_quickly_after_each_of_20_redis_restarts_and_count_r
     }
     for worker in &workers {
         let bus = &health(worker.addr).await["bus"];
-        assert_eq!(bus["reconnects"], RESTARTS, "one recovery per restart: {bus}");
-        assert!(bus["failed_attempts"].as_u64() >= Some(2 * RESTARTS), "{bus}");
+        assert_eq!(
+            bus["reconnects"], RESTARTS,
+            "one recovery per restart: {bus}"
+        );
+        assert!(
+            bus["failed_attempts"].as_u64() >= Some(2 * RESTARTS),
+            "{bus}"
+        );
     }
     // Still delivering everywhere.
     let receipt = post_alert(&workers[0], "after 20 restarts").await;
@@ -340,9 +381,18 @@ async fn what_the_server_fills_in_outside_messages_is_identical_on_every_worker(
     let mut on_a = Client::connect(a.addr).await;
     let mut on_b = Client::connect(b.addr).await;
     let messages = [
-        ("performance:metrics", json!({"type":"metrics","data":[{"name":"bare","value":1}]})),
-        ("performance:metrics", json!({"type":"metrics","origin":"batch","published_at_us":1764380000123456u64,"data":[{"name":"timed","value":2,"source":"a"}]})),
-        ("performance:alerts", json!({"type":"alert","data":{"severity":"info","message":"bare alert"}})),
+        (
+            "performance:metrics",
+            json!({"type":"metrics","data":[{"name":"bare","value":1}]}),
+        ),
+        (
+            "performance:metrics",
+            json!({"type":"metrics","origin":"batch","published_at_us":1764380000123456u64,"data":[{"name":"timed","value":2,"source":"a"}]}),
+        ),
+        (
+            "performance:alerts",
+            json!({"type":"alert","data":{"severity":"info","message":"bare alert"}}),
+        ),
     ];
     for (channel, message) in &messages {
         assert_eq!(redis.publish_raw(channel, &message.to_string()).await, 2);
@@ -355,15 +405,23 @@ async fn what_the_server_fills_in_outside_messages_is_identical_on_every_worker(
         }
         frames.push(got);
     }
-    assert_eq!(frames[0], frames[1], "clients of different workers see the same frames");
+    assert_eq!(
+        frames[0], frames[1],
+        "clients of different workers see the same frames"
+    );
     let [bare, timed, alert] = [&frames[0][0], &frames[0][1], &frames[0][2]];
     assert_eq!(bare["data"][0]["source"], "external");
     assert!(bare["data"][0].get("timestamp").is_none(), "{bare}");
-    assert_eq!(timed["data"][0]["source"], "batch", "source is the envelope's origin");
+    assert_eq!(
+        timed["data"][0]["source"], "batch",
+        "source is the envelope's origin"
+    );
     assert_eq!(timed["data"][0]["timestamp"], 1764380000123u64);
     assert_eq!(alert["data"]["source"], "external");
     assert!(
-        alert["data"]["id"].as_str().is_some_and(|id| id.starts_with("external-")),
+        alert["data"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("external-")),
         "{alert}"
     );
 }

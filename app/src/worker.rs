@@ -8,15 +8,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fanout_domain::{
-    AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, RuleEngine, WorkerId,
+    AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, PublishQuota, RuleEngine,
+    WorkerId,
 };
 use std::num::NonZeroU32;
 
 use fanout_auth::{JwtAccess, Key};
 use fanout_domain::{AccessControl, OpenAccess};
 use fanout_http::ApiConfig;
-use fanout_memory::MemoryBus;
-use fanout_redis::{RedisBus, RedisConfig};
+use fanout_memory::{MemoryBus, MemoryQuota};
+use fanout_redis::{RedisBus, RedisConfig, RedisQuota};
 use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
@@ -78,6 +79,15 @@ impl Bus {
                 let bus = RedisBus::new(config.clone());
                 (bus.publisher.clone(), bus.subscriber, bus.publisher)
             }
+        }
+    }
+
+    /// Where `--publish-rate` is counted: in Redis, so that the rate holds per credential across
+    /// every worker on it; in this worker for the in-memory bus.
+    fn publish_quota(&self, rate: NonZeroU32) -> Arc<dyn PublishQuota> {
+        match self {
+            Bus::Memory(_) => Arc::new(MemoryQuota::new(rate)),
+            Bus::Redis(config) => Arc::new(RedisQuota::new(config.clone(), rate)),
         }
     }
 }
@@ -211,7 +221,10 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
     });
     let api = ApiConfig {
         max_body_bytes: config.max_body_bytes as usize,
-        publish_rate: config.publish_rate.and_then(NonZeroU32::new),
+        publish_quota: config
+            .publish_rate
+            .and_then(NonZeroU32::new)
+            .map(|rate| bus.publish_quota(rate)),
         publish_latency,
     };
     let app = fanout_http::router(Arc::clone(&service), report, access, api)

@@ -59,7 +59,11 @@ pub async fn read_after(log: &dyn AlertLog, from: &LogPosition) -> Result<CatchU
     let mut epoch_changes = 0;
     loop {
         let page = log.alerts_after(position.id, LOG_PAGE).await?;
-        if position.epoch.as_ref().is_some_and(|epoch| *epoch != page.epoch) {
+        if position
+            .epoch
+            .as_ref()
+            .is_some_and(|epoch| *epoch != page.epoch)
+        {
             epoch_changes += 1;
             if epoch_changes > MAX_EPOCH_CHANGES {
                 return Err(HistoryError::Unavailable(
@@ -198,7 +202,10 @@ impl AlertFeed {
         if self.was_delivered(id, alert.epoch.as_ref()) {
             return handled(LiveAlert::Logged, caught);
         }
-        if self.is_older_log_entry(id, alert.epoch.as_ref(), log).await? {
+        if self
+            .is_older_log_entry(id, alert.epoch.as_ref(), log)
+            .await?
+        {
             return handled(LiveAlert::Duplicate, caught);
         }
         delivery.deliver(&alert.without_log_position());

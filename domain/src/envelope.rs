@@ -181,7 +181,9 @@ impl Envelope {
         };
         Ok(Self {
             id: wire.id.and_then(|raw| serde_json::from_str(raw.get()).ok()),
-            epoch: wire.epoch.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            epoch: wire
+                .epoch
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
             origin,
             seq: wire.seq,
             published_at_us: wire.published_at_us,
@@ -285,7 +287,10 @@ mod tests {
         let Some(Payload::Alert(filled)) = first.map(|e| e.payload) else {
             panic!("not an alert");
         };
-        assert_eq!(filled.source.as_ref().map(WorkerId::as_str), Some("external"));
+        assert_eq!(
+            filled.source.as_ref().map(WorkerId::as_str),
+            Some("external")
+        );
         assert_eq!(filled.timestamp, Some(1_700_000_000_123));
         let id = filled.id.unwrap_or_default();
         assert!(id.starts_with("external-") && id.len() == 25, "{id}");
@@ -299,14 +304,20 @@ mod tests {
         assert_ne!(other_id, Some(id), "different messages get different ids");
 
         let metrics = br#"{"type":"metrics","origin":"batch-job","data":[{"name":"m","value":1,"source":"w1"},{"name":"n","value":2,"timestamp":5}]}"#;
-        let Some(Payload::Metrics(metrics)) =
-            Envelope::from_json(Channel::Metrics, metrics).ok().map(|e| e.payload)
+        let Some(Payload::Metrics(metrics)) = Envelope::from_json(Channel::Metrics, metrics)
+            .ok()
+            .map(|e| e.payload)
         else {
             panic!("not metrics");
         };
         let filled: Vec<_> = metrics
             .iter()
-            .map(|m| (m.source.as_ref().map(|s| s.as_str().to_owned()), m.timestamp))
+            .map(|m| {
+                (
+                    m.source.as_ref().map(|s| s.as_str().to_owned()),
+                    m.timestamp,
+                )
+            })
             .collect();
         assert_eq!(
             filled,
@@ -319,11 +330,19 @@ mod tests {
 
     #[test]
     fn an_id_or_epoch_that_is_not_a_log_position_is_ignored_not_fatal() {
-        for odd in [r#""id":12"#, r#""id":"x""#, r#""epoch":{"a":1}"#, r#""id":null"#] {
-            let json = format!(r#"{{"type":"alert",{odd},"data":{{"severity":"info","message":"m"}}}}"#);
+        for odd in [
+            r#""id":12"#,
+            r#""id":"x""#,
+            r#""epoch":{"a":1}"#,
+            r#""id":null"#,
+        ] {
+            let json =
+                format!(r#"{{"type":"alert",{odd},"data":{{"severity":"info","message":"m"}}}}"#);
             let decoded = Envelope::from_json(Channel::Alerts, json.as_bytes());
             assert!(
-                decoded.as_ref().is_ok_and(|e| e.id.is_none() && e.epoch.is_none()),
+                decoded
+                    .as_ref()
+                    .is_ok_and(|e| e.id.is_none() && e.epoch.is_none()),
                 "{odd}: {decoded:?}"
             );
         }

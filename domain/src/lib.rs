@@ -16,13 +16,16 @@ mod json_object;
 mod metric;
 mod outbox;
 mod ports;
+mod quota;
 mod rules;
 mod service;
 mod worker;
 
 pub use access::{AccessControl, AccessError, Grant, OpenAccess};
 pub use alert::{Alert, Severity};
-pub use alert_feed::{read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE};
+pub use alert_feed::{
+    read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE,
+};
 pub use alert_id::{AlertId, InvalidAlertId, InvalidLogEpoch, LogEpoch};
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
@@ -33,6 +36,7 @@ pub use ports::{
     AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery,
     SubscriberState, Subscription,
 };
+pub use quota::{PublishQuota, PublishRate, QuotaDecision, QuotaError, RateOutcome};
 pub use rules::{AlertRule, Comparison, ParseRuleError, RuleEngine};
 pub use service::{PerformanceService, PublishReceipt, Raised};
 pub use worker::{InvalidWorkerId, WorkerId};

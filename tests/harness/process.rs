@@ -19,8 +19,15 @@ pub struct WorkerProcess {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The `fanout` binary: `FANOUT_TEST_BIN` when set (a copy of this checkout's build, for when
+/// several checkouts share one target directory and overwrite each other's `target/debug/fanout`),
+/// else the one Cargo built for this test.
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("FANOUT_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_fanout").into())
+}
+
 fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    let mut command = Command::new(binary());
     command
         .args(args)
         .env("RUST_LOG", "info")

@@ -10,7 +10,6 @@ mod body;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use std::num::NonZeroU32;
 use std::time::Instant;
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    AccessControl, Alert, AlertId, Metric, PerformanceService, PublishError, PublishReceipt,
-    ServiceError,
+    AccessControl, Alert, AlertId, Metric, PerformanceService, PublishError, PublishQuota,
+    PublishReceipt, QuotaDecision, QuotaError, ServiceError,
 };
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
@@ -42,20 +41,19 @@ pub trait WorkerReport: Send + Sync + 'static {
 pub struct ApiConfig {
     /// Largest publish body (413 beyond).
     pub max_body_bytes: usize,
-    /// Publishes per second allowed per credential (429 beyond); `None`: unlimited.
-    pub publish_rate: Option<NonZeroU32>,
+    /// Counts each credential's publishes against `--publish-rate` (429 beyond); `None`:
+    /// unlimited.
+    pub publish_quota: Option<Arc<dyn PublishQuota>>,
     /// Observes how long each accepted publish took, in seconds.
     pub publish_latency: Histogram,
 }
-
-type PublishLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 #[derive(Clone)]
 struct ApiState {
     service: Arc<PerformanceService>,
     report: Arc<dyn WorkerReport>,
     access: Arc<dyn AccessControl>,
-    limiter: Option<Arc<PublishLimiter>>,
+    quota: Option<Arc<dyn PublishQuota>>,
     publish_latency: Histogram,
 }
 
@@ -66,11 +64,6 @@ pub fn router(
     access: Arc<dyn AccessControl>,
     config: ApiConfig,
 ) -> Router {
-    let limiter = config.publish_rate.map(|rate| {
-        Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
-            rate,
-        )))
-    });
     Router::new()
         .route("/api/metrics", post(publish_metrics))
         .route("/api/alerts", post(publish_alert))
@@ -83,14 +76,15 @@ pub fn router(
             service,
             report,
             access,
-            limiter,
+            quota: config.publish_quota,
             publish_latency: config.publish_latency,
         })
 }
 
 /// Checks the caller may publish now: 401 without a valid token (when authentication is on), 403
-/// for a token without the publish right, 429 beyond the rate.
-fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// for a token without the publish right, 429 beyond the rate, 503 when the quota cannot be
+/// checked.
+async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -103,15 +97,23 @@ fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError
     if !grant.publish {
         return Err(ApiError::forbidden("this token may not publish".into()));
     }
-    if let Some(limiter) = &state.limiter {
-        if let Err(not_until) = limiter.check_key(&grant.subject) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            return Err(ApiError::too_many(wait.as_secs().max(1)));
+    let Some(quota) = &state.quota else {
+        return Ok(());
+    };
+    match quota.check(&grant.subject).await {
+        Ok(QuotaDecision::Allowed) => Ok(()),
+        Ok(QuotaDecision::Limited { retry_after }) => {
+            // Whole seconds, rounded up: retrying after `Retry-After` is never too early.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            Err(ApiError::too_many(seconds.max(1)))
+        }
+        Err(QuotaError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "publish refused: the publish quota cannot be checked");
+            Err(ApiError::unavailable(format!(
+                "publish rate limit unavailable: {reason}"
+            )))
         }
     }
-    Ok(())
 }
 
 /// `source` names the worker that published a message. It is the server's to set (the service
@@ -124,7 +126,7 @@ async fn publish_metrics(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    admit_publisher(&state, &headers)?;
+    admit_publisher(&state, &headers).await?;
     let started = Instant::now();
     // One metric or an array of them. Chosen by the first byte rather than with an untagged
     // enum, so that an error names the field instead of saying "did not match any variant".
@@ -167,7 +169,7 @@ async fn publish_alert(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    admit_publisher(&state, &headers)?;
+    admit_publisher(&state, &headers).await?;
     let started = Instant::now();
     let alert = body.decode::<Alert>()?;
     if alert.source.is_some() {

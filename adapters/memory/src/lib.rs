@@ -9,6 +9,8 @@
 //! client resuming from the old one is told so.
 //! It never touches the network and never blocks a publisher.
 
+mod quota;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,6 +21,8 @@ use fanout_domain::{
     LocalDelivery, LogEpoch, LogPosition, Payload, PublishError, SubscriberState, Subscription,
 };
 use tokio::sync::broadcast;
+
+pub use quota::MemoryQuota;
 
 /// One bus shared by every worker of a process. Cloning is cheap and shares the bus.
 #[derive(Clone)]

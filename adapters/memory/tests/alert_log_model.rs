@@ -342,12 +342,22 @@ impl World {
             .iter()
             .any(|r| r.id > after && !retained.iter().any(|kept| kept.n == r.n));
         let expected_complete = same_log && !trimmed_after;
-        prop_assert_eq!(read.complete, expected_complete, "resume from {:?}", position);
+        prop_assert_eq!(
+            read.complete,
+            expected_complete,
+            "resume from {:?}",
+            position
+        );
         Ok(())
     }
 
     fn check_invariants(&self) -> Result<(), TestCaseError> {
-        let delivered = self.delivered.0.lock().map(|d| d.clone()).unwrap_or_default();
+        let delivered = self
+            .delivered
+            .0
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         let mut seen = HashSet::new();
         let mut last = None;
         for envelope in &delivered {

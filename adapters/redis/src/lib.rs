@@ -7,6 +7,8 @@
 //!   (Redis requires it for `SUBSCRIBE`; a pooled connection is never used), subscribed to both
 //!   channels, that reconnects and resubscribes on any error with exponential backoff and jitter,
 //!   and detects a hung server with an application-level `PING`.
+//! - [`RedisQuota`] implements [`fanout_domain::PublishQuota`]: `--publish-rate` per credential
+//!   for every worker on this Redis, one atomic GCRA script per publish.
 //!
 //! It never panics on what arrives from Redis: a message that is not a valid envelope is counted
 //! and logged (rate-limited) and the listener goes on.
@@ -14,6 +16,7 @@
 mod backoff;
 mod log;
 mod publisher;
+mod quota;
 mod status;
 mod subscriber;
 
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use publisher::RedisPublisher;
+pub use quota::RedisQuota;
 pub use subscriber::RedisSubscriber;
 
 use status::SharedStatus;

@@ -10,7 +10,9 @@
 //! `XDEL` moves the stream's `max-deleted-entry-id`, which is what tells a reader exactly whether
 //! anything after its position was trimmed (`MAXLEN` trimming leaves it at `0-0`).
 
-use fanout_domain::{AlertHistory, AlertId, Channel, Envelope, HistoryError, LogEpoch, LogPosition};
+use fanout_domain::{
+    AlertHistory, AlertId, Channel, Envelope, HistoryError, LogEpoch, LogPosition,
+};
 use redis::aio::ConnectionLike;
 use redis::Script;
 

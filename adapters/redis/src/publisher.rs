@@ -44,8 +44,12 @@ impl RedisPublisher {
 
     /// Waits until this worker's subscriber is live (or idle: no clients to miss anything).
     async fn subscriber_ready(&self, pool: &Pool) -> Result<(), PublishError> {
-        let reconnecting =
-            |state| matches!(state, SubscriberState::Connecting | SubscriberState::Reconnecting);
+        let reconnecting = |state| {
+            matches!(
+                state,
+                SubscriberState::Connecting | SubscriberState::Reconnecting
+            )
+        };
         if !reconnecting(self.status.state()) {
             return Ok(());
         }
@@ -56,7 +60,9 @@ impl RedisPublisher {
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut *connection)
                 .await
-                .map_err(|error| PublishError::Unavailable(format!("Redis unreachable: {error}")))?;
+                .map_err(|error| {
+                    PublishError::Unavailable(format!("Redis unreachable: {error}"))
+                })?;
             // Redis answers: the subscriber need not sleep out its backoff.
             self.status.redis_answered.notify_one();
             self.status.until(|state| !reconnecting(state)).await;

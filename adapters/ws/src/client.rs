@@ -19,19 +19,21 @@ use tokio::time::{Interval, Sleep};
 
 use crate::manager::{ConnectionManager, Registered};
 use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind};
+use crate::slots::Slot;
 use crate::ClientLimits;
 
 /// How long the server waits for the client's answer to its close frame before dropping the
 /// socket, so that the client can read what was sent before it.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Serves one upgraded connection until it closes; the client is unregistered the moment the
-/// connection is over for delivery purposes.
+/// Serves one upgraded connection until it closes; the client is unregistered, and its
+/// connection slot given back, the moment the connection is over for delivery purposes.
 pub(crate) async fn serve(
     manager: Arc<ConnectionManager>,
     mut socket: WebSocket,
     resume_from: Option<LogPosition>,
     grant: Grant,
+    slot: Slot,
 ) {
     let Registered {
         id,
@@ -52,7 +54,7 @@ pub(crate) async fn serve(
         Waited::Live => greeting.extend([manager.hello(), snapshot]),
         Waited::Closing => {}
         Waited::Gone => {
-            manager.unregister(id).await;
+            manager.unregister(id, slot).await;
             return;
         }
     }
@@ -85,7 +87,7 @@ pub(crate) async fn serve(
         }),
     };
     let ending = connection.run(greeting, floor).await;
-    manager.unregister(id).await;
+    manager.unregister(id, slot).await;
     if let Ending::CloseSent = ending {
         connection.linger().await;
     }

@@ -9,6 +9,7 @@
 mod client;
 mod manager;
 mod queue;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,18 +113,17 @@ async fn upgrade(
             );
         }
     }
-    if admission
-        .max_connections
-        .is_some_and(|max| manager.connections() >= max)
-    {
+    let resume_from = match resume_position(&params) {
+        Ok(position) => position,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    // Reserved here, before the upgrade, and owned by the connection from now on: it goes back
+    // when the connection ends, or when axum drops the callback of a failed upgrade.
+    let Some(slot) = manager.reserve_slot() else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "this worker is at its connection limit".into(),
         );
-    }
-    let resume_from = match resume_position(&params) {
-        Ok(position) => position,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     let limits = *manager.limits();
     upgrade
@@ -132,7 +132,7 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, slot))
 }
 
 /// Where a resuming client stands: `last_alert_id` and, when given, its `epoch`.

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind, Pushed};
+use crate::slots::{ConnectionSlots, Slot};
 use crate::ClientLimits;
 
 /// Counters of what this worker's clients were sent.
@@ -228,7 +229,8 @@ pub struct Admission {
     /// Browser origins allowed to connect (the `Origin` header); empty: any. Requests without an
     /// `Origin` (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
-    /// Most clients on this worker; beyond it upgrades get 503.
+    /// Most clients on this worker; beyond it upgrades get 503. A slot is reserved before the
+    /// upgrade, so the cap holds however many clients upgrade at once.
     pub max_connections: Option<usize>,
 }
 
@@ -239,6 +241,8 @@ pub struct ConnectionManager {
     history: Arc<dyn AlertLog>,
     access: Arc<dyn AccessControl>,
     admission: Admission,
+    /// The `max_connections` slots, reserved before the upgrade.
+    slots: ConnectionSlots,
     registry: Arc<ClientRegistry>,
     /// `Some` while the worker has clients. The async lock orders subscribe/unsubscribe against
     /// client arrivals (see the module doc).
@@ -262,6 +266,7 @@ impl ConnectionManager {
             history,
             access,
             admission: Admission::default(),
+            slots: ConnectionSlots::new(None),
             registry: Arc::new(ClientRegistry::new()),
             subscription: tokio::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
@@ -284,8 +289,15 @@ impl ConnectionManager {
 
     /// Sets who may open a connection (origins, the connection cap).
     pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.slots = ConnectionSlots::new(admission.max_connections);
         self.admission = admission;
         self
+    }
+
+    /// Reserves a connection slot for an upgrade; `None` when the worker is at its cap. The slot
+    /// is given back when the returned guard is dropped.
+    pub(crate) fn reserve_slot(&self) -> Option<Slot> {
+        self.slots.try_reserve()
     }
 
     pub(crate) fn admission(&self) -> &Admission {
@@ -422,10 +434,14 @@ impl ConnectionManager {
         Ok(Replay { frames, floor })
     }
 
-    /// Removes a client at once; unsubscribes from the bus when it was the last one.
-    pub(crate) async fn unregister(&self, id: u64) {
+    /// Removes a client at once and gives its slot back; unsubscribes from the bus when it was
+    /// the last one.
+    pub(crate) async fn unregister(&self, id: u64, slot: Slot) {
         let remaining = {
             let mut clients = self.registry.lock();
+            // The slot is free before the client leaves the count: whoever sees the count drop
+            // (`/healthz`) can connect.
+            drop(slot);
             clients.remove(&id);
             clients.len()
         };

@@ -1,0 +1,125 @@
+//! The publish quota shared by every worker on one Redis: GCRA in one Lua script.
+//!
+//! Each credential's state is one key (`performance:quota:<credential>`) holding its theoretical
+//! arrival time in microseconds, with a TTL so that idle credentials cost nothing. The script
+//! reads the time from the Redis server (`TIME`), so every worker decides on one clock, and reads,
+//! decides and writes in one atomic step: the quota holds whichever worker a publish lands on,
+//! at one round trip per publish. The arithmetic is the domain's [`PublishRate`]; the script is
+//! its transcription (tests/limits.rs checks it across worker processes).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use fanout_domain::{PublishQuota, PublishRate, QuotaDecision, QuotaError};
+use redis::Script;
+use tokio::sync::OnceCell;
+
+use crate::RedisConfig;
+
+/// Prefix of each credential's key.
+const KEY_PREFIX: &str = "performance:quota:";
+
+/// `ARGV[1]`: the interval one publish uses up, `ARGV[2]`: the burst, both in microseconds.
+/// Returns 0 when the publish is allowed (and counted), else the microseconds until one would be.
+/// Times are whole microseconds since the epoch (< 2^53): exact in Lua's doubles; `%.0f` writes
+/// them back without the exponent notation Lua's number-to-string would use.
+const GCRA_SCRIPT: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then
+  tat = now
+end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > burst then
+  return ahead - burst
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(ahead / 1000))
+return 0
+"#;
+
+/// `--publish-rate` per credential, kept in Redis.
+pub struct RedisQuota {
+    config: RedisConfig,
+    rate: PublishRate,
+    /// Created on the first check; at most `pool_size` connections, like the publisher's (every
+    /// publish makes one check, so it sees the publisher's concurrency).
+    pool: OnceCell<Pool>,
+    script: Script,
+}
+
+impl RedisQuota {
+    pub fn new(config: RedisConfig, rate: NonZeroU32) -> Self {
+        Self {
+            config,
+            rate: PublishRate::per_second(rate),
+            pool: OnceCell::new(),
+            script: Script::new(GCRA_SCRIPT),
+        }
+    }
+
+    async fn pool(&self) -> Result<&Pool, QuotaError> {
+        self.pool
+            .get_or_try_init(|| async {
+                let mut config = deadpool_redis::Config::from_url(self.config.url.as_str());
+                let mut pool = PoolConfig::new(self.config.pool_size);
+                pool.timeouts = Timeouts {
+                    wait: Some(self.config.command_timeout),
+                    create: Some(self.config.command_timeout),
+                    recycle: Some(self.config.command_timeout),
+                };
+                config.pool = Some(pool);
+                let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|error| {
+                    QuotaError::Unavailable(format!("cannot create the Redis pool: {error}"))
+                })?;
+                tracing::info!(
+                    max_connections = self.config.pool_size,
+                    "Redis quota pool created"
+                );
+                Ok(pool)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl PublishQuota for RedisQuota {
+    async fn check(&self, credential: &str) -> Result<QuotaDecision, QuotaError> {
+        let pool = self.pool().await?;
+        let attempt = async {
+            let mut connection = pool.get().await.map_err(|error| {
+                QuotaError::Unavailable(format!("no Redis connection: {error}"))
+            })?;
+            self.script
+                .key(format!("{KEY_PREFIX}{credential}"))
+                .arg(self.rate.interval_us())
+                .arg(self.rate.burst_us())
+                .invoke_async::<u64>(&mut *connection)
+                .await
+                .map_err(|error| {
+                    // A failed command may leave the connection broken: drop it from the pool.
+                    drop(deadpool_redis::Connection::take(connection));
+                    QuotaError::Unavailable(format!("the quota check failed: {error}"))
+                })
+        };
+        let retry_after_us = tokio::time::timeout(self.config.command_timeout, attempt)
+            .await
+            .map_err(|_| {
+                QuotaError::Unavailable(format!(
+                    "the quota check took longer than {:?}",
+                    self.config.command_timeout
+                ))
+            })??;
+        Ok(match retry_after_us {
+            0 => QuotaDecision::Allowed,
+            micros => QuotaDecision::Limited {
+                retry_after: Duration::from_micros(micros),
+            },
+        })
+    }
+}
