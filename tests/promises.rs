@@ -352,7 +352,9 @@ async fn a_worker_refuses_publishes_until_its_own_subscriber_is_live_again() {
             match frame["data"][0]["name"].as_str() {
                 Some("marker") => break,
                 Some("recovery") => {
-                    seen.insert(frame["data"][0]["value"].as_u64().unwrap_or(u64::MAX) as u32);
+                    // Values travel as JSON numbers of a double: 5.0, not 5.
+                    let value = frame["data"][0]["value"].as_f64().unwrap_or(-1.0);
+                    seen.insert(value as u32);
                 }
                 _ => {}
             }
@@ -535,6 +537,8 @@ fn interleaved_outside_messages_never_cost_a_real_alert_on_any_worker() {
             Ok::<(), TestCaseError>(())
         })
     });
+    // The container and the processes are dropped inside the runtime they were started on.
+    runtime.block_on(async move { drop((clients, workers, redis)) });
     if let Err(failure) = result {
         panic!("{failure}");
     }
