@@ -30,7 +30,10 @@ fn command(args: &[&str]) -> Command {
     let mut command = Command::new(binary());
     command
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("FANOUT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

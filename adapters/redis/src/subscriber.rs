@@ -127,6 +127,7 @@ impl Listener {
                 Duration::ZERO
             } else {
                 let failed = self.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(error = %error.message, attempt, "Redis subscriber attempt failed");
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
                         error = %error.message,
@@ -158,14 +159,17 @@ impl Listener {
     ) -> Result<std::convert::Infallible, SessionError> {
         let timeout = self.config.command_timeout;
         let client = redis::Client::open(self.config.url.as_str()).map_err(SessionError::before)?;
-        let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+        let pubsub = tokio::time::timeout(timeout, hedged(|| client.get_async_pubsub()))
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        let connection = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
-            .map_err(SessionError::before)?;
+        let connection = tokio::time::timeout(
+            timeout,
+            hedged(|| client.get_multiplexed_async_connection()),
+        )
+        .await
+        .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+        .map_err(SessionError::before)?;
         let log = ConnectionLog {
             connection,
             keys: self.keys.clone(),
@@ -299,6 +303,40 @@ impl Listener {
             ?position,
             "alerts this worker had not delivered were trimmed from the log, or the log was reset: its clients missed them"
         );
+    }
+}
+
+/// How long connection attempts may go unanswered before another one is started beside them.
+const HEDGE_AFTER: Duration = Duration::from_millis(100);
+
+/// Most connection attempts running side by side.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Runs `attempt`, and another one beside it every [`HEDGE_AFTER`] while none has finished (at
+/// most [`MAX_ATTEMPTS`]); the first to succeed wins and the others are dropped. An attempt that
+/// fails ends the wait only when no other is still running, so a refused connection is reported
+/// at once. Why: a SYN lost while Redis, or the NAT in front of it, comes back costs the kernel's
+/// 1 s retransmission; with Docker's port mapping that tripled the time to resubscribe.
+async fn hedged<T, Attempt>(attempt: impl Fn() -> Attempt) -> redis::RedisResult<T>
+where
+    Attempt: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    running.push(attempt());
+    let mut started = 1;
+    loop {
+        tokio::select! {
+            outcome = running.next() => match outcome {
+                Some(Ok(connected)) => return Ok(connected),
+                Some(Err(error)) if running.is_empty() => return Err(error),
+                Some(Err(_)) => {}
+                None => unreachable!("an attempt is always running here"),
+            },
+            _ = tokio::time::sleep(HEDGE_AFTER), if started < MAX_ATTEMPTS => {
+                running.push(attempt());
+                started += 1;
+            }
+        }
     }
 }
 
