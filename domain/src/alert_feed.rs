@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{AlertId, AlertLog, Envelope, HistoryError, LocalDelivery, LogEpoch};
+use crate::{AlertLog, Envelope, HistoryError, LocalDelivery, LogEpoch, LogId};
 
 /// Alerts read per page of the log.
 pub const LOG_PAGE: usize = 1000;
@@ -23,14 +23,14 @@ pub struct LogPosition {
     /// The log the id belongs to; `None` when the reader does not know it (a client that sent no
     /// epoch): then only ids are compared, and a reset log may go unnoticed.
     pub epoch: Option<LogEpoch>,
-    pub id: AlertId,
+    pub id: LogId,
 }
 
 impl LogPosition {
     /// The start of a log whose epoch is not known yet.
     pub const START: LogPosition = LogPosition {
         epoch: None,
-        id: AlertId::ZERO,
+        id: LogId::ZERO,
     };
 }
 
@@ -74,7 +74,7 @@ pub async fn read_after(log: &dyn AlertLog, from: &LogPosition) -> Result<CatchU
             complete = false;
             position = LogPosition {
                 epoch: Some(page.epoch),
-                id: AlertId::ZERO,
+                id: LogId::ZERO,
             };
             continue;
         }
@@ -135,7 +135,7 @@ pub struct Handled {
 pub struct AlertFeed {
     position: LogPosition,
     /// Ids delivered from the log, in the position's epoch, oldest first (so sorted).
-    recent: VecDeque<AlertId>,
+    recent: VecDeque<LogId>,
     /// Where the feed left the previous log when it was reset: live copies of that log's alerts
     /// up to there, still in the channel, were delivered (or lost with the log, and reported).
     previous: Option<LogPosition>,
@@ -212,7 +212,7 @@ impl AlertFeed {
         handled(LiveAlert::Foreign, caught)
     }
 
-    fn remember(&mut self, id: AlertId) {
+    fn remember(&mut self, id: LogId) {
         if self.recent.back().is_some_and(|last| *last >= id) {
             return;
         }
@@ -226,11 +226,11 @@ impl AlertFeed {
         epoch.is_none_or(|epoch| Some(epoch) == self.position.epoch.as_ref())
     }
 
-    fn was_delivered(&self, id: AlertId, epoch: Option<&LogEpoch>) -> bool {
+    fn was_delivered(&self, id: LogId, epoch: Option<&LogEpoch>) -> bool {
         let of_previous_log = self.previous.as_ref().is_some_and(|previous| {
             epoch.is_some()
                 && epoch == previous.epoch.as_ref()
-                && id != AlertId::ZERO
+                && id != LogId::ZERO
                 && id <= previous.id
         });
         of_previous_log || (self.in_this_epoch(epoch) && self.recent.binary_search(&id).is_ok())
@@ -240,7 +240,7 @@ impl AlertFeed {
     /// remembered ids: then it was delivered (or predates this worker's start) and is skipped.
     async fn is_older_log_entry(
         &self,
-        id: AlertId,
+        id: LogId,
         epoch: Option<&LogEpoch>,
         log: &dyn AlertLog,
     ) -> Result<bool, HistoryError> {
@@ -269,7 +269,7 @@ mod tests {
 
     fn alert(id: Option<u64>, epoch_text: Option<&str>, message: &str) -> Envelope {
         Envelope {
-            id: id.map(|seq| AlertId::new(1, seq)),
+            id: id.map(|seq| LogId::new(1, seq)),
             epoch: epoch_text.map(epoch),
             origin: WorkerId::new("w1").unwrap_or_else(|e| panic!("{e}")),
             seq: 0,
@@ -279,7 +279,7 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Delivered(Mutex<Vec<(Option<AlertId>, String)>>);
+    struct Delivered(Mutex<Vec<(Option<LogId>, String)>>);
 
     impl LocalDelivery for Delivered {
         fn deliver(&self, envelope: &Envelope) {
@@ -323,11 +323,11 @@ mod tests {
         let delivered = Delivered::default();
         let mut feed = AlertFeed::new(LogPosition {
             epoch: Some(epoch("e1")),
-            id: AlertId::ZERO,
+            id: LogId::ZERO,
         });
         let log = log_with(2);
         let forged = Envelope {
-            id: Some(AlertId::new(99_999_999_999_999, 0)),
+            id: Some(LogId::new(99_999_999_999_999, 0)),
             ..alert(None, Some("e1"), "outside")
         };
         let outcome = feed.on_live(forged, &log, &delivered).await;
@@ -346,7 +346,7 @@ mod tests {
             .map(|d| d.iter().map(|(id, _)| *id).collect())
             .unwrap_or_default();
         assert_eq!(ids[2], None);
-        assert_eq!(feed.position().id, AlertId::new(1, 2));
+        assert_eq!(feed.position().id, LogId::new(1, 2));
     }
 
     #[tokio::test]
@@ -356,7 +356,7 @@ mod tests {
             &log,
             &LogPosition {
                 epoch: Some(epoch("old")),
-                id: AlertId::new(1, 2),
+                id: LogId::new(1, 2),
             },
         )
         .await

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Alert, AlertId, Channel, InvalidMessage, LogEpoch, Metric, WorkerId};
+use crate::{Alert, Channel, InvalidMessage, LogEpoch, LogId, Metric, WorkerId};
 
 /// Origin given to messages that arrive on the bus without one (published by an outside system).
 pub const EXTERNAL_ORIGIN: &str = "external";
@@ -31,7 +31,7 @@ pub enum Payload {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
     /// For alerts that went through the bus's alert log: their cluster-wide position in it.
-    pub id: Option<AlertId>,
+    pub id: Option<LogId>,
     /// For alerts that went through the bus's alert log: the log's identity (`id`s compare only
     /// within one epoch).
     pub epoch: Option<LogEpoch>,
@@ -63,7 +63,7 @@ struct WireOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<AlertId>,
+    id: Option<LogId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     epoch: Option<&'a LogEpoch>,
     origin: &'a WorkerId,
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn an_alert_log_id_travels_first_and_round_trips() {
         let envelope = Envelope {
-            id: Some(AlertId::new(17, 2)),
+            id: Some(LogId::new(17, 2)),
             epoch: Some(LogEpoch::from_random(10)),
             origin: worker(),
             seq: 1,
@@ -427,7 +427,7 @@ mod properties {
             proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>())),
         )
             .prop_map(|(payload, seq, id)| Envelope {
-                id: id.map(|(ms, seq, _)| AlertId::new(ms, seq)),
+                id: id.map(|(ms, seq, _)| LogId::new(ms, seq)),
                 epoch: id.map(|(_, _, bits)| LogEpoch::from_random(bits)),
                 origin: WorkerId("w-1".to_owned()),
                 seq,

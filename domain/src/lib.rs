@@ -8,11 +8,11 @@
 mod access;
 mod alert;
 mod alert_feed;
-mod alert_id;
 mod channel;
 mod envelope;
 mod error;
 mod json_object;
+mod log_id;
 mod metric;
 mod outbox;
 mod ports;
@@ -26,10 +26,10 @@ pub use alert::{Alert, Severity};
 pub use alert_feed::{
     read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE,
 };
-pub use alert_id::{AlertId, InvalidAlertId, InvalidLogEpoch, LogEpoch};
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
 pub use error::{HistoryError, InvalidMessage, PublishError, ServiceError};
+pub use log_id::{InvalidLogEpoch, InvalidLogId, LogEpoch, LogId};
 pub use metric::Metric;
 pub use outbox::Outbox;
 pub use ports::{

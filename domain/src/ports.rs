@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{AlertId, Envelope, HistoryError, LogEpoch, LogPosition, PublishError};
+use crate::{Envelope, HistoryError, LogEpoch, LogId, LogPosition, PublishError};
 
 /// Publishes a message to every worker (including this one).
 #[cfg_attr(test, mockall::automock)]
@@ -18,7 +18,7 @@ use crate::{AlertId, Envelope, HistoryError, LogEpoch, LogPosition, PublishError
 pub trait Broadcaster: Send + Sync + 'static {
     /// Hands `envelope` to the bus. `Ok` means the bus accepted it, not that anyone received it.
     /// For an alert, `Ok(Some(id))` is its position in the alert log.
-    async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError>;
+    async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError>;
 }
 
 /// Receives what the bus carries and hands it to this worker's local clients.
@@ -127,11 +127,7 @@ pub struct AlertHistory {
 pub trait AlertLog: Send + Sync + 'static {
     /// At most `limit` alerts with an id greater than `after`, oldest first, read atomically
     /// with the log's epoch (an empty log gets its epoch on first read).
-    async fn alerts_after(
-        &self,
-        after: AlertId,
-        limit: usize,
-    ) -> Result<AlertHistory, HistoryError>;
+    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError>;
 
     /// The log's epoch and newest id (zero when empty): where a new reader starts.
     async fn head(&self) -> Result<LogPosition, HistoryError>;

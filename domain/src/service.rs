@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
-    Alert, AlertId, Broadcaster, Clock, Envelope, Metric, Outbox, Payload, PublishError,
-    RuleEngine, ServiceError, WorkerId,
+    Alert, Broadcaster, Clock, Envelope, LogId, Metric, Outbox, Payload, PublishError, RuleEngine,
+    ServiceError, WorkerId,
 };
 
 /// What the bus accepted.
@@ -16,7 +16,7 @@ pub struct PublishReceipt {
     /// The alert's id, for alerts.
     pub alert_id: Option<String>,
     /// The alert's position in the bus's alert log, for alerts.
-    pub log_id: Option<AlertId>,
+    pub log_id: Option<LogId>,
 }
 
 /// What became of an alert raised by a rule inside this worker.
@@ -174,7 +174,7 @@ impl PerformanceService {
         self.published.load(Ordering::Relaxed)
     }
 
-    async fn publish_envelope(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
+    async fn publish_envelope(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
         let published = self.broadcaster.publish(envelope).await?;
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(published)
@@ -372,7 +372,7 @@ mod tests {
                 .times(1)
                 .in_sequence(&mut sequence)
                 .withf(move |e| matches!(&e.payload, Payload::Alert(a) if a.message == expected))
-                .returning(|_| Ok(Some(AlertId::new(1, 0))));
+                .returning(|_| Ok(Some(LogId::new(1, 0))));
         }
         let service = service(broadcaster, &["cpu>90"]);
         let first = service.send_metrics(vec![Metric::new("cpu", 95.0)]).await;

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    AccessControl, Alert, AlertId, Metric, PerformanceService, PublishError, PublishQuota,
+    AccessControl, Alert, LogId, Metric, PerformanceService, PublishError, PublishQuota,
     PublishReceipt, QuotaDecision, QuotaError, ServiceError,
 };
 use prometheus_client::metrics::histogram::Histogram;
@@ -235,7 +235,7 @@ struct Accepted {
     id: Option<String>,
     /// The alert's position in the bus's alert log.
     #[serde(skip_serializing_if = "Option::is_none")]
-    log_id: Option<AlertId>,
+    log_id: Option<LogId>,
 }
 
 fn accepted(published: usize, receipt: PublishReceipt) -> Response {

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fanout_domain::{
-    AlertHistory, AlertId, AlertLog, Broadcaster, BusStatus, BusSubscriber, Envelope, HistoryError,
-    LocalDelivery, LogEpoch, LogPosition, Payload, PublishError, SubscriberState, Subscription,
+    AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Envelope, HistoryError,
+    LocalDelivery, LogEpoch, LogId, LogPosition, Payload, PublishError, SubscriberState,
+    Subscription,
 };
 use tokio::sync::broadcast;
 
@@ -39,7 +40,7 @@ struct AlertLogState {
     retention: usize,
     next_seq: u64,
     /// The newest id trimmed away by the retention limit.
-    max_deleted: AlertId,
+    max_deleted: LogId,
 }
 
 impl AlertLogState {
@@ -49,13 +50,13 @@ impl AlertLogState {
             entries: VecDeque::new(),
             retention: retention.max(1),
             next_seq: 1,
-            max_deleted: AlertId::ZERO,
+            max_deleted: LogId::ZERO,
         }
     }
 
     /// The newest id assigned in this epoch.
-    fn head(&self) -> AlertId {
-        AlertId::new(0, self.next_seq - 1)
+    fn head(&self) -> LogId {
+        LogId::new(0, self.next_seq - 1)
     }
 }
 
@@ -108,14 +109,14 @@ impl MemoryBus {
 
 #[async_trait]
 impl Broadcaster for MemoryBus {
-    async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
+    async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
         let Payload::Alert(_) = envelope.payload else {
             // An error only means no worker is subscribed now: like Redis Pub/Sub, nobody hears it.
             let _ = self.sender.send(Arc::new(envelope.clone()));
             return Ok(None);
         };
         let mut log = self.lock_log();
-        let id = AlertId::new(0, log.next_seq);
+        let id = LogId::new(0, log.next_seq);
         log.next_seq += 1;
         let mut logged = envelope.clone();
         logged.id = Some(id);
@@ -133,11 +134,7 @@ impl Broadcaster for MemoryBus {
 
 #[async_trait]
 impl AlertLog for MemoryBus {
-    async fn alerts_after(
-        &self,
-        after: AlertId,
-        limit: usize,
-    ) -> Result<AlertHistory, HistoryError> {
+    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
         let log = self.lock_log();
         let alerts = log
             .entries
@@ -332,7 +329,7 @@ mod tests {
                     .await
                     .ok()
                     .flatten()
-                    .unwrap_or(AlertId::ZERO),
+                    .unwrap_or(LogId::ZERO),
             );
         }
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
@@ -347,7 +344,7 @@ mod tests {
             [2, 3]
         );
         let from_start = bus
-            .alerts_after(AlertId::ZERO, 10)
+            .alerts_after(LogId::ZERO, 10)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!from_start.complete);

@@ -19,8 +19,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use fanout_domain::{
-    read_after, Alert, AlertFeed, AlertId, AlertLog, Broadcaster, Envelope, LiveAlert,
-    LocalDelivery, LogEpoch, LogPosition, Payload, Severity, WorkerId,
+    read_after, Alert, AlertFeed, AlertLog, Broadcaster, Envelope, LiveAlert, LocalDelivery,
+    LogEpoch, LogId, LogPosition, Payload, Severity, WorkerId,
 };
 use fanout_memory::MemoryBus;
 use proptest::prelude::*;
@@ -86,7 +86,7 @@ impl LocalDelivery for Recorder {
 #[derive(Clone, Debug)]
 struct Real {
     n: usize,
-    id: AlertId,
+    id: LogId,
     epoch: LogEpoch,
     /// Which log (0, 1, … one per reset) it went into.
     generation: usize,
@@ -223,7 +223,7 @@ impl World {
             }
             Op::Outside { id, epoch } => {
                 let envelope = Envelope {
-                    id: id.map(|(ms, seq)| AlertId::new(ms, seq)),
+                    id: id.map(|(ms, seq)| LogId::new(ms, seq)),
                     epoch: match epoch {
                         EpochChoice::None => None,
                         EpochChoice::Current => Some(self.epoch.clone()),
@@ -311,7 +311,7 @@ impl World {
                 let alert = &seen[k % seen.len()];
                 LogPosition {
                     epoch: alert.epoch.clone(),
-                    id: alert.id.unwrap_or(AlertId::ZERO),
+                    id: alert.id.unwrap_or(LogId::ZERO),
                 }
             }
             _ => LogPosition::START,
@@ -325,7 +325,7 @@ impl World {
             .iter()
             .filter(|r| r.generation == self.generation)
             .collect();
-        let after = if same_log { position.id } else { AlertId::ZERO };
+        let after = if same_log { position.id } else { LogId::ZERO };
         let retained = self.retained();
         let expected: Vec<usize> = retained
             .iter()

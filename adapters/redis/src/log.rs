@@ -10,9 +10,7 @@
 //! `XDEL` moves the stream's `max-deleted-entry-id`, which is what tells a reader exactly whether
 //! anything after its position was trimmed (`MAXLEN` trimming leaves it at `0-0`).
 
-use fanout_domain::{
-    AlertHistory, AlertId, Channel, Envelope, HistoryError, LogEpoch, LogPosition,
-};
+use fanout_domain::{AlertHistory, Channel, Envelope, HistoryError, LogEpoch, LogId, LogPosition};
 use redis::aio::ConnectionLike;
 use redis::Script;
 
@@ -82,7 +80,7 @@ return {{id, epoch}}
         keys: &LogKeys,
         retention: usize,
         envelope_json: &str,
-    ) -> redis::RedisResult<(AlertId, LogEpoch)> {
+    ) -> redis::RedisResult<(LogId, LogEpoch)> {
         debug_assert!(envelope_json.starts_with(ALERT_PREFIX));
         let (id, epoch): (String, String) = self
             .0
@@ -135,7 +133,7 @@ return {epoch, deleted, head, entries}
         &self,
         connection: &mut C,
         keys: &LogKeys,
-        after: AlertId,
+        after: LogId,
         limit: usize,
     ) -> Result<LogRead, HistoryError> {
         let (epoch, deleted, head, entries): (String, String, String, Vec<StreamEntry>) = self
@@ -166,7 +164,7 @@ return {epoch, deleted, head, entries}
         &self,
         connection: &mut C,
         keys: &LogKeys,
-        after: AlertId,
+        after: LogId,
         limit: usize,
     ) -> Result<AlertHistory, HistoryError> {
         let read = self.read(connection, keys, after, limit).await?;
@@ -176,7 +174,7 @@ return {epoch, deleted, head, entries}
                 continue;
             };
             let (Ok(id), Ok(mut envelope)) = (
-                id.parse::<AlertId>(),
+                id.parse::<LogId>(),
                 Envelope::from_json(Channel::Alerts, json),
             ) else {
                 tracing::warn!(%id, "skipping an alert log entry that is not a valid alert envelope");
@@ -200,7 +198,7 @@ return {epoch, deleted, head, entries}
         connection: &mut C,
         keys: &LogKeys,
     ) -> Result<LogPosition, HistoryError> {
-        let read = self.read(connection, keys, AlertId::ZERO, 0).await?;
+        let read = self.read(connection, keys, LogId::ZERO, 0).await?;
         Ok(LogPosition {
             epoch: Some(read.epoch),
             id: read.head,
@@ -210,7 +208,7 @@ return {epoch, deleted, head, entries}
 
 struct LogRead {
     epoch: LogEpoch,
-    max_deleted: AlertId,
-    head: AlertId,
+    max_deleted: LogId,
+    head: LogId,
     entries: Vec<StreamEntry>,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use fanout_domain::{
-    AlertHistory, AlertId, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogPosition,
+    AlertHistory, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogId, LogPosition,
     Payload, PublishError, SubscriberState,
 };
 use tokio::sync::OnceCell;
@@ -103,7 +103,7 @@ impl RedisPublisher {
 
 #[async_trait]
 impl Broadcaster for RedisPublisher {
-    async fn publish(&self, envelope: &Envelope) -> Result<Option<AlertId>, PublishError> {
+    async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
         let pool = self.pool().await?;
         self.subscriber_ready(pool).await?;
         let payload = envelope.to_json();
@@ -111,7 +111,7 @@ impl Broadcaster for RedisPublisher {
             let mut connection = pool.get().await.map_err(|error| {
                 PublishError::Unavailable(format!("no Redis connection: {error}"))
             })?;
-            let published: Result<Option<AlertId>, redis::RedisError> = match envelope.payload {
+            let published: Result<Option<LogId>, redis::RedisError> = match envelope.payload {
                 Payload::Metrics(_) => redis::cmd("PUBLISH")
                     .arg(Channel::Metrics.name())
                     .arg(&payload)
@@ -148,11 +148,7 @@ impl Broadcaster for RedisPublisher {
 
 #[async_trait]
 impl AlertLog for RedisPublisher {
-    async fn alerts_after(
-        &self,
-        after: AlertId,
-        limit: usize,
-    ) -> Result<AlertHistory, HistoryError> {
+    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
         let read = async {
             let mut connection = self.log_connection().await?;
             self.read

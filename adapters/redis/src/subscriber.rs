@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fanout_domain::{
-    AlertFeed, AlertHistory, AlertId, AlertLog, BusStatus, BusSubscriber, Caught, Channel,
-    Envelope, HistoryError, LiveAlert, LocalDelivery, LogPosition, Payload, SubscriberState,
+    AlertFeed, AlertHistory, AlertLog, BusStatus, BusSubscriber, Caught, Channel, Envelope,
+    HistoryError, LiveAlert, LocalDelivery, LogId, LogPosition, Payload, SubscriberState,
     Subscription,
 };
 use futures_util::StreamExt;
@@ -366,11 +366,7 @@ impl ConnectionLog {
 
 #[async_trait]
 impl AlertLog for ConnectionLog {
-    async fn alerts_after(
-        &self,
-        after: AlertId,
-        limit: usize,
-    ) -> Result<AlertHistory, HistoryError> {
+    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
         let mut connection = self.connection.clone();
         self.bounded(
             self.read

@@ -150,7 +150,7 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<fanout_domain::AlertId>) -> Ending {
+    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<fanout_domain::LogId>) -> Ending {
         let mut batch = greeting;
         let mut close = None;
         let mut is_greeting = true;

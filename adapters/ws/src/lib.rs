@@ -20,7 +20,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use fanout_domain::{AlertId, LogEpoch, LogPosition};
+use fanout_domain::{LogEpoch, LogId, LogPosition};
 use serde::Deserialize;
 
 pub use manager::{Admission, ConnectionManager, DeliveryStats, Refused};
@@ -145,7 +145,7 @@ fn resume_position(params: &ConnectParams) -> Result<Option<LogPosition>, String
         None if epoch.is_some() => Err("epoch is given without last_alert_id".into()),
         None => Ok(None),
         Some(text) => {
-            let id = text.parse::<AlertId>().map_err(|e| e.to_string())?;
+            let id = text.parse::<LogId>().map_err(|e| e.to_string())?;
             Ok(Some(LogPosition { epoch, id }))
         }
     }

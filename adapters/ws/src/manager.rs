@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fanout_domain::{
-    read_after, AccessControl, AlertId, AlertLog, BusStatus, BusSubscriber, Envelope, Grant,
-    HistoryError, LocalDelivery, LogEpoch, LogPosition, Metric, Payload, Subscription, WorkerId,
+    read_after, AccessControl, AlertLog, BusStatus, BusSubscriber, Envelope, Grant, HistoryError,
+    LocalDelivery, LogEpoch, LogId, LogPosition, Metric, Payload, Subscription, WorkerId,
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -184,7 +184,7 @@ pub(crate) struct Replay {
     /// The `resume` control frame, then every retained alert after the client's last id.
     pub(crate) frames: Vec<Frame>,
     /// The newest replayed id: live alerts up to it are duplicates.
-    pub(crate) floor: Option<AlertId>,
+    pub(crate) floor: Option<LogId>,
 }
 
 #[derive(Serialize)]
@@ -198,7 +198,7 @@ struct Snapshot {
 struct Resume<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    after: AlertId,
+    after: LogId,
     /// The log's epoch now: the one the replayed and live alerts' ids belong to.
     epoch: Option<&'a LogEpoch>,
     replayed: usize,

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use fanout_domain::{AlertId, Envelope};
+use fanout_domain::{Envelope, LogId};
 use tokio::sync::Notify;
 
 /// What a frame carries, which decides what may be dropped on overflow.
@@ -28,7 +28,7 @@ pub(crate) struct Frame {
     pub(crate) kind: FrameKind,
     pub(crate) text: Utf8Bytes,
     /// The alert-log id of an alert frame, to skip live duplicates of replayed alerts.
-    pub(crate) alert_id: Option<AlertId>,
+    pub(crate) alert_id: Option<LogId>,
 }
 
 impl Frame {

@@ -1,4 +1,4 @@
-//! The cluster-wide position of an alert in the alert log.
+//! Positions in the alert log ([`LogId`]) and the log's identity ([`LogEpoch`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,27 +11,27 @@ use serde::{Deserialize, Serialize};
 /// Clients pass the last one they saw back when they reconnect, to receive what they missed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct AlertId {
+pub struct LogId {
     pub ms: u64,
     pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid alert id {0:?}: expected MILLISECONDS-SEQUENCE, e.g. 1764380000123-0")]
-pub struct InvalidAlertId(pub String);
+pub struct InvalidLogId(pub String);
 
-impl AlertId {
-    pub const ZERO: AlertId = AlertId { ms: 0, seq: 0 };
+impl LogId {
+    pub const ZERO: LogId = LogId { ms: 0, seq: 0 };
 
     pub fn new(ms: u64, seq: u64) -> Self {
         Self { ms, seq }
     }
 }
 
-impl FromStr for AlertId {
-    type Err = InvalidAlertId;
+impl FromStr for LogId {
+    type Err = InvalidLogId;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidAlertId(text.to_owned());
+        let invalid = || InvalidLogId(text.to_owned());
         let (ms, seq) = text.split_once('-').ok_or_else(invalid)?;
         Ok(Self {
             ms: ms.parse().map_err(|_| invalid())?,
@@ -40,26 +40,26 @@ impl FromStr for AlertId {
     }
 }
 
-impl TryFrom<String> for AlertId {
-    type Error = InvalidAlertId;
+impl TryFrom<String> for LogId {
+    type Error = InvalidLogId;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         value.parse()
     }
 }
 
-impl From<AlertId> for String {
-    fn from(id: AlertId) -> Self {
+impl From<LogId> for String {
+    fn from(id: LogId) -> Self {
         id.to_string()
     }
 }
 
-impl fmt::Display for AlertId {
+impl fmt::Display for LogId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
     }
 }
 
-/// The identity of one alert log. Positions ([`AlertId`]) compare only within one epoch: a log
+/// The identity of one alert log. Positions ([`LogId`]) compare only within one epoch: a log
 /// that was lost or reset (Redis restarted without persistence, `FLUSHALL`, another Redis behind
 /// the same address, a restarted in-memory bus) starts a new epoch, so a reader coming back with
 /// a position from the old one is recognised and told that it may have missed alerts.
@@ -126,14 +126,14 @@ impl fmt::Display for LogEpoch {
     }
 }
 
-impl AlertId {
+impl LogId {
     /// The id right before this one, for reading the log from exactly this id on; `None` for
-    /// [`AlertId::ZERO`], which no entry has.
-    pub fn predecessor(self) -> Option<AlertId> {
+    /// [`LogId::ZERO`], which no entry has.
+    pub fn predecessor(self) -> Option<LogId> {
         match (self.ms, self.seq) {
             (0, 0) => None,
-            (ms, 0) => Some(AlertId::new(ms - 1, u64::MAX)),
-            (ms, seq) => Some(AlertId::new(ms, seq - 1)),
+            (ms, 0) => Some(LogId::new(ms - 1, u64::MAX)),
+            (ms, seq) => Some(LogId::new(ms, seq - 1)),
         }
     }
 }
@@ -153,23 +153,23 @@ mod tests {
 
     #[test]
     fn the_predecessor_is_the_greatest_smaller_id() {
-        assert_eq!(AlertId::ZERO.predecessor(), None);
-        assert_eq!(AlertId::new(5, 2).predecessor(), Some(AlertId::new(5, 1)));
+        assert_eq!(LogId::ZERO.predecessor(), None);
+        assert_eq!(LogId::new(5, 2).predecessor(), Some(LogId::new(5, 1)));
         assert_eq!(
-            AlertId::new(5, 0).predecessor(),
-            Some(AlertId::new(4, u64::MAX))
+            LogId::new(5, 0).predecessor(),
+            Some(LogId::new(4, u64::MAX))
         );
     }
 
     #[test]
     fn parses_orders_and_prints_like_redis_stream_ids() {
-        let a: AlertId = "1764380000123-0".parse().unwrap_or(AlertId::ZERO);
-        let b: AlertId = "1764380000123-1".parse().unwrap_or(AlertId::ZERO);
-        let c: AlertId = "1764380000200-0".parse().unwrap_or(AlertId::ZERO);
+        let a: LogId = "1764380000123-0".parse().unwrap_or(LogId::ZERO);
+        let b: LogId = "1764380000123-1".parse().unwrap_or(LogId::ZERO);
+        let c: LogId = "1764380000200-0".parse().unwrap_or(LogId::ZERO);
         assert!(a < b && b < c);
         assert_eq!(b.to_string(), "1764380000123-1");
         for bad in ["", "12", "a-1", "1-", "-1", "1-2-3"] {
-            assert!(bad.parse::<AlertId>().is_err(), "{bad}");
+            assert!(bad.parse::<LogId>().is_err(), "{bad}");
         }
     }
 }
