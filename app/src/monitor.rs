@@ -43,22 +43,43 @@ pub async fn run(
         last_tick = Instant::now();
 
         let worker = service.worker().to_string();
-        let mut samples = vec![
-            Metric::new("host.cpu_percent", f64::from(system.global_cpu_usage())).with_unit("%"),
-            Metric::new("host.memory_used_percent", memory_percent(&system)).with_unit("%"),
-            Metric::new("fanout.connections", stats.connections as f64),
-            Metric::new("fanout.delivered_per_second", delivered_per_second).with_unit("1/s"),
+        let mut readings = vec![
+            (
+                "host.cpu_percent",
+                f64::from(system.global_cpu_usage()),
+                Some("%"),
+            ),
+            (
+                "host.memory_used_percent",
+                memory_percent(&system),
+                Some("%"),
+            ),
+            ("fanout.connections", stats.connections as f64, None),
+            (
+                "fanout.delivered_per_second",
+                delivered_per_second,
+                Some("1/s"),
+            ),
         ];
         if let Some(process) = system.process(pid) {
-            samples.push(
-                Metric::new("process.cpu_percent", f64::from(process.cpu_usage())).with_unit("%"),
-            );
-            samples.push(Metric::new("process.rss_bytes", process.memory() as f64).with_unit("B"));
+            readings.push((
+                "process.cpu_percent",
+                f64::from(process.cpu_usage()),
+                Some("%"),
+            ));
+            readings.push(("process.rss_bytes", process.memory() as f64, Some("B")));
         }
-        let samples = samples
+        // A reading that is not a valid metric (a non-finite value the OS reported) is skipped.
+        let samples = readings
             .into_iter()
-            .filter(|m| m.value.is_finite())
-            .map(|m| m.with_label("worker", worker.clone()))
+            .filter_map(|(name, value, unit)| {
+                let metric = Metric::new(name, value).ok()?;
+                let metric = match unit {
+                    Some(unit) => metric.with_unit(unit).ok()?,
+                    None => metric,
+                };
+                metric.with_label("worker", worker.clone()).ok()
+            })
             .collect();
         match service.send_metrics(samples).await {
             Ok(_) if failing => {

@@ -31,13 +31,13 @@ impl std::str::FromStr for Severity {
     }
 }
 
-/// An alert, raised by a rule inside a worker or posted by an outside system.
+/// One alert as a publisher sent it, before validation: the wire form, plain data.
 ///
-/// `id` and `timestamp` are filled by the server when the publisher leaves them out; `source` is
-/// always set by the server. On the wire it is a JSON object only (see [`crate::Metric`]).
+/// The only way from it to an [`Alert`] is [`AlertFields::validate`]. On the wire it is a JSON
+/// object only (see [`crate::MetricFields`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
-pub struct Alert {
+pub struct AlertFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub severity: Severity,
@@ -59,19 +59,20 @@ pub struct Alert {
 /// Longest alert message accepted, in bytes.
 const MAX_MESSAGE_LEN: usize = 4096;
 
-impl Serialize for Alert {
+impl Serialize for AlertFields {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Alert::serialize(self, serializer)
+        AlertFields::serialize(self, serializer)
     }
 }
 
-impl<'de> Deserialize<'de> for Alert {
+impl<'de> Deserialize<'de> for AlertFields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Alert::deserialize(ObjectOnly(deserializer))
+        AlertFields::deserialize(ObjectOnly(deserializer))
     }
 }
 
-impl Alert {
+impl AlertFields {
+    /// Fields of an alert with only a severity and a message.
     pub fn new(severity: Severity, message: impl Into<String>) -> Self {
         Self {
             id: None,
@@ -86,7 +87,8 @@ impl Alert {
         }
     }
 
-    pub fn validate(&self, path: &str) -> Result<(), InvalidMessage> {
+    /// Checks what JSON decoding cannot; `path` prefixes the field names in the error.
+    pub fn validate(self, path: &str) -> Result<Alert, InvalidMessage> {
         if let Some(id) = &self.id {
             check_text(path, "id", id, Required::Yes)?;
         }
@@ -108,7 +110,122 @@ impl Alert {
                 return Err(InvalidMessage::new(path, field, "must be a finite number"));
             }
         }
-        check_labels(path, &self.labels)
+        check_labels(path, &self.labels)?;
+        Ok(Alert(self))
+    }
+}
+
+/// An alert, raised by a rule inside a worker or posted by an outside system: valid by
+/// construction (a message of 1–4096 bytes, finite numbers, clean names, bounded labels).
+///
+/// `id` and `timestamp` are filled by the server when the publisher leaves them out; `source` is
+/// always set by the server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert(AlertFields);
+
+impl Serialize for Alert {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        AlertFields::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Alert {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <AlertFields as Deserialize>::deserialize(deserializer)?
+            .validate("")
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Alert {
+    /// An alert with a severity and a message; refused when the message is empty or too long.
+    pub fn new(severity: Severity, message: impl Into<String>) -> Result<Self, InvalidMessage> {
+        AlertFields::new(severity, message).validate("")
+    }
+
+    /// The metric it is about, with the value seen and the threshold crossed.
+    pub fn about_metric(
+        self,
+        metric: impl Into<String>,
+        value: f64,
+        threshold: f64,
+    ) -> Result<Self, InvalidMessage> {
+        AlertFields {
+            metric: Some(metric.into()),
+            value: Some(value),
+            threshold: Some(threshold),
+            ..self.0
+        }
+        .validate("")
+    }
+
+    pub fn with_label(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, InvalidMessage> {
+        self.0.labels.insert(key.into(), value.into());
+        self.0.validate("")
+    }
+
+    /// The server's part: an id when the publisher gave none.
+    pub fn fill_id(&mut self, id: impl FnOnce() -> String) {
+        if self.0.id.is_none() {
+            self.0.id = Some(id());
+        }
+    }
+
+    /// The server's part: the time when the publisher gave none.
+    pub fn fill_timestamp(&mut self, unix_ms: Option<u64>) {
+        self.0.timestamp = self.0.timestamp.or(unix_ms);
+    }
+
+    /// The server's part: the worker that published it.
+    pub fn set_source(&mut self, source: WorkerId) {
+        self.0.source = Some(source);
+    }
+
+    /// The alert's own id (the publisher's, or `ORIGIN-SEQ`); not its position in the log.
+    pub fn id(&self) -> Option<&str> {
+        self.0.id.as_deref()
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.0.severity
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    pub fn metric(&self) -> Option<&str> {
+        self.0.metric.as_deref()
+    }
+
+    pub fn value(&self) -> Option<f64> {
+        self.0.value
+    }
+
+    pub fn threshold(&self) -> Option<f64> {
+        self.0.threshold
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.0.labels
+    }
+
+    /// Unix milliseconds.
+    pub fn timestamp(&self) -> Option<u64> {
+        self.0.timestamp
+    }
+
+    pub fn source(&self) -> Option<&WorkerId> {
+        self.0.source.as_ref()
+    }
+
+    /// The plain fields, e.g. to change one and validate again.
+    pub fn into_fields(self) -> AlertFields {
+        self.0
     }
 }
 
@@ -118,9 +235,12 @@ mod tests {
 
     #[test]
     fn severity_is_lowercase_on_the_wire() {
-        let alert = Alert::new(Severity::Critical, "disk full");
-        let json = serde_json::to_string(&alert).unwrap_or_default();
-        assert_eq!(json, r#"{"severity":"critical","message":"disk full"}"#);
+        let alert = Alert::new(Severity::Critical, "disk full")
+            .map(|a| serde_json::to_string(&a).unwrap_or_default());
+        assert_eq!(
+            alert.ok().as_deref(),
+            Some(r#"{"severity":"critical","message":"disk full"}"#)
+        );
         assert!(serde_json::from_str::<Alert>(r#"{"severity":"fatal","message":"x"}"#).is_err());
     }
 
@@ -128,33 +248,45 @@ mod tests {
     fn only_the_object_form_decodes() {
         assert!(serde_json::from_str::<Alert>(r#"["id","info","msg"]"#).is_err());
         let decoded = serde_json::from_str::<Alert>(r#"{"severity":"info","message":"msg"}"#);
-        assert_eq!(decoded.ok(), Some(Alert::new(Severity::Info, "msg")));
+        assert_eq!(decoded.ok(), Alert::new(Severity::Info, "msg").ok());
     }
 
     #[test]
     fn the_metric_it_names_has_no_control_characters() {
-        let mut alert = Alert::new(Severity::Info, "multi\nline messages are fine");
-        assert!(alert.validate("").is_ok());
-        alert.metric = Some("cpu\u{1b}".into());
-        let error = alert.validate("data").err();
+        let alert = Alert::new(Severity::Info, "multi\nline messages are fine");
+        assert!(alert.is_ok());
+        let error = AlertFields {
+            metric: Some("cpu\u{1b}".into()),
+            ..AlertFields::new(Severity::Info, "m")
+        }
+        .validate("data")
+        .err();
         assert_eq!(
-            error.map(|e| e.to_string()).as_deref(),
-            Some("data.metric: must not contain control characters")
+            error.map(|e| (e.field().to_owned(), e.reason().to_owned())),
+            Some((
+                "data.metric".to_owned(),
+                "must not contain control characters".to_owned()
+            ))
         );
     }
 
     #[test]
     fn validation_names_the_field() {
-        let mut alert = Alert::new(Severity::Info, "");
+        let empty = AlertFields::new(Severity::Info, "").validate("").err();
         assert_eq!(
-            alert.validate("").err().map(|e| e.field().to_owned()),
+            empty.map(|e| e.field().to_owned()),
             Some("message".to_owned())
         );
-        alert.message = "ok".into();
-        alert.threshold = Some(f64::INFINITY);
+        let infinite = AlertFields {
+            threshold: Some(f64::INFINITY),
+            ..AlertFields::new(Severity::Info, "ok")
+        }
+        .validate("")
+        .err();
         assert_eq!(
-            alert.validate("").err().map(|e| e.field().to_owned()),
+            infinite.map(|e| e.field().to_owned()),
             Some("threshold".to_owned())
         );
+        assert!(serde_json::from_str::<Alert>(r#"{"severity":"info","message":" "}"#).is_err());
     }
 }

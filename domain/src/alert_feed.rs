@@ -66,8 +66,8 @@ pub async fn read_after(log: &dyn AlertLog, from: &LogPosition) -> Result<CatchU
         {
             epoch_changes += 1;
             if epoch_changes > MAX_EPOCH_CHANGES {
-                return Err(HistoryError::Unavailable(
-                    "the alert log was reset again and again while being read".into(),
+                return Err(HistoryError::unavailable(
+                    "the alert log was reset again and again while being read",
                 ));
             }
             // Another log: the position means nothing in it, and all of it is new to the reader.
@@ -136,10 +136,14 @@ pub struct AlertFeed {
     position: LogPosition,
     /// Ids delivered from the log, in the position's epoch, oldest first (so sorted).
     recent: VecDeque<LogId>,
-    /// Where the feed left the previous log when it was reset: live copies of that log's alerts
-    /// up to there, still in the channel, were delivered (or lost with the log, and reported).
-    previous: Option<LogPosition>,
+    /// Where the feed left the previous logs when they were reset, newest last: live copies of
+    /// their alerts up to there, still in the channel, were delivered (or lost with the log, and
+    /// reported). A few are kept, for resets in quick succession.
+    previous: VecDeque<LogPosition>,
 }
+
+/// Previous logs remembered (see [`AlertFeed`]'s `previous`).
+const PREVIOUS_LOGS: usize = 8;
 
 impl AlertFeed {
     /// A feed that delivers what is logged after `start` (for a new subscriber: the log's head,
@@ -148,7 +152,7 @@ impl AlertFeed {
         Self {
             position: start,
             recent: VecDeque::new(),
-            previous: None,
+            previous: VecDeque::new(),
         }
     }
 
@@ -167,7 +171,10 @@ impl AlertFeed {
         let read = read_after(log, &self.position).await?;
         if read.position.epoch != self.position.epoch {
             self.recent.clear();
-            self.previous = Some(self.position.clone());
+            if self.previous.len() == PREVIOUS_LOGS {
+                self.previous.pop_front();
+            }
+            self.previous.push_back(self.position.clone());
         }
         for alert in &read.alerts {
             if let (Some(id), true) = (alert.id, alert.epoch == read.position.epoch) {
@@ -227,7 +234,7 @@ impl AlertFeed {
     }
 
     fn was_delivered(&self, id: LogId, epoch: Option<&LogEpoch>) -> bool {
-        let of_previous_log = self.previous.as_ref().is_some_and(|previous| {
+        let of_previous_log = self.previous.iter().any(|previous| {
             epoch.is_some()
                 && epoch == previous.epoch.as_ref()
                 && id != LogId::ZERO
@@ -261,7 +268,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::{Alert, AlertHistory, MockAlertLog, Payload, Severity, WorkerId};
+    use crate::{Alert, AlertHistory, MockAlertLog, Payload, Severity, Valid, WorkerId};
 
     fn epoch(text: &str) -> LogEpoch {
         LogEpoch::new(text).unwrap_or_else(|e| panic!("{e}"))
@@ -274,7 +281,7 @@ mod tests {
             origin: WorkerId::new("w1").unwrap_or_else(|e| panic!("{e}")),
             seq: 0,
             published_at_us: 0,
-            payload: Payload::Alert(Alert::new(Severity::Info, message)),
+            payload: Payload::Alert(Alert::new(Severity::Info, message).valid()),
         }
     }
 
@@ -284,7 +291,7 @@ mod tests {
     impl LocalDelivery for Delivered {
         fn deliver(&self, envelope: &Envelope) {
             let message = match &envelope.payload {
-                Payload::Alert(alert) => alert.message.clone(),
+                Payload::Alert(alert) => alert.message().to_owned(),
                 Payload::Metrics(_) => String::new(),
             };
             self.0
@@ -331,7 +338,10 @@ mod tests {
             ..alert(None, Some("e1"), "outside")
         };
         let outcome = feed.on_live(forged, &log, &delivered).await;
-        assert_eq!(outcome.map(|handled| handled.alert), Ok(LiveAlert::Foreign));
+        assert_eq!(
+            outcome.ok().map(|handled| handled.alert),
+            Some(LiveAlert::Foreign)
+        );
         for seq in 1..=2 {
             let _ = feed
                 .on_live(alert(Some(seq), Some("e1"), "live copy"), &log, &delivered)

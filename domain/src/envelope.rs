@@ -14,7 +14,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Alert, Channel, InvalidMessage, LogEpoch, LogId, Metric, WorkerId};
+use crate::{
+    Alert, AlertFields, Channel, InvalidMessage, LogEpoch, LogId, Metric, MetricFields, WorkerId,
+};
 
 /// Origin given to messages that arrive on the bus without one (published by an outside system).
 pub const EXTERNAL_ORIGIN: &str = "external";
@@ -150,22 +152,22 @@ impl Envelope {
         let timestamp_ms = (wire.published_at_us > 0).then_some(wire.published_at_us / 1000);
         let payload = match (wire.kind, channel) {
             (WireKind::Metrics, Channel::Metrics) => {
-                let mut metrics: Vec<Metric> = serde_json::from_str(wire.data.get())?;
-                for (index, metric) in metrics.iter_mut().enumerate() {
-                    metric.validate(&format!("data[{index}]"))?;
-                    metric.source = Some(origin.clone());
-                    metric.timestamp = metric.timestamp.or(timestamp_ms);
+                let fields: Vec<MetricFields> = serde_json::from_str(wire.data.get())?;
+                let mut metrics = Vec::with_capacity(fields.len());
+                for (index, fields) in fields.into_iter().enumerate() {
+                    let mut metric = fields.validate(&format!("data[{index}]"))?;
+                    metric.set_source(origin.clone());
+                    metric.fill_timestamp(timestamp_ms);
+                    metrics.push(metric);
                 }
                 Payload::Metrics(metrics)
             }
             (WireKind::Alert, Channel::Alerts) => {
-                let mut alert: Alert = serde_json::from_str(wire.data.get())?;
-                alert.validate("data")?;
-                alert.source = Some(origin.clone());
-                alert.timestamp = alert.timestamp.or(timestamp_ms);
-                alert
-                    .id
-                    .get_or_insert_with(|| format!("{origin}-{:016x}", fnv1a(bytes)));
+                let fields: AlertFields = serde_json::from_str(wire.data.get())?;
+                let mut alert = fields.validate("data")?;
+                alert.set_source(origin.clone());
+                alert.fill_timestamp(timestamp_ms);
+                alert.fill_id(|| format!("{origin}-{:016x}", fnv1a(bytes)));
                 Payload::Alert(alert)
             }
             (WireKind::Metrics, other) | (WireKind::Alert, other) => {
@@ -211,6 +213,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::Severity;
+    use crate::Valid;
 
     fn worker() -> WorkerId {
         WorkerId::new("w1").unwrap_or_else(|e| panic!("{e}"))
@@ -224,10 +227,14 @@ mod tests {
             origin: worker(),
             seq: 9,
             published_at_us: 1_700_000_000_000_000,
-            payload: Payload::Metrics(vec![Metric {
-                timestamp: Some(1_700_000_000_000),
-                source: Some(worker()),
-                ..Metric::new("cpu", 12.5).with_label("host", "a")
+            payload: Payload::Metrics(vec![{
+                let mut metric = Metric::new("cpu", 12.5)
+                    .valid()
+                    .with_label("host", "a")
+                    .valid()
+                    .with_timestamp(1_700_000_000_000);
+                metric.set_source(worker());
+                metric
             }]),
         };
         let json = envelope.to_json();
@@ -247,11 +254,12 @@ mod tests {
             origin: worker(),
             seq: 1,
             published_at_us: 5,
-            payload: Payload::Alert(Alert {
-                id: Some("w1-1".into()),
-                timestamp: Some(0),
-                source: Some(worker()),
-                ..Alert::new(Severity::Info, "x")
+            payload: Payload::Alert({
+                let mut alert = Alert::new(Severity::Info, "x").valid();
+                alert.fill_id(|| "w1-1".into());
+                alert.fill_timestamp(Some(0));
+                alert.set_source(worker());
+                alert
             }),
         };
         let json = envelope.to_json();
@@ -274,8 +282,8 @@ mod tests {
             panic!("not decoded as an alert: {decoded:?}");
         };
         assert_eq!(origin, EXTERNAL_ORIGIN);
-        assert_eq!(alert.severity, Severity::Warning);
-        assert_eq!(alert.message, "slow");
+        assert_eq!(alert.severity(), Severity::Warning);
+        assert_eq!(alert.message(), "slow");
     }
 
     #[test]
@@ -287,18 +295,15 @@ mod tests {
         let Some(Payload::Alert(filled)) = first.map(|e| e.payload) else {
             panic!("not an alert");
         };
-        assert_eq!(
-            filled.source.as_ref().map(WorkerId::as_str),
-            Some("external")
-        );
-        assert_eq!(filled.timestamp, Some(1_700_000_000_123));
-        let id = filled.id.unwrap_or_default();
+        assert_eq!(filled.source().map(WorkerId::as_str), Some("external"));
+        assert_eq!(filled.timestamp(), Some(1_700_000_000_123));
+        let id = filled.id().unwrap_or_default().to_owned();
         assert!(id.starts_with("external-") && id.len() == 25, "{id}");
         let other = br#"{"type":"alert","data":{"severity":"info","message":"other"}}"#;
         let other_id = Envelope::from_json(Channel::Alerts, other)
             .ok()
             .and_then(|e| match e.payload {
-                Payload::Alert(a) => a.id,
+                Payload::Alert(a) => a.id().map(str::to_owned),
                 Payload::Metrics(_) => None,
             });
         assert_ne!(other_id, Some(id), "different messages get different ids");
@@ -312,12 +317,7 @@ mod tests {
         };
         let filled: Vec<_> = metrics
             .iter()
-            .map(|m| {
-                (
-                    m.source.as_ref().map(|s| s.as_str().to_owned()),
-                    m.timestamp,
-                )
-            })
+            .map(|m| (m.source().map(|s| s.as_str().to_owned()), m.timestamp()))
             .collect();
         assert_eq!(
             filled,
@@ -384,7 +384,7 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
-    use std::collections::BTreeMap;
+    use crate::Valid;
 
     use proptest::prelude::*;
 
@@ -398,13 +398,17 @@ mod properties {
             proptest::option::of("[%a-zA-Z/]{1,4}"),
             proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,12}", 0..4),
         )
-            .prop_map(|(name, value, unit, labels)| Metric {
-                name,
-                value,
-                unit,
-                labels,
-                timestamp: Some(1),
-                source: Some(WorkerId("w-1".to_owned())),
+            .prop_map(|(name, value, unit, labels)| {
+                MetricFields {
+                    name,
+                    value,
+                    unit,
+                    labels,
+                    timestamp: Some(1),
+                    source: Some(WorkerId("w-1".to_owned())),
+                }
+                .validate("")
+                .valid()
             })
     }
 
@@ -412,13 +416,14 @@ mod properties {
         let metrics = proptest::collection::vec(metric(), 1..4).prop_map(Payload::Metrics);
         let alert = ("[a-zA-Z][ -~]{0,39}", proptest::option::of(-1e6f64..1e6)).prop_map(
             |(message, value)| {
-                let mut alert = Alert::new(Severity::Warning, message);
-                alert.value = value;
-                alert.labels = BTreeMap::new();
-                alert.id = Some("w-1-3".to_owned());
-                alert.timestamp = Some(0);
-                alert.source = Some(WorkerId("w-1".to_owned()));
-                Payload::Alert(alert)
+                let alert = AlertFields {
+                    value,
+                    id: Some("w-1-3".to_owned()),
+                    timestamp: Some(0),
+                    source: Some(WorkerId("w-1".to_owned())),
+                    ..AlertFields::new(Severity::Warning, message)
+                };
+                Payload::Alert(alert.validate("").valid())
             },
         );
         (

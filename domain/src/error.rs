@@ -1,5 +1,7 @@
 //! Errors of the domain's operations, one enum per failure domain.
 
+use std::sync::Arc;
+
 /// A message that decoded but breaks a rule JSON cannot express (empty name, non-finite value...).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -17,7 +19,7 @@ impl InvalidMessage {
     }
 
     /// `path.field`, or `field` at the top.
-    pub(crate) fn join(path: &str, field: &str) -> String {
+    pub fn join(path: &str, field: &str) -> String {
         if path.is_empty() {
             field.to_owned()
         } else {
@@ -35,26 +37,82 @@ impl InvalidMessage {
     }
 }
 
+/// The error behind a failure, kept for logs (`{:#}`-style chains through `source()`). Shared,
+/// so that the errors holding it stay `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why a message could not be handed to the bus.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The bus cannot take messages right now (e.g. Redis is down); retrying later may work.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
+    #[error("bus unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
-/// Why a publish through [`crate::PerformanceService`] failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ServiceError {
-    #[error("invalid message: {0}")]
-    Invalid(#[from] InvalidMessage),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
+impl PublishError {
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable because of `cause` (e.g. the Redis error), which stays the error's `source`.
+    pub fn caused_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
 }
 
 /// Why the alert log could not be read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HistoryError {
-    #[error("alert log unavailable: {0}")]
-    Unavailable(String),
+    #[error("alert log unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl HistoryError {
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable because of `cause`, which stays the error's `source`.
+    pub fn caused_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated, for log lines and replies: `Display` of a
+/// `thiserror` enum shows only the top.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }

@@ -22,15 +22,15 @@ mod service;
 mod worker;
 
 pub use access::{AccessControl, AccessError, Grant, OpenAccess};
-pub use alert::{Alert, Severity};
+pub use alert::{Alert, AlertFields, Severity};
 pub use alert_feed::{
     read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE,
 };
 pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
-pub use error::{HistoryError, InvalidMessage, PublishError, ServiceError};
+pub use error::{error_chain, Cause, HistoryError, InvalidMessage, PublishError};
 pub use log_id::{InvalidLogEpoch, InvalidLogId, LogEpoch, LogId};
-pub use metric::Metric;
+pub use metric::{Metric, MetricFields};
 pub use outbox::Outbox;
 pub use ports::{
     AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery,
@@ -45,3 +45,16 @@ pub use worker::{InvalidWorkerId, WorkerId};
 pub use ports::MockAlertLog;
 #[cfg(test)]
 pub(crate) use ports::{MockBroadcaster, MockClock};
+
+/// Test shorthand: the value of a constructor that the test knows to be valid.
+#[cfg(test)]
+pub(crate) trait Valid<T> {
+    fn valid(self) -> T;
+}
+
+#[cfg(test)]
+impl<T, E: std::fmt::Display> Valid<T> for Result<T, E> {
+    fn valid(self) -> T {
+        self.unwrap_or_else(|e| panic!("{e}"))
+    }
+}

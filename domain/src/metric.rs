@@ -12,17 +12,15 @@ pub(crate) const MAX_TEXT_LEN: usize = 256;
 /// Most labels on one metric or alert.
 pub(crate) const MAX_LABELS: usize = 32;
 
-/// A named value at a point in time, e.g. `host.cpu_percent = 93.5`.
+/// One metric as a publisher sent it, before validation: the wire form, plain data.
 ///
-/// `timestamp` (Unix milliseconds) is filled by the server when the publisher leaves it out;
-/// `source` (the worker that published it) is always set by the server.
-///
-/// On the wire it is a JSON object and nothing else: `remote = "Self"` turns the derives into
-/// inherent functions that the trait impls below call, the decoding one through [`ObjectOnly`]
-/// (see `json_object.rs`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The only way from it to a [`Metric`] is [`MetricFields::validate`]; code that holds a `Metric`
+/// never checks again. On the wire it is a JSON object and nothing else: `remote = "Self"` turns
+/// the derives into inherent functions that the trait impls below call, the decoding one through
+/// [`ObjectOnly`] (see `json_object.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
-pub struct Metric {
+pub struct MetricFields {
     pub name: String,
     pub value: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,44 +33,23 @@ pub struct Metric {
     pub source: Option<WorkerId>,
 }
 
-impl Serialize for Metric {
+impl Serialize for MetricFields {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Metric::serialize(self, serializer)
+        MetricFields::serialize(self, serializer)
     }
 }
 
-impl<'de> Deserialize<'de> for Metric {
+impl<'de> Deserialize<'de> for MetricFields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Metric::deserialize(ObjectOnly(deserializer))
+        MetricFields::deserialize(ObjectOnly(deserializer))
     }
 }
 
-impl Metric {
-    pub fn new(name: impl Into<String>, value: f64) -> Self {
-        Self {
-            name: name.into(),
-            value,
-            unit: None,
-            labels: BTreeMap::new(),
-            timestamp: None,
-            source: None,
-        }
-    }
-
-    pub fn with_unit(mut self, unit: impl Into<String>) -> Self {
-        self.unit = Some(unit.into());
-        self
-    }
-
-    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.labels.insert(key.into(), value.into());
-        self
-    }
-
+impl MetricFields {
     /// Checks what JSON decoding cannot: names present, bounded and free of control characters,
     /// the value finite. `path` prefixes the field names in the error (e.g. `[3]` for the fourth
     /// metric of a batch).
-    pub fn validate(&self, path: &str) -> Result<(), InvalidMessage> {
+    pub fn validate(self, path: &str) -> Result<Metric, InvalidMessage> {
         check_name(path, "name", &self.name, Required::Yes)?;
         if !self.value.is_finite() {
             return Err(InvalidMessage::new(
@@ -84,7 +61,105 @@ impl Metric {
         if let Some(unit) = &self.unit {
             check_name(path, "unit", unit, Required::No)?;
         }
-        check_labels(path, &self.labels)
+        check_labels(path, &self.labels)?;
+        Ok(Metric(self))
+    }
+}
+
+/// A named value at a point in time, e.g. `host.cpu_percent = 93.5`: valid by construction
+/// (a name of 1–256 bytes without control characters, a finite value, bounded labels).
+///
+/// `timestamp` (Unix milliseconds) is filled by the server when the publisher leaves it out;
+/// `source` (the worker that published it) is always set by the server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric(MetricFields);
+
+impl Serialize for Metric {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MetricFields::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <MetricFields as Deserialize>::deserialize(deserializer)?
+            .validate("")
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Metric {
+    /// A metric with a name and a value; refused when either is invalid.
+    pub fn new(name: impl Into<String>, value: f64) -> Result<Self, InvalidMessage> {
+        MetricFields {
+            name: name.into(),
+            value,
+            ..MetricFields::default()
+        }
+        .validate("")
+    }
+
+    pub fn with_unit(self, unit: impl Into<String>) -> Result<Self, InvalidMessage> {
+        MetricFields {
+            unit: Some(unit.into()),
+            ..self.0
+        }
+        .validate("")
+    }
+
+    pub fn with_label(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, InvalidMessage> {
+        self.0.labels.insert(key.into(), value.into());
+        self.0.validate("")
+    }
+
+    /// Sets the time of the sample (Unix milliseconds).
+    pub fn with_timestamp(mut self, unix_ms: u64) -> Self {
+        self.0.timestamp = Some(unix_ms);
+        self
+    }
+
+    /// The server's part: the time when the publisher gave none.
+    pub fn fill_timestamp(&mut self, unix_ms: Option<u64>) {
+        self.0.timestamp = self.0.timestamp.or(unix_ms);
+    }
+
+    /// The server's part: the worker that published it.
+    pub fn set_source(&mut self, source: WorkerId) {
+        self.0.source = Some(source);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn value(&self) -> f64 {
+        self.0.value
+    }
+
+    pub fn unit(&self) -> Option<&str> {
+        self.0.unit.as_deref()
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.0.labels
+    }
+
+    /// Unix milliseconds.
+    pub fn timestamp(&self) -> Option<u64> {
+        self.0.timestamp
+    }
+
+    pub fn source(&self) -> Option<&WorkerId> {
+        self.0.source.as_ref()
+    }
+
+    /// The plain fields, e.g. to change one and validate again.
+    pub fn into_fields(self) -> MetricFields {
+        self.0
     }
 }
 
@@ -164,22 +239,21 @@ pub(crate) fn check_labels(
 mod tests {
     use super::*;
 
-    #[test]
-    fn rejects_empty_name_and_non_finite_value() {
-        let error = Metric::new(" ", 1.0)
-            .validate("")
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(error.as_deref(), Some("name: must not be empty"));
-        let error = Metric::new("cpu", f64::NAN)
-            .validate("[2]")
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(error.as_deref(), Some("[2].value: must be a finite number"));
-        assert!(Metric::new("cpu", 1.5).with_unit("%").validate("").is_ok());
+    fn fields(name: &str, value: f64) -> MetricFields {
+        MetricFields {
+            name: name.to_owned(),
+            value,
+            ..MetricFields::default()
+        }
     }
 
-    fn refusal(metric: &Metric, path: &str) -> Option<(String, String)> {
+    fn labelled(key: &str, value: &str) -> MetricFields {
+        let mut metric = fields("cpu", 1.0);
+        metric.labels.insert(key.to_owned(), value.to_owned());
+        metric
+    }
+
+    fn refusal(metric: MetricFields, path: &str) -> Option<(String, String)> {
         metric
             .validate(path)
             .err()
@@ -187,45 +261,56 @@ mod tests {
     }
 
     #[test]
+    fn rejects_empty_name_and_non_finite_value() {
+        let error = Metric::new(" ", 1.0).err().map(|e| e.to_string());
+        assert_eq!(error.as_deref(), Some("name: must not be empty"));
+        let error = fields("cpu", f64::NAN)
+            .validate("[2]")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(error.as_deref(), Some("[2].value: must be a finite number"));
+        assert!(Metric::new("cpu", 1.5)
+            .and_then(|m| m.with_unit("%"))
+            .is_ok());
+        assert!(Metric::new("cpu", f64::INFINITY).is_err());
+    }
+
+    #[test]
     fn names_units_and_label_keys_refuse_control_characters_and_empty_keys() {
-        let control = Some("must not contain control characters".to_owned());
+        let control = "must not contain control characters".to_owned();
         for name in ["cpu\n", "\u{0}", "a\u{1b}[31m", "del\u{7f}", "c1\u{85}"] {
-            let error = refusal(&Metric::new(name, 1.0), "[1]");
+            let error = refusal(fields(name, 1.0), "[1]");
             assert_eq!(
                 error,
-                Some(("[1].name".to_owned(), control.clone().unwrap_or_default())),
+                Some(("[1].name".to_owned(), control.clone())),
                 "{name:?}"
             );
         }
-        let error = refusal(&Metric::new("cpu", 1.0).with_unit("%\t"), "");
-        assert_eq!(error.map(|e| e.0).as_deref(), Some("unit"));
-        let error = refusal(&Metric::new("cpu", 1.0).with_label("", "a"), "[0]");
+        let with_unit = MetricFields {
+            unit: Some("%\t".into()),
+            ..fields("cpu", 1.0)
+        };
+        assert_eq!(refusal(with_unit, "").map(|e| e.0).as_deref(), Some("unit"));
         assert_eq!(
-            error,
+            refusal(labelled("", "a"), "[0]"),
             Some(("[0].labels".to_owned(), "has an empty key".to_owned()))
         );
-        let error = refusal(&Metric::new("cpu", 1.0).with_label("ho\rst", "a"), "");
         assert_eq!(
-            error,
+            refusal(labelled("ho\rst", "a"), ""),
             Some((
                 "labels".to_owned(),
                 "has a key with control characters".to_owned()
             ))
         );
-        let error = refusal(
-            &Metric::new("cpu", 1.0).with_label("host", "x".repeat(300)),
-            "",
-        );
-        assert_eq!(error.map(|e| e.0).as_deref(), Some("labels.host"));
+        let long = "x".repeat(300);
         assert_eq!(
-            refusal(
-                &Metric::new("héllo wörld", 1.0)
-                    .with_unit("µs")
-                    .with_label("k", "v\n"),
-                ""
-            ),
-            None
+            refusal(labelled("host", &long), "").map(|e| e.0).as_deref(),
+            Some("labels.host")
         );
+        let fine = Metric::new("héllo wörld", 1.0)
+            .and_then(|m| m.with_unit("µs"))
+            .and_then(|m| m.with_label("k", "v\n"));
+        assert!(fine.is_ok(), "{fine:?}");
     }
 
     #[test]
@@ -233,17 +318,27 @@ mod tests {
         assert!(serde_json::from_str::<Metric>(r#"["cpu",5]"#).is_err());
         assert!(serde_json::from_str::<Vec<Metric>>(r#"[["name",5]]"#).is_err());
         let decoded = serde_json::from_str::<Metric>(r#"{"name":"cpu","value":5}"#).ok();
-        assert_eq!(decoded, Some(Metric::new("cpu", 5.0)));
-        let encoded = serde_json::to_string(&Metric::new("cpu", 5.0).with_unit("%")).ok();
+        assert_eq!(decoded, Metric::new("cpu", 5.0).ok());
+        let encoded = Metric::new("cpu", 5.0)
+            .and_then(|m| m.with_unit("%"))
+            .map(|m| serde_json::to_string(&m).unwrap_or_default());
         assert_eq!(
-            encoded.as_deref(),
+            encoded.ok().as_deref(),
             Some(r#"{"name":"cpu","value":5.0,"unit":"%"}"#)
         );
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
-        let decoded = serde_json::from_str::<Metric>(r#"{"name":"cpu","value":1,"valu":2}"#);
-        assert!(decoded.is_err());
+    fn decoding_validates() {
+        for invalid in [
+            r#"{"name":"","value":1}"#,
+            r#"{"name":"cpu","value":1,"labels":{"":"x"}}"#,
+            r#"{"name":"cpu","value":1,"valu":2}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Metric>(invalid).is_err(),
+                "{invalid}"
+            );
+        }
     }
 }

@@ -57,6 +57,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Valid;
     use crate::{Alert, Payload, Severity, WorkerId};
 
     fn envelope(seq: u64) -> Envelope {
@@ -66,7 +67,7 @@ mod tests {
             origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
             seq,
             published_at_us: 0,
-            payload: Payload::Alert(Alert::new(Severity::Info, "a")),
+            payload: Payload::Alert(Alert::new(Severity::Info, "a").valid()),
         }
     }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Alert, Metric, Severity};
+use crate::{Alert, AlertFields, InvalidMessage, Metric, Severity};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Comparison {
@@ -141,48 +141,54 @@ impl RuleEngine {
     pub fn observe(&mut self, metric: &Metric) -> Vec<Alert> {
         let mut raised = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            if rule.metric != metric.name {
+            if rule.metric != metric.name() {
                 continue;
             }
-            let key = (index, metric.labels.clone());
-            if !rule.breached_by(metric.value) {
+            let key = (index, metric.labels().clone());
+            if !rule.breached_by(metric.value()) {
                 self.streaks.remove(&key);
                 continue;
             }
             let streak = self.streaks.entry(key).or_insert(0);
             *streak = streak.saturating_add(1);
             if *streak == rule.samples {
-                raised.push(alert_for(rule, metric));
+                // Valid for every rule `parse` makes (its threshold is finite); a hand-built
+                // rule with a non-finite threshold raises nothing.
+                raised.extend(alert_for(rule, metric).ok());
             }
         }
         raised
     }
 }
 
-fn alert_for(rule: &AlertRule, metric: &Metric) -> Alert {
+fn alert_for(rule: &AlertRule, metric: &Metric) -> Result<Alert, InvalidMessage> {
     let op = match rule.comparison {
         Comparison::Above => '>',
         Comparison::Below => '<',
     };
-    let unit = metric.unit.as_deref().unwrap_or("");
+    let unit = metric.unit().unwrap_or("");
     let plural = if rule.samples == 1 { "" } else { "s" };
-    let mut alert = Alert::new(
-        rule.severity,
-        format!(
-            "{} is {}{unit} ({op} {}{unit}) for {} sample{plural}",
-            metric.name, metric.value, rule.threshold, rule.samples
-        ),
+    let message = format!(
+        "{} is {}{unit} ({op} {}{unit}) for {} sample{plural}",
+        metric.name(),
+        metric.value(),
+        rule.threshold,
+        rule.samples
     );
-    alert.metric = Some(metric.name.clone());
-    alert.value = Some(metric.value);
-    alert.threshold = Some(rule.threshold);
-    alert.labels = metric.labels.clone();
-    alert
+    AlertFields {
+        metric: Some(metric.name().to_owned()),
+        value: Some(metric.value()),
+        threshold: Some(rule.threshold),
+        labels: metric.labels().clone(),
+        ..AlertFields::new(rule.severity, message)
+    }
+    .validate("")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Valid;
 
     fn rule(text: &str) -> AlertRule {
         text.parse().unwrap_or_else(|e| panic!("{e}"))
@@ -215,7 +221,7 @@ mod tests {
         let mut engine = RuleEngine::new(vec![rule("cpu>90,for=3")]);
         let fired: Vec<usize> = [95.0, 96.0, 97.0, 98.0, 50.0, 91.0, 92.0, 93.0]
             .iter()
-            .map(|value| engine.observe(&Metric::new("cpu", *value)).len())
+            .map(|value| engine.observe(&Metric::new("cpu", *value).valid()).len())
             .collect();
         assert_eq!(fired, [0, 0, 1, 0, 0, 0, 0, 1]);
     }
@@ -223,14 +229,23 @@ mod tests {
     #[test]
     fn series_with_different_labels_keep_separate_streaks() {
         let mut engine = RuleEngine::new(vec![rule("cpu>90,for=2")]);
-        let a = Metric::new("cpu", 95.0).with_label("host", "a");
-        let b = Metric::new("cpu", 95.0).with_label("host", "b");
+        let a = Metric::new("cpu", 95.0)
+            .valid()
+            .with_label("host", "a")
+            .valid();
+        let b = Metric::new("cpu", 95.0)
+            .valid()
+            .with_label("host", "b")
+            .valid();
         assert!(engine.observe(&a).is_empty());
         assert!(engine.observe(&b).is_empty());
         let alerts = engine.observe(&a);
         assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].labels.get("host").map(String::as_str), Some("a"));
-        assert_eq!(alerts[0].threshold, Some(90.0));
-        assert!(engine.observe(&Metric::new("mem", 99.0)).is_empty());
+        assert_eq!(
+            alerts[0].labels().get("host").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(alerts[0].threshold(), Some(90.0));
+        assert!(engine.observe(&Metric::new("mem", 99.0).valid()).is_empty());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
     Alert, Broadcaster, Clock, Envelope, LogId, Metric, Outbox, Payload, PublishError, RuleEngine,
-    ServiceError, WorkerId,
+    WorkerId,
 };
 
 /// What the bus accepted.
@@ -68,25 +68,48 @@ impl PerformanceService {
         &self.worker
     }
 
-    /// Publishes a batch of metrics to every worker as one message.
-    pub async fn publish_metrics(
+    /// Publishes a batch of metrics to every worker as one message (the seed's entry point,
+    /// kept for its callers): runs the alert rules over the batch, publishes it, and raises every
+    /// alert the rules produced — through the outbox, so they are kept even when the metrics
+    /// themselves could not be published.
+    pub async fn send_metrics(&self, metrics: Vec<Metric>) -> Result<PublishReceipt, PublishError> {
+        let raised = {
+            let mut engine = lock(&self.rules);
+            metrics
+                .iter()
+                .flat_map(|m| engine.observe(m))
+                .collect::<Vec<_>>()
+        };
+        let published = self.publish_batch(metrics).await;
+        for alert in raised {
+            self.raise_alert(alert).await;
+        }
+        published
+    }
+
+    /// Publishes one alert to every worker (the seed's entry point, kept for its callers). A
+    /// refusal is returned to the caller (who still holds the alert and may retry): nothing is
+    /// queued on its behalf.
+    pub async fn send_alert(&self, alert: Alert) -> Result<PublishReceipt, PublishError> {
+        let envelope = self.alert_envelope(alert);
+        let log_id = self.publish_envelope(&envelope).await?;
+        Ok(PublishReceipt {
+            seq: envelope.seq,
+            alert_id: alert_id_of(&envelope),
+            log_id,
+        })
+    }
+
+    async fn publish_batch(
         &self,
         mut metrics: Vec<Metric>,
-    ) -> Result<PublishReceipt, ServiceError> {
-        for (index, metric) in metrics.iter().enumerate() {
-            let path = if metrics.len() == 1 {
-                String::new()
-            } else {
-                format!("[{index}]")
-            };
-            metric.validate(&path)?;
-        }
+    ) -> Result<PublishReceipt, PublishError> {
         let now_us = self.clock.now_us();
         for metric in &mut metrics {
-            metric.timestamp.get_or_insert(now_us / 1000);
+            metric.fill_timestamp(Some(now_us / 1000));
             // Always this worker: a publisher that could name another worker as the source would
             // overwrite that worker's series in every snapshot.
-            metric.source = Some(self.worker.clone());
+            metric.set_source(self.worker.clone());
         }
         let envelope = self.envelope(now_us, Payload::Metrics(metrics));
         self.publish_envelope(&envelope).await?;
@@ -97,55 +120,17 @@ impl PerformanceService {
         })
     }
 
-    /// Publishes one alert to every worker. A refusal is returned to the caller (who still holds
-    /// the alert and may retry): nothing is queued on its behalf.
-    pub async fn publish_alert(&self, alert: Alert) -> Result<PublishReceipt, ServiceError> {
-        let envelope = self.alert_envelope(alert)?;
-        let log_id = self.publish_envelope(&envelope).await?;
-        Ok(PublishReceipt {
-            seq: envelope.seq,
-            alert_id: alert_id_of(&envelope),
-            log_id,
-        })
-    }
-
-    /// The seed's entry point for metrics, kept for its callers: runs the alert rules over the
-    /// batch, publishes it, and raises every alert the rules produced — through the outbox, so
-    /// they are kept even when the metrics themselves could not be published.
-    pub async fn send_metrics(&self, metrics: Vec<Metric>) -> Result<PublishReceipt, ServiceError> {
-        let raised = {
-            let mut engine = lock(&self.rules);
-            metrics
-                .iter()
-                .flat_map(|m| engine.observe(m))
-                .collect::<Vec<_>>()
-        };
-        let published = self.publish_metrics(metrics).await;
-        for alert in raised {
-            self.raise_alert(alert).await?;
-        }
-        published
-    }
-
-    /// The seed's entry point for alerts, kept for its callers.
-    pub async fn send_alert(&self, alert: Alert) -> Result<PublishReceipt, ServiceError> {
-        self.publish_alert(alert).await
-    }
-
     /// Publishes an alert raised inside this worker; when the bus refuses it (or older ones still
     /// wait), it goes to the outbox and [`PerformanceService::flush_outbox`] sends it later.
-    pub async fn raise_alert(&self, alert: Alert) -> Result<Raised, ServiceError> {
-        let envelope = self.alert_envelope(alert)?;
-        if lock(&self.outbox).is_empty() {
-            match self.publish_envelope(&envelope).await {
-                Ok(_) => return Ok(Raised::Published),
-                Err(PublishError::Unavailable(_)) => {}
-            }
+    pub async fn raise_alert(&self, alert: Alert) -> Raised {
+        let envelope = self.alert_envelope(alert);
+        if lock(&self.outbox).is_empty() && self.publish_envelope(&envelope).await.is_ok() {
+            return Raised::Published;
         }
         if lock(&self.outbox).push(envelope) {
-            Ok(Raised::Queued)
+            Raised::Queued
         } else {
-            Ok(Raised::Lost)
+            Raised::Lost
         }
     }
 
@@ -180,24 +165,21 @@ impl PerformanceService {
         Ok(published)
     }
 
-    fn alert_envelope(&self, mut alert: Alert) -> Result<Envelope, ServiceError> {
-        alert.validate("")?;
+    fn alert_envelope(&self, mut alert: Alert) -> Envelope {
         let now_us = self.clock.now_us();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        alert
-            .id
-            .get_or_insert_with(|| format!("{}-{seq}", self.worker));
-        alert.timestamp.get_or_insert(now_us / 1000);
+        alert.fill_id(|| format!("{}-{seq}", self.worker));
+        alert.fill_timestamp(Some(now_us / 1000));
         // Always this worker, as for metrics.
-        alert.source = Some(self.worker.clone());
-        Ok(Envelope {
+        alert.set_source(self.worker.clone());
+        Envelope {
             id: None,
             epoch: None,
             origin: self.worker.clone(),
             seq,
             published_at_us: now_us,
             payload: Payload::Alert(alert),
-        })
+        }
     }
 
     fn envelope(&self, now_us: u64, payload: Payload) -> Envelope {
@@ -214,7 +196,7 @@ impl PerformanceService {
 
 fn alert_id_of(envelope: &Envelope) -> Option<String> {
     match &envelope.payload {
-        Payload::Alert(alert) => alert.id.clone(),
+        Payload::Alert(alert) => alert.id().map(str::to_owned),
         Payload::Metrics(_) => None,
     }
 }
@@ -228,6 +210,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Valid;
     use crate::{MockBroadcaster, MockClock, PublishError, Severity};
 
     impl PerformanceService {
@@ -268,60 +251,44 @@ mod tests {
                         && envelope.origin.as_str() == "w1"
                         && envelope.published_at_us == 5_000_000
                         && metrics.len() == 2
-                        && metrics[0].timestamp == Some(5_000)
-                        && metrics[1].timestamp == Some(42)
+                        && metrics[0].timestamp() == Some(5_000)
+                        && metrics[1].timestamp() == Some(42)
                         && metrics
                             .iter()
-                            .all(|m| m.source.as_ref().map(WorkerId::as_str) == Some("w1"))
+                            .all(|m| m.source().map(WorkerId::as_str) == Some("w1"))
                 }
                 Payload::Alert(_) => false,
             })
             .times(1)
             .returning(|_| Ok(None));
-        let mut kept = Metric::new("b", 2.0);
-        kept.timestamp = Some(42);
+        let kept = Metric::new("b", 2.0).valid().with_timestamp(42);
         let receipt = service(broadcaster, &[])
-            .send_metrics(vec![Metric::new("a", 1.0), kept])
+            .send_metrics(vec![Metric::new("a", 1.0).valid(), kept])
             .await;
-        assert_eq!(receipt.map(|r| r.seq), Ok(1));
+        assert_eq!(receipt.ok().map(|r| r.seq), Some(1));
     }
 
     #[tokio::test]
     async fn source_is_always_the_publishing_worker() {
         let forged = WorkerId::new("w9").unwrap_or_else(|e| panic!("{e}"));
-        let from_w1 =
-            |source: &Option<WorkerId>| source.as_ref().map(WorkerId::as_str) == Some("w1");
+        let from_w1 = |source: Option<&WorkerId>| source.map(WorkerId::as_str) == Some("w1");
         let mut broadcaster = MockBroadcaster::new();
         broadcaster
             .expect_publish()
             .withf(move |envelope| match &envelope.payload {
-                Payload::Metrics(metrics) => metrics.iter().all(|m| from_w1(&m.source)),
-                Payload::Alert(alert) => from_w1(&alert.source),
+                Payload::Metrics(metrics) => metrics.iter().all(|m| from_w1(m.source())),
+                Payload::Alert(alert) => from_w1(alert.source()),
             })
             .times(3)
             .returning(|_| Ok(None));
         let service = service(broadcaster, &[]);
-        let mut metric = Metric::new("cpu", 1.0);
-        metric.source = Some(forged.clone());
-        let mut alert = Alert::new(Severity::Info, "forged");
-        alert.source = Some(forged);
+        let mut metric = Metric::new("cpu", 1.0).valid();
+        metric.set_source(forged.clone());
+        let mut alert = Alert::new(Severity::Info, "forged").valid();
+        alert.set_source(forged);
         assert!(service.send_metrics(vec![metric]).await.is_ok());
         assert!(service.send_alert(alert.clone()).await.is_ok());
-        assert_eq!(service.raise_alert(alert).await, Ok(Raised::Published));
-    }
-
-    #[tokio::test]
-    async fn invalid_metric_is_refused_before_the_bus_sees_it() {
-        let mut broadcaster = MockBroadcaster::new();
-        broadcaster.expect_publish().never();
-        let result = service(broadcaster, &[])
-            .send_metrics(vec![Metric::new("a", 1.0), Metric::new("b", f64::NAN)])
-            .await;
-        let field = match result {
-            Err(ServiceError::Invalid(invalid)) => invalid.field().to_owned(),
-            other => panic!("expected an invalid message, got {other:?}"),
-        };
-        assert_eq!(field, "[1].value");
+        assert_eq!(service.raise_alert(alert).await, Raised::Published);
     }
 
     #[tokio::test]
@@ -336,10 +303,10 @@ mod tests {
             .expect_publish()
             .withf(|e| match &e.payload {
                 Payload::Alert(alert) => {
-                    alert.severity == Severity::Critical
-                        && alert.metric.as_deref() == Some("cpu")
-                        && alert.value == Some(97.0)
-                        && alert.id.as_deref() == Some(&format!("w1-{}", e.seq))
+                    alert.severity() == Severity::Critical
+                        && alert.metric() == Some("cpu")
+                        && alert.value() == Some(97.0)
+                        && alert.id() == Some(&format!("w1-{}", e.seq))
                 }
                 Payload::Metrics(_) => false,
             })
@@ -347,7 +314,9 @@ mod tests {
             .returning(|_| Ok(None));
         let service = service(broadcaster, &["cpu>90,for=3,severity=critical"]);
         for value in [95.0, 96.0, 97.0] {
-            let sent = service.send_metrics(vec![Metric::new("cpu", value)]).await;
+            let sent = service
+                .send_metrics(vec![Metric::new("cpu", value).valid()])
+                .await;
             assert!(sent.is_ok(), "{sent:?}");
         }
     }
@@ -361,7 +330,7 @@ mod tests {
             .expect_publish()
             .times(2)
             .in_sequence(&mut sequence)
-            .returning(|_| Err(PublishError::Unavailable("down".into())));
+            .returning(|_| Err(PublishError::unavailable("down")));
         // ...back for the flush, which must send the queued alerts oldest first.
         for expected in [
             "cpu is 95 (> 90) for 1 sample",
@@ -371,29 +340,31 @@ mod tests {
                 .expect_publish()
                 .times(1)
                 .in_sequence(&mut sequence)
-                .withf(move |e| matches!(&e.payload, Payload::Alert(a) if a.message == expected))
+                .withf(move |e| matches!(&e.payload, Payload::Alert(a) if a.message() == expected))
                 .returning(|_| Ok(Some(LogId::new(1, 0))));
         }
         let service = service(broadcaster, &["cpu>90"]);
-        let first = service.send_metrics(vec![Metric::new("cpu", 95.0)]).await;
-        assert!(matches!(first, Err(ServiceError::Publish(_))), "{first:?}");
+        let first = service
+            .send_metrics(vec![Metric::new("cpu", 95.0).valid()])
+            .await;
+        assert!(
+            matches!(first, Err(PublishError::Unavailable { .. })),
+            "{first:?}"
+        );
         assert_eq!(service.outbox_status(), (1, 0));
         // The rule re-arms after one sample below the threshold; this alert queues behind.
-        let _ = service.observe_only(&[Metric::new("cpu", 10.0)]);
+        let _ = service.observe_only(&[Metric::new("cpu", 10.0).valid()]);
         let raised = service
-            .raise_alert(Alert::new(
-                Severity::Warning,
-                "cpu is 96 (> 90) for 1 sample",
-            ))
+            .raise_alert(Alert::new(Severity::Warning, "cpu is 96 (> 90) for 1 sample").valid())
             .await;
-        assert_eq!(raised, Ok(Raised::Queued));
+        assert_eq!(raised, Raised::Queued);
         // A third one overflows the outbox of 2 and is counted as lost.
         let lost = service
-            .raise_alert(Alert::new(Severity::Info, "overflow"))
+            .raise_alert(Alert::new(Severity::Info, "overflow").valid())
             .await;
-        assert_eq!(lost, Ok(Raised::Lost));
+        assert_eq!(lost, Raised::Lost);
         assert_eq!(service.outbox_status(), (2, 1));
-        assert_eq!(service.flush_outbox().await, Ok(2));
+        assert_eq!(service.flush_outbox().await.ok(), Some(2));
         assert_eq!(service.outbox_status(), (0, 1));
     }
 
@@ -402,15 +373,13 @@ mod tests {
         let mut broadcaster = MockBroadcaster::new();
         broadcaster
             .expect_publish()
-            .returning(|_| Err(PublishError::Unavailable("redis down".into())));
+            .returning(|_| Err(PublishError::unavailable("redis down")));
         let result = service(broadcaster, &[])
-            .send_alert(Alert::new(Severity::Info, "hello"))
+            .send_alert(Alert::new(Severity::Info, "hello").valid())
             .await;
         assert_eq!(
-            result,
-            Err(ServiceError::Publish(PublishError::Unavailable(
-                "redis down".into()
-            )))
+            result.err().map(|e| e.to_string()).as_deref(),
+            Some("bus unavailable: redis down")
         );
     }
 }

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    AccessControl, Alert, LogId, Metric, PerformanceService, PublishError, PublishQuota,
-    PublishReceipt, QuotaDecision, QuotaError, ServiceError,
+    error_chain, AccessControl, AlertFields, InvalidMessage, LogId, MetricFields,
+    PerformanceService, PublishError, PublishQuota, PublishReceipt, QuotaDecision, QuotaError,
 };
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
@@ -131,33 +131,36 @@ async fn publish_metrics(
     // One metric or an array of them. Chosen by the first byte rather than with an untagged
     // enum, so that an error names the field instead of saying "did not match any variant".
     let is_array = body.is_array();
-    let metrics = if is_array {
-        body.decode::<Vec<Metric>>()?
+    let sent = if is_array {
+        body.decode::<Vec<MetricFields>>()?
     } else {
-        vec![body.decode::<Metric>()?]
+        vec![body.decode::<MetricFields>()?]
     };
-    if metrics.is_empty() {
+    if sent.is_empty() {
         return Err(ApiError::unprocessable(
             "",
             "at least one metric is required",
         ));
     }
-    for (index, metric) in metrics.iter().enumerate() {
-        if metric.source.is_some() {
-            let field = if is_array {
-                format!("[{index}].source")
-            } else {
-                "source".to_owned()
-            };
+    let mut metrics = Vec::with_capacity(sent.len());
+    for (index, fields) in sent.into_iter().enumerate() {
+        let path = if is_array {
+            format!("[{index}]")
+        } else {
+            String::new()
+        };
+        if fields.source.is_some() {
+            let field = InvalidMessage::join(&path, "source");
             return Err(ApiError::unprocessable(&field, SOURCE_IS_THE_SERVERS));
         }
+        metrics.push(fields.validate(&path).map_err(invalid)?);
     }
     let count = metrics.len();
     let receipt = state
         .service
         .send_metrics(metrics)
         .await
-        .map_err(service_error)?;
+        .map_err(unavailable)?;
     state
         .publish_latency
         .observe(started.elapsed().as_secs_f64());
@@ -171,15 +174,12 @@ async fn publish_alert(
 ) -> Result<Response, ApiError> {
     admit_publisher(&state, &headers).await?;
     let started = Instant::now();
-    let alert = body.decode::<Alert>()?;
-    if alert.source.is_some() {
+    let fields = body.decode::<AlertFields>()?;
+    if fields.source.is_some() {
         return Err(ApiError::unprocessable("source", SOURCE_IS_THE_SERVERS));
     }
-    let receipt = state
-        .service
-        .send_alert(alert)
-        .await
-        .map_err(service_error)?;
+    let alert = fields.validate("").map_err(invalid)?;
+    let receipt = state.service.send_alert(alert).await.map_err(unavailable)?;
     state
         .publish_latency
         .observe(started.elapsed().as_secs_f64());
@@ -248,14 +248,12 @@ fn accepted(published: usize, receipt: PublishReceipt) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-fn service_error(error: ServiceError) -> ApiError {
-    match error {
-        ServiceError::Invalid(invalid) => {
-            ApiError::unprocessable(invalid.field(), invalid.reason())
-        }
-        ServiceError::Publish(PublishError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "publish refused: bus unavailable");
-            ApiError::unavailable(format!("bus unavailable: {reason}"))
-        }
-    }
+fn invalid(error: InvalidMessage) -> ApiError {
+    ApiError::unprocessable(error.field(), error.reason())
+}
+
+fn unavailable(error: PublishError) -> ApiError {
+    let chain = error_chain(&error);
+    tracing::warn!(error = %chain, "publish refused: bus unavailable");
+    ApiError::unavailable(error.to_string())
 }

@@ -260,7 +260,9 @@ mod tests {
             origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
             seq,
             published_at_us: 0,
-            payload: Payload::Metrics(vec![Metric::new("m", 1.0)]),
+            payload: Payload::Metrics(
+                vec![Metric::new("m", 1.0).unwrap_or_else(|e| panic!("{e}"))],
+            ),
         }
     }
 
@@ -274,7 +276,7 @@ mod tests {
         let _sa = a.subscribe(Arc::new(Recorder(a_tx))).await;
         let _sb = b.subscribe(Arc::new(Recorder(b_tx))).await;
         for seq in 1..=3 {
-            assert_eq!(bus.publish(&envelope(seq)).await, Ok(None));
+            assert_eq!(bus.publish(&envelope(seq)).await.ok(), Some(None));
         }
         for rx in [&mut a_rx, &mut b_rx] {
             let mut got = Vec::new();
@@ -306,7 +308,7 @@ mod tests {
         // Another worker's delivery of the same message is the signal that the bus has run.
         let (tx, mut rx) = mpsc::unbounded_channel();
         let _other = bus.subscriber().subscribe(Arc::new(Recorder(tx))).await;
-        assert_eq!(bus.publish(&envelope(7)).await, Ok(None));
+        assert_eq!(bus.publish(&envelope(7)).await.ok(), Some(None));
         assert_eq!(rx.recv().await, Some(7));
         assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), 0);
     }
@@ -316,10 +318,10 @@ mod tests {
         let bus = MemoryBus::with_retention(2);
         let alert = |n: u64| Envelope {
             epoch: None,
-            payload: Payload::Alert(fanout_domain::Alert::new(
-                fanout_domain::Severity::Info,
-                "a",
-            )),
+            payload: Payload::Alert(
+                fanout_domain::Alert::new(fanout_domain::Severity::Info, "a")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
             ..envelope(n)
         };
         let mut ids = Vec::new();

@@ -95,7 +95,7 @@ struct Real {
 
 fn message(envelope: &Envelope) -> String {
     match &envelope.payload {
-        Payload::Alert(alert) => alert.message.clone(),
+        Payload::Alert(alert) => alert.message().to_owned(),
         Payload::Metrics(_) => String::new(),
     }
 }
@@ -107,7 +107,9 @@ fn alert(message: String) -> Envelope {
         origin: WorkerId::new("w").unwrap_or_else(|e| panic!("{e}")),
         seq: 0,
         published_at_us: 0,
-        payload: Payload::Alert(Alert::new(Severity::Info, message)),
+        payload: Payload::Alert(
+            Alert::new(Severity::Info, message).unwrap_or_else(|e| panic!("{e}")),
+        ),
     }
 }
 

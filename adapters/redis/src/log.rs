@@ -145,8 +145,8 @@ return {epoch, deleted, head, entries}
             .arg(fresh_epoch())
             .invoke_async(connection)
             .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-        let malformed = |what: &str| HistoryError::Unavailable(format!("the alert log {what}"));
+            .map_err(|e| HistoryError::caused_by("reading the alert log failed", e))?;
+        let malformed = |what: &str| HistoryError::unavailable(format!("the alert log {what}"));
         Ok(LogRead {
             epoch: LogEpoch::new(epoch).map_err(|_| malformed("epoch is malformed"))?,
             max_deleted: deleted

@@ -54,15 +54,14 @@ impl RedisPublisher {
             return Ok(());
         }
         let probe = async {
-            let mut connection = pool.get().await.map_err(|error| {
-                PublishError::Unavailable(format!("no Redis connection: {error}"))
-            })?;
+            let mut connection = pool
+                .get()
+                .await
+                .map_err(|error| PublishError::caused_by("no Redis connection", error))?;
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut *connection)
                 .await
-                .map_err(|error| {
-                    PublishError::Unavailable(format!("Redis unreachable: {error}"))
-                })?;
+                .map_err(|error| PublishError::caused_by("Redis unreachable", error))?;
             // Redis answers: the subscriber need not sleep out its backoff.
             self.status.redis_answered.notify_one();
             self.status.until(|state| !reconnecting(state)).await;
@@ -71,8 +70,8 @@ impl RedisPublisher {
         tokio::time::timeout(self.config.command_timeout, probe)
             .await
             .unwrap_or_else(|_| {
-                Err(PublishError::Unavailable(
-                    "this worker's Redis subscription is not live again yet".into(),
+                Err(PublishError::unavailable(
+                    "this worker's Redis subscription is not live again yet",
                 ))
             })
     }
@@ -89,7 +88,7 @@ impl RedisPublisher {
                 };
                 config.pool = Some(pool);
                 let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|error| {
-                    PublishError::Unavailable(format!("cannot create the Redis pool: {error}"))
+                    PublishError::caused_by("cannot create the Redis pool", error)
                 })?;
                 tracing::info!(
                     max_connections = self.config.pool_size,
@@ -108,9 +107,10 @@ impl Broadcaster for RedisPublisher {
         self.subscriber_ready(pool).await?;
         let payload = envelope.to_json();
         let attempt = async {
-            let mut connection = pool.get().await.map_err(|error| {
-                PublishError::Unavailable(format!("no Redis connection: {error}"))
-            })?;
+            let mut connection = pool
+                .get()
+                .await
+                .map_err(|error| PublishError::caused_by("no Redis connection", error))?;
             let published: Result<Option<LogId>, redis::RedisError> = match envelope.payload {
                 Payload::Metrics(_) => redis::cmd("PUBLISH")
                     .arg(Channel::Metrics.name())
@@ -133,12 +133,12 @@ impl Broadcaster for RedisPublisher {
                 // A failed command may leave the connection broken: drop it from the pool
                 // rather than hand it to the next publish.
                 drop(deadpool_redis::Connection::take(connection));
-                PublishError::Unavailable(format!("publish failed: {error}"))
+                PublishError::caused_by("publish failed", error)
             })
         };
         match tokio::time::timeout(self.config.command_timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(PublishError::Unavailable(format!(
+            Err(_) => Err(PublishError::unavailable(format!(
                 "publish took longer than {:?}",
                 self.config.command_timeout
             ))),
@@ -172,10 +172,10 @@ impl RedisPublisher {
         let pool = self
             .pool()
             .await
-            .map_err(|PublishError::Unavailable(e)| HistoryError::Unavailable(e))?;
+            .map_err(|error| HistoryError::caused_by("no Redis pool", error))?;
         pool.get()
             .await
-            .map_err(|error| HistoryError::Unavailable(format!("no Redis connection: {error}")))
+            .map_err(|error| HistoryError::caused_by("no Redis connection", error))
     }
 
     async fn bounded<T>(
@@ -184,10 +184,6 @@ impl RedisPublisher {
     ) -> Result<T, HistoryError> {
         tokio::time::timeout(self.config.command_timeout, read)
             .await
-            .unwrap_or_else(|_| {
-                Err(HistoryError::Unavailable(
-                    "reading the alert log timed out".into(),
-                ))
-            })
+            .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
     }
 }

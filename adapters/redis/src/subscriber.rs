@@ -356,11 +356,7 @@ impl ConnectionLog {
     ) -> Result<T, HistoryError> {
         tokio::time::timeout(self.timeout, read)
             .await
-            .unwrap_or_else(|_| {
-                Err(HistoryError::Unavailable(
-                    "reading the alert log timed out".into(),
-                ))
-            })
+            .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
     }
 }
 

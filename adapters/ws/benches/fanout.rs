@@ -9,10 +9,12 @@ use fanout_ws::bench_support::Fanout;
 
 fn envelope() -> Envelope {
     let metric = Metric::new("bench.load", 1234.0)
-        .with_unit("ms")
-        .with_label("host", "bench-host-01")
-        .with_label("region", "eu-west-1")
-        .with_label("service", "checkout");
+        .and_then(|m| m.with_unit("ms"))
+        .and_then(|m| m.with_label("host", "bench-host-01"))
+        .and_then(|m| m.with_label("region", "eu-west-1"))
+        .and_then(|m| m.with_label("service", "checkout"))
+        .and_then(|m| m.with_label("endpoint", "/api/v1/orders"))
+        .unwrap_or_else(|e| panic!("{e}"));
     Envelope {
         id: None,
         epoch: None,

@@ -74,9 +74,9 @@ struct LatestMetrics {
 impl LatestMetrics {
     fn record(&mut self, metric: &Metric) {
         let key = (
-            metric.name.clone(),
-            metric.labels.clone(),
-            metric.source.clone(),
+            metric.name().to_owned(),
+            metric.labels().clone(),
+            metric.source().cloned(),
         );
         if let Some(kept) = self.series.get_mut(&key) {
             *kept = metric.clone();
@@ -87,7 +87,7 @@ impl LatestMetrics {
 
     fn snapshot(&self) -> Vec<Metric> {
         let mut metrics: Vec<Metric> = self.series.values().cloned().collect();
-        metrics.sort_by(|a, b| a.name.cmp(&b.name));
+        metrics.sort_by(|a, b| a.name().cmp(b.name()));
         metrics
     }
 }
