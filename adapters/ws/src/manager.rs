@@ -241,3 +241,7 @@ impl ConnectionManager {
         self.registry.until_empty().await;
     }
 }
+
+/// In their own file (`manager/tests.rs`) for the fakes of the bus and the alert log they need.
+#[cfg(test)]
+mod tests;
