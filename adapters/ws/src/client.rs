@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use fanout_domain::{Grant, LogPosition};
 use futures_util::{SinkExt, StreamExt};
 use std::pin::Pin;
@@ -18,7 +18,8 @@ use std::pin::Pin;
 use tokio::time::{Interval, Sleep};
 
 use crate::manager::{ConnectionManager, Registered};
-use crate::queue::{ClientQueue, CloseReason, Frame, FrameKind};
+use crate::protocol::{CloseReason, Frame, FrameKind};
+use crate::queue::ClientQueue;
 use crate::slots::Slot;
 use crate::ClientLimits;
 
@@ -42,7 +43,7 @@ pub(crate) async fn serve(
     } = match manager.register(&grant).await {
         Ok(registered) => registered,
         Err(refused) => {
-            let _ = socket.send(close_message(CloseReason::GOING_AWAY)).await;
+            let _ = socket.send(CloseReason::GOING_AWAY.message()).await;
             tracing::debug!(%refused, "client refused after upgrade");
             return;
         }
@@ -230,7 +231,7 @@ impl Connection<'_> {
         // A slow client gets until the client timeout to read its way to the close frame.
         match tokio::time::timeout(
             self.limits.client_timeout,
-            self.socket.send(close_message(reason)),
+            self.socket.send(reason.message()),
         )
         .await
         {
@@ -275,11 +276,4 @@ fn close_reason_for(error: axum::Error) -> Option<CloseReason> {
         tungstenite::Error::Protocol(_) => Some(CloseReason::POLICY),
         _ => None,
     }
-}
-
-fn close_message(reason: CloseReason) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: reason.code,
-        reason: Utf8Bytes::from_static(reason.reason),
-    }))
 }

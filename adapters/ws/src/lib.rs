@@ -5,26 +5,40 @@
 //! once per worker and the bytes are shared by every client. It never publishes and never talks
 //! to a bus directly; it only holds the worker's subscription through the
 //! [`fanout_domain::BusSubscriber`] port.
+//!
+//! Where things are: `admission` decides an upgrade request (and `slots` holds the connection
+//! cap); `manager` is the connection lifecycle (subscription, register, greeting, replay,
+//! drain); `registry` is the hot path (clients, fan-out, counters); `snapshot` keeps the latest
+//! metrics; `queue` is one client's bounded queue; `client` is one connection's task; `protocol`
+//! holds every frame and close code the server writes.
 
+mod admission;
 mod client;
 mod manager;
+mod protocol;
 mod queue;
+mod registry;
 mod slots;
+mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use fanout_domain::{LogEpoch, LogId, LogPosition};
 use serde::Deserialize;
 
-pub use manager::{Admission, ConnectionManager, DeliveryStats, Refused};
-pub use queue::{CloseReason, QueueLimits};
+use crate::admission::{Admitted, UpgradeRequest};
+
+pub use admission::Admission;
+pub use manager::{ConnectionManager, Refused};
+pub use protocol::CloseReason;
+pub use queue::QueueLimits;
+pub use registry::DeliveryStats;
 
 /// The WebSocket endpoint's path.
 pub const PATH: &str = "/ws/performance";
@@ -73,57 +87,26 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) ->
         .or(query_token)
 }
 
-fn refuse(status: StatusCode, reason: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
-}
-
+/// Admits the request (see `admission`), then upgrades it; the connection task owns its slot.
 async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
     Query(params): Query<ConnectParams>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if manager.is_draining() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "worker is shutting down".into(),
-        );
-    }
-    let grant = match manager
-        .access()
-        .verify(bearer_token(&headers, params.token.as_deref()))
-    {
-        Ok(grant) => grant,
-        Err(error) => return refuse(StatusCode::UNAUTHORIZED, error.to_string()),
+    let request = UpgradeRequest {
+        token: bearer_token(&headers, params.token.as_deref()),
+        origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+        last_alert_id: params.last_alert_id.as_deref(),
+        epoch: params.epoch.as_deref(),
     };
-    if !grant.metrics && !grant.alerts {
-        return refuse(StatusCode::FORBIDDEN, "the token allows no channel".into());
-    }
-    let admission = manager.admission();
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        if !admission.allowed_origins.is_empty()
-            && !admission
-                .allowed_origins
-                .iter()
-                .any(|allowed| allowed == origin)
-        {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                format!("origin {origin} is not allowed"),
-            );
-        }
-    }
-    let resume_from = match resume_position(&params) {
-        Ok(position) => position,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
-    };
-    // Reserved here, before the upgrade, and owned by the connection from now on: it goes back
-    // when the connection ends, or when axum drops the callback of a failed upgrade.
-    let Some(slot) = manager.reserve_slot() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this worker is at its connection limit".into(),
-        );
+    let Admitted {
+        grant,
+        resume_from,
+        slot,
+    } = match manager.admit(&request) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
     };
     let limits = *manager.limits();
     upgrade
@@ -135,22 +118,6 @@ async fn upgrade(
         .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, slot))
 }
 
-/// Where a resuming client stands: `last_alert_id` and, when given, its `epoch`.
-fn resume_position(params: &ConnectParams) -> Result<Option<LogPosition>, String> {
-    let epoch = match params.epoch.as_deref() {
-        None => None,
-        Some(text) => Some(text.parse::<LogEpoch>().map_err(|e| e.to_string())?),
-    };
-    match params.last_alert_id.as_deref() {
-        None if epoch.is_some() => Err("epoch is given without last_alert_id".into()),
-        None => Ok(None),
-        Some(text) => {
-            let id = text.parse::<LogId>().map_err(|e| e.to_string())?;
-            Ok(Some(LogPosition { epoch, id }))
-        }
-    }
-}
-
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.
 #[doc(hidden)]
 pub mod bench_support {
@@ -158,8 +125,8 @@ pub mod bench_support {
 
     use fanout_domain::{Envelope, LocalDelivery};
 
-    use crate::manager::ClientRegistry;
     use crate::queue::ClientQueue;
+    use crate::registry::ClientRegistry;
     use crate::QueueLimits;
 
     /// A registry with `clients` queues and nobody writing them.

@@ -6,99 +6,16 @@
 //! closed with [`CloseReason::SLOW_CONSUMER`] instead, so that it reconnects rather than silently
 //! missing an alert. A client that lost a whole queue's worth of metrics without its writer
 //! taking a single batch is not reading at all: it is closed the same way.
+//!
+//! It must never make the pusher wait, hold its lock across an `.await`, or encode a frame (the
+//! frames come encoded and shared, from `protocol`).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use axum::extract::ws::Utf8Bytes;
-use fanout_domain::{Envelope, LogId};
 use tokio::sync::Notify;
 
-/// What a frame carries, which decides what may be dropped on overflow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FrameKind {
-    Metrics,
-    Alert,
-    Control,
-}
-
-/// An encoded frame. Cloning shares the bytes (one encoding per message per worker).
-#[derive(Clone, Debug)]
-pub(crate) struct Frame {
-    pub(crate) kind: FrameKind,
-    pub(crate) text: Utf8Bytes,
-    /// The alert-log id of an alert frame, to skip live duplicates of replayed alerts.
-    pub(crate) alert_id: Option<LogId>,
-}
-
-impl Frame {
-    pub(crate) fn for_envelope(kind: FrameKind, envelope: &Envelope) -> Self {
-        Self {
-            kind,
-            text: Utf8Bytes::from(envelope.to_json()),
-            alert_id: envelope.id,
-        }
-    }
-
-    /// A control frame (`hello`, `snapshot`, `resume`) from a serializable value.
-    pub(crate) fn control(value: &impl serde::Serialize) -> Self {
-        Self {
-            kind: FrameKind::Control,
-            // Serializing these plain structs cannot fail (string keys, finite numbers).
-            text: Utf8Bytes::from(serde_json::to_string(value).unwrap_or_default()),
-            alert_id: None,
-        }
-    }
-}
-
-/// Why the server closes a connection: a WebSocket close code and a short reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-impl CloseReason {
-    pub const GOING_AWAY: Self = Self {
-        code: 1001,
-        reason: "server shutting down",
-    };
-    pub const UNSUPPORTED_DATA: Self = Self {
-        code: 1003,
-        reason: "binary frames are not accepted",
-    };
-    pub const INVALID_PAYLOAD: Self = Self {
-        code: 1007,
-        reason: "text frame is not valid UTF-8",
-    };
-    pub const POLICY: Self = Self {
-        code: 1008,
-        reason: "protocol violation",
-    };
-    pub const TOO_BIG: Self = Self {
-        code: 1009,
-        reason: "message too big",
-    };
-    /// The alert log could not be read for a resuming client: reconnect and resume later.
-    pub const TRY_AGAIN_LATER: Self = Self {
-        code: 1013,
-        reason: "alert history unavailable, resume later",
-    };
-    /// The client's token expired: reconnect with a fresh one.
-    pub const TOKEN_EXPIRED: Self = Self {
-        code: 4003,
-        reason: "token expired",
-    };
-    pub const TIMEOUT: Self = Self {
-        code: 4001,
-        reason: "no pong within the client timeout",
-    };
-    /// The client read too slowly and an alert could not be queued: reconnect.
-    pub const SLOW_CONSUMER: Self = Self {
-        code: 4008,
-        reason: "slow consumer: queue overflow",
-    };
-}
+use crate::protocol::{CloseReason, Frame, FrameKind};
 
 /// The bounds of one client's queue.
 #[derive(Clone, Copy, Debug)]
@@ -167,13 +84,17 @@ impl ClientQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn push(&self, frame: Frame) -> Pushed {
-        let allowed = match frame.kind {
+    /// Whether this client receives frames of `kind` (its credential's channels).
+    pub(crate) fn accepts(&self, kind: FrameKind) -> bool {
+        match kind {
             FrameKind::Metrics => self.accepts_metrics,
             FrameKind::Alert => self.accepts_alerts,
             FrameKind::Control => true,
-        };
-        if !allowed {
+        }
+    }
+
+    pub(crate) fn push(&self, frame: Frame) -> Pushed {
+        if !self.accepts(frame.kind) {
             return Pushed::Queued { dropped: 0 };
         }
         let mut state = self.lock();
@@ -274,6 +195,8 @@ impl ClientQueue {
 
 #[cfg(test)]
 mod tests {
+    use axum::extract::ws::Utf8Bytes;
+
     use super::*;
 
     fn frame(kind: FrameKind, text: &'static str) -> Frame {

@@ -1,0 +1,328 @@
+//! Every frame the server writes to a WebSocket client, and the codes it closes connections with:
+//! the server side of docs/PROTOCOL.md ("Server → client frames", "Close codes"), in one place.
+//!
+//! `metrics` and `alert` frames are the envelope's own wire form (`Envelope::to_json`), encoded
+//! once per message per worker and shared by every client; `hello`, `snapshot` and `resume` are
+//! the control frames, encoded once per client. This module must never encode a bus message per
+//! client, and never write a frame shape that PROTOCOL.md does not document: a change here is a
+//! change of the wire format.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use fanout_domain::{BusStatus, Envelope, LogEpoch, LogId, Metric, WorkerId};
+use serde::Serialize;
+
+/// What a frame carries, which decides what a full queue may drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    Metrics,
+    Alert,
+    Control,
+}
+
+/// An encoded frame. Cloning shares the bytes (one encoding per message per worker).
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    pub(crate) kind: FrameKind,
+    pub(crate) text: Utf8Bytes,
+    /// The alert-log id of an alert frame, to skip live duplicates of replayed alerts.
+    pub(crate) alert_id: Option<LogId>,
+}
+
+impl Frame {
+    /// A `metrics` or `alert` frame: the envelope's wire form.
+    pub(crate) fn for_envelope(kind: FrameKind, envelope: &Envelope) -> Self {
+        Self {
+            kind,
+            text: Utf8Bytes::from(envelope.to_json()),
+            alert_id: envelope.id,
+        }
+    }
+
+    /// A control frame from one of the structs below.
+    fn control(value: &impl Serialize) -> Self {
+        Self {
+            kind: FrameKind::Control,
+            // Serializing these plain structs cannot fail (string keys, finite numbers).
+            text: Utf8Bytes::from(serde_json::to_string(value).unwrap_or_default()),
+            alert_id: None,
+        }
+    }
+}
+
+/// `hello`: the first frame, sent once the worker's bus subscription is live.
+#[derive(Serialize)]
+pub(crate) struct Hello<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    worker: &'a WorkerId,
+    connections: usize,
+    bus: BusStatus,
+}
+
+impl<'a> Hello<'a> {
+    pub(crate) fn new(worker: &'a WorkerId, connections: usize, bus: BusStatus) -> Self {
+        Self {
+            kind: "hello",
+            worker,
+            connections,
+            bus,
+        }
+    }
+
+    pub(crate) fn frame(&self) -> Frame {
+        Frame::control(self)
+    }
+}
+
+/// `snapshot`: the second frame, the latest value of each metric series the worker has seen.
+#[derive(Serialize)]
+pub(crate) struct Snapshot<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: &'a [Metric],
+}
+
+impl<'a> Snapshot<'a> {
+    pub(crate) fn new(data: &'a [Metric]) -> Self {
+        Self {
+            kind: "snapshot",
+            data,
+        }
+    }
+
+    pub(crate) fn frame(&self) -> Frame {
+        Frame::control(self)
+    }
+}
+
+/// `resume`: for a resuming client, before the alerts replayed after its last id.
+#[derive(Serialize)]
+pub(crate) struct Resume<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    after: LogId,
+    /// The log's epoch now: the one the replayed and live alerts' ids belong to.
+    epoch: Option<&'a LogEpoch>,
+    replayed: usize,
+    /// False when an alert after `after` is not in the log: trimmed, or the log was reset
+    /// (the client's epoch is not the log's): some are missed.
+    complete: bool,
+}
+
+impl<'a> Resume<'a> {
+    pub(crate) fn new(
+        after: LogId,
+        epoch: Option<&'a LogEpoch>,
+        replayed: usize,
+        completeness: Completeness,
+    ) -> Self {
+        Self {
+            kind: "resume",
+            after,
+            epoch,
+            replayed,
+            complete: completeness == Completeness::Complete,
+        }
+    }
+
+    pub(crate) fn frame(&self) -> Frame {
+        Frame::control(self)
+    }
+}
+
+/// Whether a replay holds every alert after the client's position (`complete` on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completeness {
+    Complete,
+    /// Some were trimmed from the log, or the log was reset since.
+    Incomplete,
+}
+
+/// Why the server closes a connection: a WebSocket close code and a short reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const GOING_AWAY: Self = Self {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const UNSUPPORTED_DATA: Self = Self {
+        code: 1003,
+        reason: "binary frames are not accepted",
+    };
+    pub const INVALID_PAYLOAD: Self = Self {
+        code: 1007,
+        reason: "text frame is not valid UTF-8",
+    };
+    pub const POLICY: Self = Self {
+        code: 1008,
+        reason: "protocol violation",
+    };
+    pub const TOO_BIG: Self = Self {
+        code: 1009,
+        reason: "message too big",
+    };
+    /// The alert log could not be read for a resuming client: reconnect and resume later.
+    pub const TRY_AGAIN_LATER: Self = Self {
+        code: 1013,
+        reason: "alert history unavailable, resume later",
+    };
+    /// The client's token expired: reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: Self = Self {
+        code: 4003,
+        reason: "token expired",
+    };
+    pub const TIMEOUT: Self = Self {
+        code: 4001,
+        reason: "no pong within the client timeout",
+    };
+    /// The client read too slowly and an alert could not be queued: reconnect.
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 4008,
+        reason: "slow consumer: queue overflow",
+    };
+
+    /// The close frame that carries this reason.
+    pub(crate) fn message(self) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: self.code,
+            reason: Utf8Bytes::from_static(self.reason),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use fanout_domain::{Alert, Payload, Severity, SubscriberState};
+
+    use super::*;
+
+    fn worker() -> WorkerId {
+        WorkerId::new("web-1-4242").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn epoch() -> LogEpoch {
+        LogEpoch::new("3f9a0c1e5b7d2468").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn hello_is_the_documented_json() {
+        let bus = BusStatus {
+            bus: "redis",
+            state: SubscriberState::Subscribed,
+            reconnects: 0,
+            failed_attempts: 0,
+            last_error: None,
+            received: 0,
+            malformed: 0,
+            lost: 0,
+            foreign_ids: 0,
+        };
+        let worker = worker();
+        let frame = Hello::new(&worker, 12, bus).frame();
+        assert_eq!(frame.kind, FrameKind::Control);
+        assert_eq!(
+            frame.text.as_str(),
+            r#"{"type":"hello","worker":"web-1-4242","connections":12,"bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0}}"#
+        );
+    }
+
+    #[test]
+    fn snapshot_is_the_documented_json() {
+        // PROTOCOL.md's example metric, read through the domain's own decoding.
+        let metric: Metric = serde_json::from_str(
+            r#"{"name":"host.cpu_percent","value":12.5,"unit":"%","labels":{"worker":"web-1-4242"},"timestamp":1764380000123,"source":"web-1-4242"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let frame = Snapshot::new(&[metric]).frame();
+        assert_eq!(
+            frame.text.as_str(),
+            r#"{"type":"snapshot","data":[{"name":"host.cpu_percent","value":12.5,"unit":"%","labels":{"worker":"web-1-4242"},"timestamp":1764380000123,"source":"web-1-4242"}]}"#
+        );
+    }
+
+    #[test]
+    fn an_empty_snapshot_has_an_empty_data_array() {
+        assert_eq!(
+            Snapshot::new(&[]).frame().text.as_str(),
+            r#"{"type":"snapshot","data":[]}"#
+        );
+    }
+
+    #[test]
+    fn resume_is_the_documented_json() {
+        let after = LogId::from_str("1764380000456-0").unwrap_or_else(|e| panic!("{e}"));
+        let epoch = epoch();
+        let frame = Resume::new(after, Some(&epoch), 3, Completeness::Complete).frame();
+        assert_eq!(
+            frame.text.as_str(),
+            r#"{"type":"resume","after":"1764380000456-0","epoch":"3f9a0c1e5b7d2468","replayed":3,"complete":true}"#
+        );
+        assert_eq!(
+            frame.alert_id, None,
+            "a control frame is never deduplicated"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_resume_without_an_epoch_says_so() {
+        let frame = Resume::new(LogId::ZERO, None, 0, Completeness::Incomplete).frame();
+        assert_eq!(
+            frame.text.as_str(),
+            r#"{"type":"resume","after":"0-0","epoch":null,"replayed":0,"complete":false}"#
+        );
+    }
+
+    #[test]
+    fn an_alert_frame_is_the_envelope_wire_form_and_keeps_its_log_id() {
+        let id = LogId::new(1_764_380_000_456, 0);
+        let envelope = Envelope {
+            id: Some(id),
+            epoch: Some(epoch()),
+            origin: worker(),
+            seq: 4,
+            published_at_us: 1_764_380_000_456_789,
+            payload: Payload::Alert(
+                Alert::new(Severity::Critical, "cpu high").unwrap_or_else(|e| panic!("{e}")),
+            ),
+        };
+        let frame = Frame::for_envelope(FrameKind::Alert, &envelope);
+        assert_eq!(frame.text.as_str(), envelope.to_json());
+        assert_eq!(frame.alert_id, Some(id));
+    }
+
+    #[test]
+    fn close_codes_are_the_documented_ones() {
+        let codes = [
+            CloseReason::GOING_AWAY,
+            CloseReason::UNSUPPORTED_DATA,
+            CloseReason::INVALID_PAYLOAD,
+            CloseReason::POLICY,
+            CloseReason::TOO_BIG,
+            CloseReason::TRY_AGAIN_LATER,
+            CloseReason::TIMEOUT,
+            CloseReason::TOKEN_EXPIRED,
+            CloseReason::SLOW_CONSUMER,
+        ]
+        .map(|reason| reason.code);
+        assert_eq!(
+            codes,
+            [1001, 1003, 1007, 1008, 1009, 1013, 4001, 4003, 4008]
+        );
+    }
+
+    #[test]
+    fn a_close_message_carries_the_code_and_reason() {
+        let Message::Close(Some(frame)) = CloseReason::SLOW_CONSUMER.message() else {
+            panic!("not a close frame with a payload");
+        };
+        assert_eq!(frame.code, 4008);
+        assert_eq!(frame.reason.as_str(), "slow consumer: queue overflow");
+    }
+}

@@ -1,0 +1,123 @@
+//! The last-value snapshot: the latest metric of each series this worker has seen, so a new
+//! client's dashboard is filled at once (the `snapshot` frame).
+//!
+//! It is bounded by [`MAX_SNAPSHOT_SERIES`]: a publisher with unbounded label values cannot grow
+//! the worker's memory. It must never hold alerts (they are replayed from the alert log, not
+//! snapshotted), never encode frames (that is `protocol`'s), and never wait: the bus listener
+//! records every metrics message into it under a short std mutex.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fanout_domain::{Metric, WorkerId};
+
+/// Most metric series kept for the snapshot; new series beyond it are not kept (the bound keeps
+/// a publisher with unbounded label values from growing the worker's memory).
+pub(crate) const MAX_SNAPSHOT_SERIES: usize = 10_000;
+
+/// A metric series: name, labels and the worker that published it.
+type SeriesKey = (String, BTreeMap<String, String>, Option<WorkerId>);
+
+/// Latest value per series.
+#[derive(Default)]
+pub(crate) struct LatestMetrics {
+    series: HashMap<SeriesKey, Metric>,
+}
+
+impl LatestMetrics {
+    /// Keeps `metric` as its series' latest value; a new series only while below the bound.
+    pub(crate) fn record(&mut self, metric: &Metric) {
+        let key = (
+            metric.name().to_owned(),
+            metric.labels().clone(),
+            metric.source().cloned(),
+        );
+        if let Some(kept) = self.series.get_mut(&key) {
+            *kept = metric.clone();
+        } else if self.series.len() < MAX_SNAPSHOT_SERIES {
+            self.series.insert(key, metric.clone());
+        }
+    }
+
+    /// Every kept series' latest value, ordered by name.
+    pub(crate) fn snapshot(&self) -> Vec<Metric> {
+        let mut metrics: Vec<Metric> = self.series.values().cloned().collect();
+        metrics.sort_by(|a, b| a.name().cmp(b.name()));
+        metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_keeps_only_its_latest_value() {
+        let mut latest = LatestMetrics::default();
+        latest.record(&Metric::new("cpu", 1.0).unwrap_or_else(|e| panic!("{e}")));
+        latest.record(&Metric::new("cpu", 2.0).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            latest.snapshot(),
+            [Metric::new("cpu", 2.0).unwrap_or_else(|e| panic!("{e}"))]
+        );
+    }
+
+    #[test]
+    fn labels_make_distinct_series() {
+        let mut latest = LatestMetrics::default();
+        let eu = Metric::new("cpu", 1.0)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_label("region", "eu")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let us = Metric::new("cpu", 2.0)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_label("region", "us")
+            .unwrap_or_else(|e| panic!("{e}"));
+        latest.record(&eu);
+        latest.record(&us);
+        let snapshot = latest.snapshot();
+        assert_eq!(snapshot.len(), 2);
+        assert!(snapshot.contains(&eu) && snapshot.contains(&us));
+    }
+
+    #[test]
+    fn the_snapshot_is_ordered_by_name() {
+        let mut latest = LatestMetrics::default();
+        for name in ["mem", "cpu", "disk"] {
+            latest.record(&Metric::new(name, 0.0).unwrap_or_else(|e| panic!("{e}")));
+        }
+        let expected = ["cpu", "disk", "mem"]
+            .map(|name| Metric::new(name, 0.0).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(latest.snapshot(), expected);
+    }
+
+    #[test]
+    fn beyond_the_bound_new_series_are_not_kept_but_kept_ones_still_update() {
+        let mut latest = LatestMetrics::default();
+        for index in 0..MAX_SNAPSHOT_SERIES {
+            latest.record(
+                &Metric::new("cpu", 0.0)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .with_label("host", index.to_string())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        latest.record(&Metric::new("one.too.many", 0.0).unwrap_or_else(|e| panic!("{e}")));
+        latest.record(
+            &Metric::new("cpu", 7.0)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_label("host", "0")
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let snapshot = latest.snapshot();
+        assert_eq!(snapshot.len(), MAX_SNAPSHOT_SERIES);
+        assert!(
+            !snapshot.contains(&Metric::new("one.too.many", 0.0).unwrap_or_else(|e| panic!("{e}")))
+        );
+        assert!(snapshot.contains(
+            &Metric::new("cpu", 7.0)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_label("host", "0")
+                .unwrap_or_else(|e| panic!("{e}"))
+        ));
+    }
+}
