@@ -482,3 +482,57 @@ async fn a_client_that_does_not_answer_pings_is_closed_with_4001() {
     let (_, frame) = reader.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(frame["data"][0]["name"], "alive");
 }
+
+#[tokio::test]
+async fn every_refusal_has_a_json_body_even_from_routing_and_extractors() {
+    let bus = MemoryBus::new();
+    let a = worker(&bus, "worker-a").await;
+    let addr = a.addr();
+    let http = reqwest::Client::new();
+    let upgrade_headers = |request: reqwest::RequestBuilder| {
+        request
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    let cases = [
+        (
+            "a duplicated query parameter",
+            upgrade_headers(http.get(format!(
+                "http://{addr}/ws/performance?last_alert_id=1-0&last_alert_id=2-0"
+            ))),
+            400,
+        ),
+        (
+            "a plain GET of the WebSocket route",
+            http.get(format!("http://{addr}/ws/performance")),
+            400,
+        ),
+        (
+            "an unknown path",
+            http.get(format!("http://{addr}/nope")),
+            404,
+        ),
+        (
+            "a method the route does not take",
+            http.put(format!("http://{addr}/api/alerts")),
+            405,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the body is not JSON: {e}"));
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
+    }
+}

@@ -119,6 +119,8 @@ async fn the_connection_cap_holds_when_clients_upgrade_at_the_same_instant() {
         hello(socket).await;
     }
     assert_eq!(health(worker.addr).await["connections"], 3);
+    // A full worker is not ready: the load balancer sends new clients elsewhere.
+    assert_eq!(readyz_status(worker.addr).await, 503);
 
     // Every slot is given back when its connection ends.
     for socket in held {
@@ -129,6 +131,7 @@ async fn the_connection_cap_holds_when_clients_upgrade_at_the_same_instant() {
         health(addr).await["connections"] == 0
     })
     .await;
+    assert_eq!(readyz_status(worker.addr).await, 200);
     let (mut again, refused) = accepted_and_refused(upgrade_together(worker.addr, 3).await);
     assert_eq!(
         (again.len(), refused.len()),
@@ -265,4 +268,11 @@ async fn a_publish_is_refused_with_503_and_a_reason_when_the_quota_cannot_be_che
             .is_some_and(|error| error.contains("publish rate limit unavailable")),
         "the refusal says the quota could not be checked: {body}"
     );
+}
+
+async fn readyz_status(addr: std::net::SocketAddr) -> u16 {
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .map(|response| response.status().as_u16())
+        .unwrap_or_else(|e| panic!("GET /readyz on {addr} failed: {e}"))
 }

@@ -45,6 +45,9 @@ impl WorkerReport for WorkerStatus {
         if self.manager.is_draining() {
             return Err("draining: the worker is shutting down".into());
         }
+        if self.manager.is_full() {
+            return Err("at its connection limit (--max-connections)".into());
+        }
         let bus = self.manager.bus_status();
         match bus.state {
             SubscriberState::Idle | SubscriberState::Subscribed => Ok(()),

@@ -47,7 +47,9 @@ impl Bus {
                 let mut redis = RedisConfig::new(config.redis_url.clone());
                 redis.pool_size = usize::from(config.redis_pool_size);
                 redis.command_timeout = config.redis_timeout;
-                redis.ping_interval = config.redis_timeout.min(std::time::Duration::from_secs(1));
+                // Half the timeout between PINGs, half to wait for the PONG: a hang is noticed
+                // within --redis-timeout.
+                redis.ping_interval = config.redis_timeout / 2;
                 redis.alert_retention = config.alert_retention as usize;
                 redis.validate().with_context(|| {
                     format!(
@@ -229,6 +231,8 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
     };
     let app = fanout_http::router(Arc::clone(&service), report, access, api)
         .merge(fanout_ws::router(Arc::clone(&manager)))
+        .fallback(fanout_http::not_found)
+        .method_not_allowed_fallback(fanout_http::method_not_allowed)
         .layer(TraceLayer::new_for_http());
 
     let listener = bind(config.listen, config.reuse_port)

@@ -153,6 +153,11 @@ impl Envelope {
         let payload = match (wire.kind, channel) {
             (WireKind::Metrics, Channel::Metrics) => {
                 let fields: Vec<MetricFields> = serde_json::from_str(wire.data.get())?;
+                if fields.is_empty() {
+                    return Err(
+                        InvalidMessage::new("", "data", "must hold at least one metric").into(),
+                    );
+                }
                 let mut metrics = Vec::with_capacity(fields.len());
                 for (index, fields) in fields.into_iter().enumerate() {
                     let mut metric = fields.validate(&format!("data[{index}]"))?;
@@ -326,6 +331,21 @@ mod tests {
                 (Some("batch-job".to_owned()), Some(5))
             ]
         );
+    }
+
+    #[test]
+    fn the_bus_refuses_what_the_api_refuses() {
+        for refused in [
+            &br#"{"type":"metrics","data":[]}"#[..],
+            br#"{"type":"metrics","origin":"a\u0000b","data":[{"name":"m","value":1}]}"#,
+            br#"{"type":"metrics","origin":"","data":[{"name":"m","value":1}]}"#,
+        ] {
+            assert!(
+                Envelope::from_json(Channel::Metrics, refused).is_err(),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 
     #[test]

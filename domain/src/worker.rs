@@ -6,19 +6,23 @@ use serde::{Deserialize, Serialize};
 
 /// Names one worker process in logs, envelopes and health reports.
 ///
-/// Non-empty, at most 128 bytes, no whitespace: it travels in every envelope and log line.
+/// Non-empty, at most 128 bytes, no whitespace or control characters: it travels in every
+/// envelope, series key and log line.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WorkerId(pub(crate) String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid worker id {0:?}: must be 1 to 128 characters without whitespace")]
+#[error(
+    "invalid worker id {0:?}: must be 1 to 128 characters without whitespace or control characters"
+)]
 pub struct InvalidWorkerId(pub String);
 
 impl WorkerId {
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidWorkerId> {
         let id = id.into();
-        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace) {
+        let forbidden = |c: char| c.is_whitespace() || c.is_control();
+        if id.is_empty() || id.len() > 128 || id.chars().any(forbidden) {
             return Err(InvalidWorkerId(id));
         }
         Ok(Self(id))
@@ -68,5 +72,15 @@ mod tests {
             WorkerId::new("host-42").map(|w| w.to_string()),
             Ok("host-42".to_owned())
         );
+    }
+
+    #[test]
+    fn ids_are_short_printable_tokens_on_every_path() {
+        assert!(WorkerId::new("web-1-4242").is_ok());
+        for bad in ["", "a b", "a\u{0}b", "a\u{1b}[31m", &"x".repeat(129)] {
+            assert!(WorkerId::new(bad).is_err(), "{bad:?}");
+            let json = serde_json::to_string(bad).unwrap_or_default();
+            assert!(serde_json::from_str::<WorkerId>(&json).is_err(), "{bad:?}");
+        }
     }
 }

@@ -35,6 +35,17 @@ impl ApiError {
         }
     }
 
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "no such route: see PROTOCOL.md")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this route does not take that method: see PROTOCOL.md",
+        )
+    }
+
     pub fn unauthorized(reason: String) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, reason)
     }

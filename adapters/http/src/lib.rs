@@ -186,6 +186,16 @@ async fn publish_alert(
     Ok(accepted(1, receipt))
 }
 
+/// The answer to a path no route serves: 404 with a JSON reason, like every other refusal.
+pub async fn not_found() -> Response {
+    ApiError::not_found().into_response()
+}
+
+/// The answer to a method a route does not serve: 405 with a JSON reason.
+pub async fn method_not_allowed() -> Response {
+    ApiError::method_not_allowed().into_response()
+}
+
 async fn healthz(State(state): State<ApiState>) -> Response {
     Json(state.report.health()).into_response()
 }

@@ -58,7 +58,8 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Bound on connecting, and on each publish or ping.
     pub command_timeout: Duration,
-    /// How often the subscriber pings Redis to detect a hung server or a silent partition.
+    /// How often the subscriber pings Redis to detect a hung server or a silent partition; its
+    /// PONG is awaited for the rest of `command_timeout`, so a hang is noticed within that.
     pub ping_interval: Duration,
     /// First and largest delay between reconnect attempts (jittered, doubling). The largest is
     /// small on purpose: a worker must be subscribed again within ~300 ms of Redis answering,

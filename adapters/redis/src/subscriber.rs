@@ -214,6 +214,11 @@ impl Listener {
         if let Some(signal) = first_outcome.take() {
             let _ = signal.send(());
         }
+        // A hang is noticed within the command timeout: a PING at most `ping_interval` after the
+        // last answer, and its PONG awaited for the rest of the timeout.
+        let pong_wait = timeout
+            .saturating_sub(self.config.ping_interval)
+            .max(MIN_PONG_WAIT);
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
@@ -228,11 +233,11 @@ impl Listener {
                         .map_err(SessionError::after)?;
                 }
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                    let pong = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await;
                     match pong {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => return Err(SessionError::after(format!("PING failed: {error}"))),
-                        Err(_) => return Err(SessionError::after(format!("no PONG within {timeout:?}: Redis hangs or the link is cut"))),
+                        Err(_) => return Err(SessionError::after(format!("no PONG within {pong_wait:?}: Redis hangs or the link is cut"))),
                     }
                 }
             }
@@ -305,6 +310,9 @@ impl Listener {
         );
     }
 }
+
+/// The least time a PING is given to be answered.
+const MIN_PONG_WAIT: Duration = Duration::from_millis(100);
 
 /// How long connection attempts may go unanswered before another one is started beside them.
 const HEDGE_AFTER: Duration = Duration::from_millis(100);

@@ -154,6 +154,11 @@ impl Gate {
         })
     }
 
+    /// Whether every connection slot is taken: a new client would be refused.
+    pub(crate) fn is_full(&self) -> bool {
+        self.slots.is_full()
+    }
+
     /// From now on every request is refused (and registration too, see the manager).
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);

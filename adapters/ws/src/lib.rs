@@ -24,6 +24,8 @@ mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
@@ -90,10 +92,23 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) ->
 /// Admits the request (see `admission`), then upgrades it; the connection task owns its slot.
 async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
-    Query(params): Query<ConnectParams>,
+    params: Result<Query<ConnectParams>, QueryRejection>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Every refusal has a JSON body, including the extractors' own (a duplicated parameter, a
+    // request that is not a WebSocket upgrade).
+    let refuse = |status: axum::http::StatusCode, reason: String| {
+        (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
+    };
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return refuse(rejection.status(), rejection.body_text()),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return refuse(rejection.status(), rejection.body_text()),
+    };
     let request = UpgradeRequest {
         token: bearer_token(&headers, params.token.as_deref()),
         origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),

@@ -136,6 +136,11 @@ impl ConnectionManager {
         self.gate.is_draining()
     }
 
+    /// Whether the worker is at `--max-connections`: a new client would get 503.
+    pub fn is_full(&self) -> bool {
+        self.gate.is_full()
+    }
+
     pub(crate) fn registry(&self) -> &ClientRegistry {
         &self.registry
     }

@@ -36,6 +36,10 @@ pub struct DeliveryStats {
     pub slow_consumers_closed: u64,
 }
 
+/// Publication-to-fan-out times beyond this (a minute) are not observed: they are replays or
+/// an outside publisher's `published_at_us`, not latency, and would swamp the histogram.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
 /// The clients of one worker; the bus listener's [`LocalDelivery`].
 pub(crate) struct ClientRegistry {
     /// Held for an insert, a remove or one fan-out pass; never across an await.
@@ -203,8 +207,11 @@ impl LocalDelivery for ClientRegistry {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or_default();
-            let seconds = now_us.saturating_sub(envelope.published_at_us) as f64 / 1e6;
-            self.fanout_latency.observe(seconds);
+            // A replayed alert, or an outside publisher's made-up time, is not a latency.
+            let age_us = now_us.saturating_sub(envelope.published_at_us);
+            if age_us <= MAX_LATENCY_US {
+                self.fanout_latency.observe(age_us as f64 / 1e6);
+            }
         }
         // The one serialization of this message on this worker; every client shares the bytes.
         let frame = Frame::for_envelope(kind, envelope);

@@ -32,6 +32,13 @@ impl ConnectionSlots {
         }
     }
 
+    /// Whether every slot is taken now (never without a cap).
+    pub(crate) fn is_full(&self) -> bool {
+        self.semaphore
+            .as_ref()
+            .is_some_and(|semaphore| semaphore.available_permits() == 0)
+    }
+
     /// A free slot, or `None` when every slot is taken. Never waits.
     pub(crate) fn try_reserve(&self) -> Option<Slot> {
         match &self.semaphore {
@@ -57,6 +64,7 @@ mod tests {
         let second = slots.try_reserve();
         assert!(first.is_some() && second.is_some());
         assert!(slots.try_reserve().is_none(), "a third slot of two");
+        assert!(slots.is_full());
         drop(first);
         assert!(
             slots.try_reserve().is_some(),
