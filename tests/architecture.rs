@@ -1,0 +1,266 @@
+//! The rules of the house, checked over `cargo metadata`: the dependency direction is the
+//! architecture (docs/ARCHITECTURE.md), and nothing else enforces it.
+//!
+//! - `fanout-domain` depends on its basic crates only (serde, serde_json, async-trait,
+//!   thiserror): no I/O, no runtime, nothing of ours;
+//! - an adapter depends on no other adapter (if it needs one, a port is missing);
+//! - the server binary (`fanout-app`, normal dependencies, transitively) carries none of the load
+//!   tool's or the client's crates, and no WebSocket client of its own (tokio-tungstenite only
+//!   through axum).
+//!
+//! Each rule is also checked against a made-up workspace that breaks it, so the test cannot pass
+//! by checking nothing.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+const DOMAIN: &str = "fanout-domain";
+const DOMAIN_MAY_USE: [&str; 4] = ["serde", "serde_json", "async-trait", "thiserror"];
+const SERVER: &str = "fanout-app";
+/// Crates the server binary must not carry: the load tool's and the client's.
+const NOT_IN_SERVER: [&str; 4] = ["reqwest", "hdrhistogram", "fanout-bench", "fanout-client"];
+
+/// The workspace as `cargo metadata` sees it, resolved for normal (not dev, not build) use.
+struct Workspace {
+    /// Package id → (name, manifest path).
+    packages: HashMap<String, (String, String)>,
+    members: BTreeSet<String>,
+    /// Package id → ids of its normal dependencies.
+    normal_deps: HashMap<String, Vec<String>>,
+}
+
+impl Workspace {
+    fn from_metadata(metadata: &Value) -> Workspace {
+        let packages = metadata["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let id = p["id"].as_str().unwrap_or_default().to_owned();
+                let name = p["name"].as_str().unwrap_or_default().to_owned();
+                let manifest = p["manifest_path"].as_str().unwrap_or_default().to_owned();
+                (id, (name, manifest))
+            })
+            .collect();
+        let members = metadata["workspace_members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_owned))
+            .collect();
+        let normal_deps = metadata["resolve"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|node| {
+                let deps = node["deps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|dep| {
+                        dep["dep_kinds"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|kind| kind["kind"].is_null())
+                    })
+                    .filter_map(|dep| dep["pkg"].as_str().map(str::to_owned))
+                    .collect();
+                (node["id"].as_str().unwrap_or_default().to_owned(), deps)
+            })
+            .collect();
+        Workspace {
+            packages,
+            members,
+            normal_deps,
+        }
+    }
+
+    fn name(&self, id: &str) -> &str {
+        self.packages.get(id).map_or("?", |(name, _)| name.as_str())
+    }
+
+    fn member(&self, name: &str) -> Option<&String> {
+        self.members.iter().find(|id| self.name(id) == name)
+    }
+
+    fn is_adapter(&self, id: &str) -> bool {
+        self.packages
+            .get(id)
+            .is_some_and(|(_, manifest)| manifest.contains("/adapters/"))
+    }
+
+    fn direct(&self, id: &str) -> Vec<&str> {
+        self.normal_deps
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|dep| self.name(dep))
+            .collect()
+    }
+
+    /// Every package `id` needs at run time, with the chain that pulls it in.
+    fn transitive(&self, id: &str) -> HashMap<String, String> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut queue = VecDeque::from([(id.to_owned(), self.name(id).to_owned())]);
+        while let Some((current, chain)) = queue.pop_front() {
+            for dep in self.normal_deps.get(&current).into_iter().flatten() {
+                if !seen.contains_key(dep) {
+                    let path = format!("{chain} → {}", self.name(dep));
+                    seen.insert(dep.clone(), path.clone());
+                    queue.push_back((dep.clone(), path));
+                }
+            }
+        }
+        seen
+    }
+
+    /// Every rule broken, one line each.
+    fn violations(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        match self.member(DOMAIN) {
+            None => broken.push(format!("{DOMAIN} is not a workspace member")),
+            Some(domain) => {
+                for dep in self.direct(domain) {
+                    if !DOMAIN_MAY_USE.contains(&dep) {
+                        broken.push(format!("{DOMAIN} depends on {dep}"));
+                    }
+                }
+            }
+        }
+        for adapter in self.members.iter().filter(|id| self.is_adapter(id)) {
+            for dep in self.normal_deps.get(adapter).into_iter().flatten() {
+                if self.is_adapter(dep) {
+                    broken.push(format!(
+                        "adapter {} depends on adapter {}",
+                        self.name(adapter),
+                        self.name(dep)
+                    ));
+                }
+            }
+        }
+        match self.member(SERVER) {
+            None => broken.push(format!("{SERVER} is not a workspace member")),
+            Some(server) => {
+                for (dep, chain) in self.transitive(server) {
+                    if NOT_IN_SERVER.contains(&self.name(&dep)) {
+                        broken.push(format!("the server carries {}: {chain}", self.name(&dep)));
+                    }
+                }
+                if self.direct(server).contains(&"tokio-tungstenite") {
+                    broken.push(format!(
+                        "{SERVER} depends on tokio-tungstenite itself (only axum's WebSocket support may)"
+                    ));
+                }
+            }
+        }
+        broken.sort();
+        broken
+    }
+}
+
+fn cargo_metadata() -> Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path", manifest])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo metadata: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("cargo metadata: {e}"))
+}
+
+#[test]
+fn the_workspace_keeps_the_dependency_rules() {
+    let workspace = Workspace::from_metadata(&cargo_metadata());
+    assert!(
+        workspace.member("fanout-redis").is_some() && workspace.member("fanout-ws").is_some(),
+        "the metadata lists the adapters"
+    );
+    let broken = workspace.violations();
+    assert!(broken.is_empty(), "the rules of the house are broken:\n{}", broken.join("\n"));
+}
+
+/// A made-up workspace: `extra` adds (from, to) normal dependencies to a clean one.
+fn made_up(extra: &[(&str, &str)]) -> Workspace {
+    let package = |name: &str, dir: &str| {
+        json!({"id": name, "name": name, "manifest_path": format!("/w/{dir}/Cargo.toml")})
+    };
+    let packages = vec![
+        package("fanout-domain", "domain"),
+        package("fanout-redis", "adapters/redis"),
+        package("fanout-ws", "adapters/ws"),
+        package("fanout-app", "app"),
+        package("fanout-bench", "bench"),
+        package("serde", "registry/serde"),
+        package("tokio", "registry/tokio"),
+        package("axum", "registry/axum"),
+        package("tokio-tungstenite", "registry/tokio-tungstenite"),
+        package("reqwest", "registry/reqwest"),
+    ];
+    let mut edges = vec![
+        ("fanout-domain", "serde"),
+        ("fanout-redis", "fanout-domain"),
+        ("fanout-ws", "fanout-domain"),
+        ("fanout-ws", "axum"),
+        ("axum", "tokio-tungstenite"),
+        ("fanout-app", "fanout-redis"),
+        ("fanout-app", "fanout-ws"),
+        ("fanout-bench", "reqwest"),
+    ];
+    edges.extend_from_slice(extra);
+    let nodes: Vec<Value> = packages
+        .iter()
+        .map(|p| {
+            let id = p["id"].as_str().unwrap_or_default();
+            let deps: Vec<Value> = edges
+                .iter()
+                .filter(|(from, _)| *from == id)
+                .map(|(_, to)| json!({"pkg": to, "dep_kinds": [{"kind": null}]}))
+                .collect();
+            json!({"id": id, "deps": deps})
+        })
+        .collect();
+    Workspace::from_metadata(&json!({
+        "packages": packages,
+        "workspace_members": ["fanout-domain", "fanout-redis", "fanout-ws", "fanout-app", "fanout-bench"],
+        "resolve": {"nodes": nodes},
+    }))
+}
+
+#[test]
+fn each_rule_catches_the_arrow_that_breaks_it() {
+    assert_eq!(made_up(&[]).violations(), Vec::<String>::new());
+    let cases = [
+        (("fanout-domain", "tokio"), "fanout-domain depends on tokio"),
+        (
+            ("fanout-ws", "fanout-redis"),
+            "adapter fanout-ws depends on adapter fanout-redis",
+        ),
+        (
+            ("fanout-redis", "reqwest"),
+            "the server carries reqwest: fanout-app → fanout-redis → reqwest",
+        ),
+        (
+            ("fanout-app", "fanout-bench"),
+            "the server carries fanout-bench: fanout-app → fanout-bench",
+        ),
+        (
+            ("fanout-app", "tokio-tungstenite"),
+            "fanout-app depends on tokio-tungstenite itself (only axum's WebSocket support may)",
+        ),
+    ];
+    for (edge, expected) in cases {
+        let broken = made_up(&[edge]).violations();
+        assert!(
+            broken.iter().any(|line| line == expected),
+            "{edge:?}: expected {expected:?}, got {broken:?}"
+        );
+    }
+}
