@@ -5,6 +5,8 @@
 //! [`Clock`] port, the bus through [`Broadcaster`] and [`BusSubscriber`], local clients through
 //! [`LocalDelivery`]. Anything that needs tokio, axum or redis belongs in an adapter.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod access;
 mod alert;
 mod alert_feed;

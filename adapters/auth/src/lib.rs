@@ -6,6 +6,8 @@
 //! bool: may use the publish API; false when absent). It never reads the network or the clock
 //! beyond what validation needs.
 
+#![warn(missing_docs, unreachable_pub)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fanout_domain::{AccessControl, AccessError, Grant};

@@ -5,6 +5,8 @@
 //! [`PerformanceService`], and maps its errors to status codes. Every refusal is a JSON body
 //! `{"error": "...", "field": "..."}` naming what is wrong. It never talks to a bus itself.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod body;
 
 use std::sync::Arc;

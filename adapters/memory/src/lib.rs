@@ -9,6 +9,8 @@
 //! client resuming from the old one is told so.
 //! It never touches the network and never blocks a publisher.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod quota;
 
 use std::collections::VecDeque;

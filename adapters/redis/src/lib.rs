@@ -13,6 +13,8 @@
 //! It never panics on what arrives from Redis: a message that is not a valid envelope is counted
 //! and logged (rate-limited) and the listener goes on.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod backoff;
 mod log;
 mod publisher;

@@ -12,6 +12,8 @@
 //! metrics; `queue` is one client's bounded queue; `client` is one connection's task; `protocol`
 //! holds every frame and close code the server writes.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod admission;
 mod client;
 mod manager;
