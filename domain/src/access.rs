@@ -7,7 +7,9 @@ use std::time::SystemTime;
 pub struct Grant {
     /// Who it was issued to (the token's subject), for logs and rate limits.
     pub subject: String,
+    /// May receive metrics over WebSocket; a client with neither this nor `alerts` is refused.
     pub metrics: bool,
+    /// May receive alerts over WebSocket, including the replay of missed ones on resume.
     pub alerts: bool,
     /// May publish through the HTTP API.
     pub publish: bool,

@@ -12,8 +12,11 @@ use crate::{InvalidMessage, WorkerId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Worth knowing; nobody needs to act.
     Info,
+    /// Needs attention soon; what a rule raises when it names no severity.
     Warning,
+    /// Needs attention now.
     Critical,
 }
 
@@ -38,20 +41,33 @@ impl std::str::FromStr for Severity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct AlertFields {
+    /// The publisher's own id for the alert (not blank, at most 256 bytes); `None`: the server
+    /// derives one (see [`Alert::id`]). Not a position in the alert log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// How urgent it is.
     pub severity: Severity,
+    /// What happened, for a person: not blank, at most 4096 bytes (newlines are fine).
     pub message: String,
+    /// The metric the alert is about (1–256 bytes, no control characters); `None` when it is not
+    /// about one metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// The value that was seen (finite); `None` when the publisher gave none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The threshold that was crossed (finite); `None` when the publisher gave none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// Context such as `host`: at most 32 labels, keys not blank and without control characters,
+    /// keys and values at most 256 bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// When it happened, in Unix milliseconds; `None`: the server fills in when it was published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
+    /// The worker that published it. The server's to set, never the publisher's: the HTTP API
+    /// refuses an alert that carries it, and the server overwrites it before it goes out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<WorkerId>,
 }
@@ -159,6 +175,8 @@ impl Alert {
         .validate("")
     }
 
+    /// Adds (or replaces) the label `key`; refused when the labels would break their bounds
+    /// (see [`AlertFields::labels`]).
     pub fn with_label(
         mut self,
         key: impl Into<String>,
@@ -185,31 +203,40 @@ impl Alert {
         self.0.source = Some(source);
     }
 
-    /// The alert's own id (the publisher's, or `ORIGIN-SEQ`); not its position in the log.
+    /// The alert's own id; not its position in the log. The publisher's, or one the server
+    /// derived: `WORKER-SEQ` when published through a worker, `ORIGIN-HASH` (a hash of the bus
+    /// message's bytes, the same on every worker) when an outside system put it on the bus
+    /// without one. `None` only before the server filled it in.
     pub fn id(&self) -> Option<&str> {
         self.0.id.as_deref()
     }
 
+    /// How urgent it is.
     pub fn severity(&self) -> Severity {
         self.0.severity
     }
 
+    /// What happened, for a person (not blank, at most 4096 bytes).
     pub fn message(&self) -> &str {
         &self.0.message
     }
 
+    /// The metric it is about; `None` when it is not about one metric.
     pub fn metric(&self) -> Option<&str> {
         self.0.metric.as_deref()
     }
 
+    /// The value that was seen (finite); `None` when the publisher gave none.
     pub fn value(&self) -> Option<f64> {
         self.0.value
     }
 
+    /// The threshold that was crossed (finite); `None` when the publisher gave none.
     pub fn threshold(&self) -> Option<f64> {
         self.0.threshold
     }
 
+    /// Context labels, at most 32 (see [`AlertFields::labels`]).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.0.labels
     }
@@ -219,6 +246,7 @@ impl Alert {
         self.0.timestamp
     }
 
+    /// The worker that published it; `None` only before the server set it.
     pub fn source(&self) -> Option<&WorkerId> {
         self.0.source.as_ref()
     }

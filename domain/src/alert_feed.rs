@@ -23,6 +23,8 @@ pub struct LogPosition {
     /// The log the id belongs to; `None` when the reader does not know it (a client that sent no
     /// epoch): then only ids are compared, and a reset log may go unnoticed.
     pub epoch: Option<LogEpoch>,
+    /// The last alert the reader has; [`LogId::ZERO`] when it has none (reading starts with the
+    /// oldest retained alert).
     pub id: LogId,
 }
 
@@ -102,6 +104,7 @@ const RECENT_IDS: usize = 1024;
 /// What a catch-up delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caught {
+    /// Alerts handed to local delivery by this catch-up.
     pub delivered: usize,
     /// False when alerts were missed (see [`CatchUp::complete`]).
     pub complete: bool,
@@ -125,7 +128,10 @@ pub enum LiveAlert {
 /// caused (if any) delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handled {
+    /// What became of the live alert itself.
     pub alert: LiveAlert,
+    /// What the catch-up it rang for delivered; `None` when it needed none (it carried no id,
+    /// or this worker had already delivered it).
     pub caught: Option<Caught>,
 }
 

@@ -5,13 +5,18 @@ use std::fmt;
 /// A bus channel. Every worker subscribes to all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
+    /// `performance:metrics`: batches of metrics, latest-value data.
     Metrics,
+    /// `performance:alerts`: one alert per message (a worker also appends those it publishes
+    /// to the alert log; outside publishers' alerts are not logged).
     Alerts,
 }
 
 impl Channel {
+    /// Every channel: what each worker subscribes to.
     pub const ALL: [Channel; 2] = [Channel::Metrics, Channel::Alerts];
 
+    /// The channel's name on the bus. Never change it: outside publishers use it.
     pub const fn name(self) -> &'static str {
         match self {
             Channel::Metrics => "performance:metrics",
@@ -19,6 +24,7 @@ impl Channel {
         }
     }
 
+    /// The channel called `name` on the bus; `None` for a name that is not one of fanout's.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|channel| channel.name() == name)
     }

@@ -26,6 +26,7 @@ pub const EXTERNAL_ORIGIN: &str = "external";
 pub enum Payload {
     /// A batch of metrics published together.
     Metrics(Vec<Metric>),
+    /// One alert.
     Alert(Alert),
 }
 
@@ -43,19 +44,26 @@ pub struct Envelope {
     pub seq: u64,
     /// When the origin published it, in Unix microseconds (end-to-end latency is measured from it).
     pub published_at_us: u64,
+    /// What it carries; it fixes the channel (see [`Envelope::channel`]).
     pub payload: Payload,
 }
 
 /// Why bytes from the bus are not an envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// Not JSON, or JSON not of the envelope's shape (an unknown `type`, no `data`, an unknown
+    /// field in `data`, a value of the wrong type).
     #[error("not a valid envelope: {0}")]
     Json(#[from] serde_json::Error),
+    /// A well-formed message on the other kind's channel, e.g. an alert on the metrics channel.
     #[error("a {kind} message cannot travel on channel {channel}")]
     WrongChannel {
+        /// The message's `type`: `metrics` or `alert`.
         kind: &'static str,
+        /// The name of the channel it arrived on.
         channel: &'static str,
     },
+    /// Decoded, but a metric or the alert breaks a rule of the domain (e.g. a non-finite value).
     #[error(transparent)]
     Invalid(#[from] InvalidMessage),
 }
@@ -116,6 +124,7 @@ impl Envelope {
         }
     }
 
+    /// The `type` of the wire form: `metrics` or `alert`.
     pub fn kind(&self) -> &'static str {
         match self.payload {
             Payload::Metrics(_) => "metrics",

@@ -32,6 +32,8 @@ impl InvalidMessage {
         &self.field
     }
 
+    /// What is wrong with the field, e.g. `must be a finite number`: fixed text, safe to show
+    /// to the publisher.
     pub fn reason(&self) -> &str {
         self.reason
     }
@@ -47,13 +49,16 @@ pub enum PublishError {
     /// The bus cannot take messages right now (e.g. Redis is down); retrying later may work.
     #[error("bus unavailable: {reason}")]
     Unavailable {
+        /// What failed, for the caller and the logs (e.g. `no Redis connection`).
         reason: String,
+        /// The underlying error, kept as the `source`; `None` when `reason` says it all.
         #[source]
         cause: Option<Cause>,
     },
 }
 
 impl PublishError {
+    /// Unavailable for `reason` alone, with no underlying error.
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::Unavailable {
             reason: reason.into(),
@@ -76,15 +81,20 @@ impl PublishError {
 /// Why the alert log could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HistoryError {
+    /// The log cannot be read now (e.g. Redis is down, or the log kept being reset while it was
+    /// read); retrying later may work.
     #[error("alert log unavailable: {reason}")]
     Unavailable {
+        /// What failed, for the caller and the logs.
         reason: String,
+        /// The underlying error, kept as the `source`; `None` when `reason` says it all.
         #[source]
         cause: Option<Cause>,
     },
 }
 
 impl HistoryError {
+    /// Unavailable for `reason` alone, with no underlying error.
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::Unavailable {
             reason: reason.into(),

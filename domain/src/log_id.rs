@@ -12,17 +12,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LogId {
+    /// Compared first. In Redis, the server's clock (Unix milliseconds) when the entry was
+    /// added; always 0 in the in-memory bus.
     pub ms: u64,
+    /// Orders entries with the same `ms`: in Redis, within one millisecond; in the in-memory
+    /// bus, every alert, counting from 1.
     pub seq: u64,
 }
 
+/// Text that is not an alert-log id (e.g. a client's `last_alert_id`), kept as given for the
+/// error message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid alert id {0:?}: expected MILLISECONDS-SEQUENCE, e.g. 1764380000123-0")]
 pub struct InvalidLogId(pub String);
 
 impl LogId {
+    /// Before every entry (Redis's `0-0`, which no entry has): reading after it reads the whole
+    /// retained log.
     pub const ZERO: LogId = LogId { ms: 0, seq: 0 };
 
+    /// The id `MS-SEQ`. Every pair is well-formed; whether the log holds it is the log's to say.
     pub fn new(ms: u64, seq: u64) -> Self {
         Self { ms, seq }
     }
@@ -70,6 +79,8 @@ pub struct LogEpoch(String);
 /// Longest epoch accepted.
 const MAX_EPOCH_LEN: usize = 64;
 
+/// Text that is not a log epoch (1 to 64 ASCII letters, digits, `-` or `_`), kept as given for
+/// the error message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid log epoch {0:?}: expected 1 to 64 letters, digits, '-' or '_'")]
 pub struct InvalidLogEpoch(pub String);
@@ -95,6 +106,7 @@ impl LogEpoch {
         Self(format!("{bits:016x}"))
     }
 
+    /// The text form, as clients receive it in alert frames and send it back to resume.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -17,18 +17,30 @@ pub(crate) const MAX_LABELS: usize = 32;
 /// The only way from it to a [`Metric`] is [`MetricFields::validate`]; code that holds a `Metric`
 /// never checks again. On the wire it is a JSON object and nothing else: `remote = "Self"` turns
 /// the derives into inherent functions that the trait impls below call, the decoding one through
-/// [`ObjectOnly`] (see `json_object.rs`).
+/// `ObjectOnly` (see `json_object.rs`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct MetricFields {
+    /// What is measured, e.g. `host.cpu_percent`: not blank, at most 256 bytes, no control
+    /// characters.
     pub name: String,
+    /// The measurement; finite (NaN and the infinities are refused).
     pub value: f64,
+    /// The unit of `value`, e.g. `%` or `ms` (at most 256 bytes, no control characters); `None`
+    /// when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// What tells series of one name apart, e.g. `host`: at most 32 labels, keys not blank and
+    /// without control characters, keys and values at most 256 bytes. With the name (and, in
+    /// snapshots, the source) they name a series.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// When it was measured, in Unix milliseconds; `None`: the server fills in when it was
+    /// published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
+    /// The worker that published it. The server's to set, never the publisher's: the HTTP API
+    /// refuses a metric that carries it, and the server overwrites it before it goes out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<WorkerId>,
 }
@@ -99,6 +111,7 @@ impl Metric {
         .validate("")
     }
 
+    /// Sets the unit; refused when it breaks the bounds of [`MetricFields::unit`].
     pub fn with_unit(self, unit: impl Into<String>) -> Result<Self, InvalidMessage> {
         MetricFields {
             unit: Some(unit.into()),
@@ -107,6 +120,8 @@ impl Metric {
         .validate("")
     }
 
+    /// Adds (or replaces) the label `key`; refused when the labels would break their bounds
+    /// (see [`MetricFields::labels`]).
     pub fn with_label(
         mut self,
         key: impl Into<String>,
@@ -132,18 +147,22 @@ impl Metric {
         self.0.source = Some(source);
     }
 
+    /// What is measured (not blank, at most 256 bytes, no control characters).
     pub fn name(&self) -> &str {
         &self.0.name
     }
 
+    /// The measurement, always finite.
     pub fn value(&self) -> f64 {
         self.0.value
     }
 
+    /// The unit of the value; `None` when it has none.
     pub fn unit(&self) -> Option<&str> {
         self.0.unit.as_deref()
     }
 
+    /// The labels that, with the name, tell series apart (at most 32).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.0.labels
     }
@@ -153,6 +172,7 @@ impl Metric {
         self.0.timestamp
     }
 
+    /// The worker that published it; `None` only before the server set it.
     pub fn source(&self) -> Option<&WorkerId> {
         self.0.source.as_ref()
     }

@@ -14,6 +14,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An empty outbox that holds at most `capacity` alerts (`--outbox-capacity`); with 0, every
+    /// alert that cannot go out at once is lost.
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: VecDeque::new(),
@@ -22,10 +24,13 @@ impl Outbox {
         }
     }
 
+    /// Whether nothing waits: only then may a new alert go straight to the bus without
+    /// overtaking older ones.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
+    /// Alerts waiting now.
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -45,10 +50,13 @@ impl Outbox {
         true
     }
 
+    /// The oldest waiting alert, to publish before removing it: a refusal leaves it first in
+    /// line.
     pub fn front(&self) -> Option<&Envelope> {
         self.queue.front()
     }
 
+    /// Removes the oldest waiting alert (once the bus accepted it).
     pub fn pop_front(&mut self) -> Option<Envelope> {
         self.queue.pop_front()
     }

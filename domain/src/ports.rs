@@ -25,6 +25,8 @@ pub trait Broadcaster: Send + Sync + 'static {
 ///
 /// Called from the bus listener: it must return quickly and never wait on a client.
 pub trait LocalDelivery: Send + Sync + 'static {
+    /// Hands one bus message to this worker's clients: it only queues, never waits on a client
+    /// or the network.
     fn deliver(&self, envelope: &Envelope);
 }
 
@@ -73,7 +75,9 @@ impl std::fmt::Debug for Subscription {
 pub enum SubscriberState {
     /// No local clients, so no subscription.
     Idle,
+    /// An attempt to connect and subscribe is under way (the first, or one after a delay).
     Connecting,
+    /// Live: every message published from now on reaches this worker.
     Subscribed,
     /// The connection failed; the subscriber is waiting to try again.
     Reconnecting,
@@ -84,11 +88,14 @@ pub enum SubscriberState {
 pub struct BusStatus {
     /// Which bus: `memory` or `redis`.
     pub bus: &'static str,
+    /// What the subscriber is doing now.
     pub state: SubscriberState,
     /// Recoveries: times the subscriber was subscribed again after losing its connection.
     pub reconnects: u64,
     /// Connection attempts that failed (several per outage, one per backoff step).
     pub failed_attempts: u64,
+    /// Why the latest failed attempt or lost connection failed, kept after recovery for
+    /// diagnosis; `None` when nothing has failed yet.
     pub last_error: Option<String>,
     /// Messages received from the bus and handed to local delivery.
     pub received: u64,

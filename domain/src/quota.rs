@@ -16,9 +16,12 @@ use async_trait::async_trait;
 /// What the quota says about one more publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaDecision {
+    /// Within the quota: the publish may go ahead, and it has been counted.
     Allowed,
     /// Over the quota: the earliest a publish can be allowed again is after this long.
     Limited {
+        /// How long to wait; never zero (the HTTP API rounds it up to whole seconds for
+        /// `Retry-After`).
         retry_after: Duration,
     },
 }
@@ -51,12 +54,20 @@ pub struct PublishRate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateOutcome {
     /// Allowed: store `tat_us` as the credential's new TAT.
-    Allowed { tat_us: u64 },
+    Allowed {
+        /// The new TAT, in microseconds on the same clock as the `now_us` it was decided at.
+        tat_us: u64,
+    },
     /// Refused: the TAT is unchanged; allowed again `retry_after_us` from now.
-    Limited { retry_after_us: u64 },
+    Limited {
+        /// Microseconds from `now_us` until one more publish would be allowed; above 0.
+        retry_after_us: u64,
+    },
 }
 
 impl PublishRate {
+    /// `rate` publishes per second, `rate` of them at once after a quiet second. The interval is
+    /// rounded up to whole microseconds, so the rate is never exceeded.
     pub fn per_second(rate: NonZeroU32) -> Self {
         let interval_us = 1_000_000_u64.div_ceil(u64::from(rate.get()));
         Self {
@@ -93,6 +104,7 @@ impl PublishRate {
 }
 
 impl RateOutcome {
+    /// What the publisher is told, without the state to store.
     pub fn decision(&self) -> QuotaDecision {
         match *self {
             RateOutcome::Allowed { .. } => QuotaDecision::Allowed,

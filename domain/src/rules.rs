@@ -6,9 +6,13 @@ use std::str::FromStr;
 
 use crate::{Alert, AlertFields, InvalidMessage, Metric, Severity};
 
+/// Which side of the threshold breaches a rule. Strict: a value equal to the threshold never
+/// breaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Comparison {
+    /// `>`: breached by a value above the threshold.
     Above,
+    /// `<`: breached by a value below the threshold.
     Below,
 }
 
@@ -18,13 +22,21 @@ pub enum Comparison {
 /// e.g. `host.cpu_percent>90,for=3,severity=critical`. Defaults: `for=1`, `severity=warning`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlertRule {
+    /// The metric name it watches, matched exactly (every series of that name, each on its own).
     pub metric: String,
+    /// Which side of the threshold breaches.
     pub comparison: Comparison,
+    /// The limit, in the metric's own unit; finite in every parsed rule (a non-finite one
+    /// raises nothing).
     pub threshold: f64,
+    /// Consecutive breaching samples of one series before the alert is raised; at least 1 in
+    /// every parsed rule (0 never fires).
     pub samples: u32,
+    /// The severity of the alerts it raises.
     pub severity: Severity,
 }
 
+/// A `--alert-rule` that does not parse; the message quotes the rule and the expected form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid alert rule {rule:?}: {reason} (expected NAME>THRESHOLD[,for=N][,severity=S])")]
 pub struct ParseRuleError {
@@ -126,6 +138,7 @@ pub struct RuleEngine {
 }
 
 impl RuleEngine {
+    /// An engine over `rules`, with every streak at zero.
     pub fn new(rules: Vec<AlertRule>) -> Self {
         Self {
             rules,
@@ -133,6 +146,7 @@ impl RuleEngine {
         }
     }
 
+    /// The rules it evaluates, in the order given.
     pub fn rules(&self) -> &[AlertRule] {
         &self.rules
     }

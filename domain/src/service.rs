@@ -22,6 +22,7 @@ pub struct PublishReceipt {
 /// What became of an alert raised by a rule inside this worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Raised {
+    /// The bus accepted it.
     Published,
     /// The bus refused it; it waits in the outbox, in order.
     Queued,
@@ -46,6 +47,9 @@ pub struct PerformanceService {
 }
 
 impl PerformanceService {
+    /// The service of `worker`: publishes through `broadcaster`, reads the time from `clock`,
+    /// runs `rules` over every metric sent through it, and keeps at most `outbox_capacity` rule
+    /// alerts while the bus refuses them. Sequence numbers start at 1.
     pub fn new(
         worker: WorkerId,
         broadcaster: Arc<dyn Broadcaster>,
@@ -64,6 +68,7 @@ impl PerformanceService {
         }
     }
 
+    /// The worker it publishes as: the `origin` and `source` of everything it sends.
     pub fn worker(&self) -> &WorkerId {
         &self.worker
     }

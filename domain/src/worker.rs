@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 #[serde(try_from = "String", into = "String")]
 pub struct WorkerId(pub(crate) String);
 
+/// Text that is not a worker id (see [`WorkerId`]), kept as given for the error message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid worker id {0:?}: must be 1 to 128 characters without whitespace or control characters"
@@ -19,6 +20,7 @@ pub struct WorkerId(pub(crate) String);
 pub struct InvalidWorkerId(pub String);
 
 impl WorkerId {
+    /// `id` if it is one: non-empty, at most 128 bytes, no whitespace or control characters.
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidWorkerId> {
         let id = id.into();
         let forbidden = |c: char| c.is_whitespace() || c.is_control();
@@ -28,6 +30,7 @@ impl WorkerId {
         Ok(Self(id))
     }
 
+    /// The id as text, as it appears in envelopes, health reports and logs.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -22,10 +22,14 @@ pub enum Key {
     PublicKeyPem(Vec<u8>),
 }
 
+/// The configured key cannot verify anything: a secret shorter than 16 bytes, or a PEM that is
+/// neither an RSA nor an EC public key. Meant to stop the server at start-up, never a request.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid verification key: {0}")]
 pub struct KeyError(String);
 
+/// Verifies bearer tokens against one configured key: the signature, with only the algorithm
+/// that key allows (so a token cannot pick a weaker one), and `exp`, with no leeway.
 pub struct JwtAccess {
     key: DecodingKey,
     validation: Validation,
@@ -43,6 +47,7 @@ struct Claims {
 }
 
 impl JwtAccess {
+    /// Access control that verifies with `key`; refused when the key is unusable.
     pub fn new(key: Key) -> Result<Self, KeyError> {
         let (key, algorithms) = match key {
             Key::Secret(secret) => {

@@ -26,6 +26,8 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// 422: the body decoded but `field` (a path such as `[2].value`) breaks a rule; an empty
+    /// `field` blames the body as a whole.
     pub fn unprocessable(field: &str, reason: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -35,10 +37,12 @@ impl ApiError {
         }
     }
 
+    /// 404: no route serves the path.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "no such route: see PROTOCOL.md")
     }
 
+    /// 405: the route exists but does not take the request's method.
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -46,10 +50,12 @@ impl ApiError {
         )
     }
 
+    /// 401: no valid token where one is required; `reason` says what is wrong with it.
     pub fn unauthorized(reason: String) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, reason)
     }
 
+    /// 403: the token is valid but does not grant this.
     pub fn forbidden(reason: String) -> Self {
         Self::new(StatusCode::FORBIDDEN, reason)
     }
@@ -64,6 +70,8 @@ impl ApiError {
         }
     }
 
+    /// 503 with `Retry-After: 1`: something the request needs (the bus, the quota) cannot
+    /// answer now; retrying later may work.
     pub fn unavailable(reason: String) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -75,6 +75,7 @@ impl MemoryBus {
     /// Alerts retained for replay by default.
     pub const DEFAULT_RETENTION: usize = 10_000;
 
+    /// A bus with a fresh epoch that retains the last [`MemoryBus::DEFAULT_RETENTION`] alerts.
     pub fn new() -> Self {
         Self::with_retention(Self::DEFAULT_RETENTION)
     }

@@ -33,6 +33,8 @@ struct QuotaState {
 }
 
 impl MemoryQuota {
+    /// `rate` publishes per second per credential (a burst of `rate`), counted in this process
+    /// only: each worker keeps its own count.
     pub fn new(rate: NonZeroU32) -> Self {
         Self {
             rate: PublishRate::per_second(rate),

@@ -5,13 +5,18 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// The delays between reconnect attempts: a ceiling doubling from `initial` up to `max`, and a
+/// random delay in the top half of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
+    /// The ceiling of the first delay (the delay itself is between half of it and all of it).
     pub initial: Duration,
+    /// The largest ceiling: no delay is ever longer.
     pub max: Duration,
 }
 
 impl Backoff {
+    /// Delays doubling from `initial`, never longer than `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self { initial, max }
     }

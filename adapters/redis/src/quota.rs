@@ -54,6 +54,8 @@ pub struct RedisQuota {
 }
 
 impl RedisQuota {
+    /// `rate` publishes per second per credential (a burst of `rate`), counted in the Redis at
+    /// `config.url` so that every worker on it shares one count. Connects on the first check.
     pub fn new(config: RedisConfig, rate: NonZeroU32) -> Self {
         Self {
             config,

@@ -31,6 +31,9 @@ use crate::RedisConfig;
 /// logged (the rest are counted).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A worker's Pub/Sub subscriber: one dedicated connection per subscription (never a pooled
+/// one), re-established after any error until the [`fanout_domain::Subscription`] is dropped.
+/// Made by [`crate::RedisBus::new`], which shares its status with the publisher.
 pub struct RedisSubscriber {
     config: RedisConfig,
     status: Arc<SharedStatus>,

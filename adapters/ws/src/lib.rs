@@ -50,6 +50,7 @@ pub const PATH: &str = "/ws/performance";
 /// Per-client bounds and timers.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientLimits {
+    /// The bounds of each client's outgoing queue (see [`QueueLimits`]).
     pub queue: QueueLimits,
     /// Largest message a client may send; larger ones close the connection with 1009.
     pub max_incoming_message: usize,

@@ -50,6 +50,7 @@ pub(crate) struct Replay {
 /// Why a client was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// [`ConnectionManager::shutdown`] was called: the worker takes no new clients.
     #[error("the worker is shutting down")]
     Draining,
 }
@@ -71,6 +72,10 @@ pub struct ConnectionManager {
 }
 
 impl ConnectionManager {
+    /// The manager of `worker`'s clients: it subscribes through `subscriber` when the first
+    /// client arrives, replays missed alerts from `history`, and checks credentials with
+    /// `access`. Any origin and any number of clients are admitted until
+    /// [`ConnectionManager::with_admission`] says otherwise. Subscribes to nothing yet.
     pub fn new(
         worker: WorkerId,
         subscriber: Arc<dyn BusSubscriber>,
@@ -91,10 +96,12 @@ impl ConnectionManager {
         }
     }
 
+    /// The worker whose clients it keeps, as named in `hello` frames and health reports.
     pub fn worker(&self) -> &WorkerId {
         &self.worker
     }
 
+    /// The bounds and timers every client of this worker gets.
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
     }
@@ -110,14 +117,17 @@ impl ConnectionManager {
         self.gate.admit(self.access.as_ref(), request)
     }
 
+    /// Clients connected to this worker now.
     pub fn connections(&self) -> usize {
         self.registry.len()
     }
 
+    /// What the worker's bus subscriber is doing now, for health reports.
     pub fn bus_status(&self) -> BusStatus {
         self.subscriber.status()
     }
 
+    /// Delivery counters since start, and the clients connected now.
     pub fn stats(&self) -> DeliveryStats {
         self.registry.stats()
     }
@@ -132,6 +142,7 @@ impl ConnectionManager {
         self.registry.queue_depths()
     }
 
+    /// Whether [`ConnectionManager::shutdown`] was called: no new client is admitted.
     pub fn is_draining(&self) -> bool {
         self.gate.is_draining()
     }

@@ -141,27 +141,34 @@ pub(crate) enum Completeness {
 /// Why the server closes a connection: a WebSocket close code and a short reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CloseReason {
+    /// The close code; the codes and their meaning are part of the protocol (PROTOCOL.md).
     pub code: u16,
+    /// A short text for people and logs; clients must act on the code, not on this.
     pub reason: &'static str,
 }
 
 impl CloseReason {
+    /// The worker is shutting down: reconnect, to any worker.
     pub const GOING_AWAY: Self = Self {
         code: 1001,
         reason: "server shutting down",
     };
+    /// The client sent a binary frame; the protocol is text only.
     pub const UNSUPPORTED_DATA: Self = Self {
         code: 1003,
         reason: "binary frames are not accepted",
     };
+    /// The client sent a text frame that is not valid UTF-8.
     pub const INVALID_PAYLOAD: Self = Self {
         code: 1007,
         reason: "text frame is not valid UTF-8",
     };
+    /// The client broke the WebSocket protocol.
     pub const POLICY: Self = Self {
         code: 1008,
         reason: "protocol violation",
     };
+    /// The client sent a message larger than [`crate::ClientLimits::max_incoming_message`].
     pub const TOO_BIG: Self = Self {
         code: 1009,
         reason: "message too big",
@@ -176,6 +183,7 @@ impl CloseReason {
         code: 4003,
         reason: "token expired",
     };
+    /// The client sent nothing, not even a pong, within [`crate::ClientLimits::client_timeout`].
     pub const TIMEOUT: Self = Self {
         code: 4001,
         reason: "no pong within the client timeout",

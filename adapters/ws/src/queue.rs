@@ -20,7 +20,10 @@ use crate::protocol::{CloseReason, Frame, FrameKind};
 /// The bounds of one client's queue.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
+    /// Most frames queued for one client (`--client-queue-messages`). Also how many metrics
+    /// frames it may lose without its writer taking anything before it is closed as not reading.
     pub max_messages: usize,
+    /// Most bytes of encoded frames queued for one client (`--client-queue-bytes`).
     pub max_bytes: usize,
 }
 
