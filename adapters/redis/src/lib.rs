@@ -16,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod backoff;
+mod connect;
 mod log;
 mod publisher;
 mod quota;

@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::connect::hedged;
 use crate::log::{LogKeys, ReadScript};
 use crate::status::{RateLimitedLog, SharedStatus};
 use crate::RedisConfig;
@@ -316,40 +317,6 @@ impl Listener {
 
 /// The least time a PING is given to be answered.
 const MIN_PONG_WAIT: Duration = Duration::from_millis(100);
-
-/// How long connection attempts may go unanswered before another one is started beside them.
-const HEDGE_AFTER: Duration = Duration::from_millis(100);
-
-/// Most connection attempts running side by side.
-const MAX_ATTEMPTS: usize = 8;
-
-/// Runs `attempt`, and another one beside it every [`HEDGE_AFTER`] while none has finished (at
-/// most [`MAX_ATTEMPTS`]); the first to succeed wins and the others are dropped. An attempt that
-/// fails ends the wait only when no other is still running, so a refused connection is reported
-/// at once. Why: a SYN lost while Redis, or the NAT in front of it, comes back costs the kernel's
-/// 1 s retransmission; with Docker's port mapping that tripled the time to resubscribe.
-async fn hedged<T, Attempt>(attempt: impl Fn() -> Attempt) -> redis::RedisResult<T>
-where
-    Attempt: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let mut running = futures_util::stream::FuturesUnordered::new();
-    running.push(attempt());
-    let mut started = 1;
-    loop {
-        tokio::select! {
-            outcome = running.next() => match outcome {
-                Some(Ok(connected)) => return Ok(connected),
-                Some(Err(error)) if running.is_empty() => return Err(error),
-                Some(Err(_)) => {}
-                None => unreachable!("an attempt is always running here"),
-            },
-            _ = tokio::time::sleep(HEDGE_AFTER), if started < MAX_ATTEMPTS => {
-                running.push(attempt());
-                started += 1;
-            }
-        }
-    }
-}
 
 /// The alert log read on the session's own connection (not the publish pool), every read
 /// bounded by the command timeout.
