@@ -165,7 +165,14 @@ fn cargo_metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path", manifest])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+            manifest,
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run cargo metadata: {e}"));
     assert!(
@@ -184,14 +191,16 @@ fn the_workspace_keeps_the_dependency_rules() {
         "the metadata lists the adapters"
     );
     let broken = workspace.violations();
-    assert!(broken.is_empty(), "the rules of the house are broken:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "the rules of the house are broken:\n{}",
+        broken.join("\n")
+    );
 }
 
 /// A made-up workspace: `extra` adds (from, to) normal dependencies to a clean one.
 fn made_up(extra: &[(&str, &str)]) -> Workspace {
-    let package = |name: &str, dir: &str| {
-        json!({"id": name, "name": name, "manifest_path": format!("/w/{dir}/Cargo.toml")})
-    };
+    let package = |name: &str, dir: &str| json!({"id": name, "name": name, "manifest_path": format!("/w/{dir}/Cargo.toml")});
     let packages = vec![
         package("fanout-domain", "domain"),
         package("fanout-redis", "adapters/redis"),

@@ -8,7 +8,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use fanout_domain::{AccessControl, AccessError, Grant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -96,18 +96,20 @@ impl AccessControl for JwtAccess {
     }
 }
 
-/// Seconds since the Unix epoch, for issuing test tokens.
-pub fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
+
+    /// Seconds since the Unix epoch, for issuing test tokens.
+    fn now_seconds() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    }
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
