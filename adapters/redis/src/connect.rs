@@ -38,7 +38,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
