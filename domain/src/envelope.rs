@@ -10,6 +10,9 @@
 //! missing `timestamp` comes from `published_at_us`; an alert without its own `id` gets one derived
 //! from the message bytes. An `id` or `epoch` that is not a well-formed log position is ignored
 //! (only the alert log assigns them; see [`crate::AlertFeed`] for how a live id is checked).
+//!
+//! About half of this file is its tests (examples, and properties of the codec): the wire form
+//! and its decoder are one concept, and their tests sit beside them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

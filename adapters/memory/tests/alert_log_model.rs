@@ -14,6 +14,9 @@
 //!   undelivered alert was trimmed or the log was reset;
 //! - a resume returns exactly the retained alerts after the position, and says `complete` exactly
 //!   when none is missing.
+//!
+//! Over 400 lines on purpose: one model, one system under test and one property, which read
+//! best as one file.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,9 @@
 //! [`ClientQueue`] under one short hold of a std mutex. It must never wait on a client, never
 //! hold a lock across an `.await`, never allocate per client, and never subscribe, replay or
 //! decide who may connect (that is the connection lifecycle's and admission's).
+//!
+//! About half of this file is its tests, with real client queues: the hot path and its
+//! accounting are one concept.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
