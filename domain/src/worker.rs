@@ -14,9 +14,7 @@ pub struct WorkerId(pub(crate) String);
 
 /// Text that is not a worker id (see [`WorkerId`]), kept as given for the error message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid worker id {0:?}: must be 1 to 128 bytes without whitespace or control characters"
-)]
+#[error("invalid worker id {0:?}: must be 1 to 128 bytes without whitespace or control characters")]
 pub struct InvalidWorkerId(pub String);
 
 impl WorkerId {
