@@ -27,11 +27,38 @@ pub enum QuotaDecision {
 }
 
 /// Why the quota could not be checked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QuotaError {
     /// Where the quota is kept cannot answer now (e.g. Redis is down); retrying later may work.
-    #[error("publish quota unavailable: {0}")]
-    Unavailable(String),
+    #[error("publish quota unavailable: {reason}")]
+    Unavailable {
+        /// What failed, for the client's answer.
+        reason: String,
+        /// The error behind it (e.g. the Redis error), for logs.
+        #[source]
+        cause: Option<crate::Cause>,
+    },
+}
+
+impl QuotaError {
+    /// Unavailable because of `cause`, which stays the error's `source`.
+    pub fn caused_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    /// Unavailable for `reason`, with no underlying error.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
 }
 
 /// Counts the publishes of each credential against `--publish-rate`.

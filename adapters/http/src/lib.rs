@@ -109,8 +109,9 @@ async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), Ap
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             Err(ApiError::too_many(seconds.max(1)))
         }
-        Err(QuotaError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "publish refused: the publish quota cannot be checked");
+        Err(error) => {
+            let QuotaError::Unavailable { reason, .. } = &error;
+            tracing::warn!(error = %error_chain(&error), "publish refused: the publish quota cannot be checked");
             Err(ApiError::unavailable(format!(
                 "publish rate limit unavailable: {reason}"
             )))

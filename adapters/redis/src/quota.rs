@@ -77,7 +77,7 @@ impl RedisQuota {
                 };
                 config.pool = Some(pool);
                 let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|error| {
-                    QuotaError::Unavailable(format!("cannot create the Redis pool: {error}"))
+                    QuotaError::caused_by("cannot create the Redis pool", error)
                 })?;
                 tracing::info!(
                     max_connections = self.config.pool_size,
@@ -94,9 +94,10 @@ impl PublishQuota for RedisQuota {
     async fn check(&self, credential: &str) -> Result<QuotaDecision, QuotaError> {
         let pool = self.pool().await?;
         let attempt = async {
-            let mut connection = pool.get().await.map_err(|error| {
-                QuotaError::Unavailable(format!("no Redis connection: {error}"))
-            })?;
+            let mut connection = pool
+                .get()
+                .await
+                .map_err(|error| QuotaError::caused_by("no Redis connection", error))?;
             self.script
                 .key(format!("{KEY_PREFIX}{credential}"))
                 .arg(self.rate.interval_us())
@@ -106,13 +107,13 @@ impl PublishQuota for RedisQuota {
                 .map_err(|error| {
                     // A failed command may leave the connection broken: drop it from the pool.
                     drop(deadpool_redis::Connection::take(connection));
-                    QuotaError::Unavailable(format!("the quota check failed: {error}"))
+                    QuotaError::caused_by("the quota check failed", error)
                 })
         };
         let retry_after_us = tokio::time::timeout(self.config.command_timeout, attempt)
             .await
             .map_err(|_| {
-                QuotaError::Unavailable(format!(
+                QuotaError::unavailable(format!(
                     "the quota check took longer than {:?}",
                     self.config.command_timeout
                 ))
