@@ -123,9 +123,15 @@ impl Connection {
     /// The next frame. Pings are answered while reading (so a client that stops calling this is
     /// closed by the worker with 4001 after `--client-timeout`).
     pub async fn next_frame(&mut self) -> Result<ServerFrame, ReadError> {
+        Ok(ServerFrame::from_json(&self.next_text().await?)?)
+    }
+
+    /// The next frame's text as the server wrote it, not decoded (to forward it, or to decode
+    /// it some other way). Never [`ReadError::Malformed`].
+    pub async fn next_text(&mut self) -> Result<String, ReadError> {
         loop {
             match self.socket.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(ServerFrame::from_json(&text)?),
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
                 Some(Ok(Message::Binary(_))) => return Err(ReadError::Binary),
                 Some(Ok(Message::Close(frame))) => {
                     return Err(ReadError::Closed {

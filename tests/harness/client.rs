@@ -1,11 +1,12 @@
 //! A WebSocket client of `/ws/performance` for scenarios: a `fanout_client::Connection` (the
 //! client library's one session: handshake, token, resume position, typed frames, close codes)
-//! with every wait bounded by [`within`], greeted before a test gets it, and its frames as JSON so
-//! that a scenario can assert on the wire form it documents.
+//! with every wait bounded by [`within`], greeted before a test gets it, and its frames as the JSON
+//! the server wrote, so that a scenario asserts on the wire form PROTOCOL.md documents (the typed
+//! frames are `tests/client.rs`'s subject).
 
 use std::net::SocketAddr;
 
-use fanout_client::{Connection, Position, ReadError, ServerFrame};
+use fanout_client::{Connection, Position, ReadError};
 use fanout_domain::{LogEpoch, LogId};
 use futures_util::SinkExt;
 use serde_json::Value;
@@ -44,9 +45,9 @@ fn position(last_alert_id: &str, epoch: Option<&str>) -> Position {
     }
 }
 
-/// The frame as the JSON of its wire form.
-fn json(frame: &ServerFrame) -> Value {
-    serde_json::from_str(&frame.to_json()).unwrap_or_else(|e| panic!("{e}"))
+/// A frame's text as JSON.
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
 }
 
 impl Client {
@@ -129,21 +130,21 @@ impl Client {
         client
     }
 
-    /// The next frame (metrics, alert, hello...), as the JSON of its wire form.
+    /// The next frame (metrics, alert, hello...), as the JSON the server wrote.
     pub async fn next_frame(&mut self) -> Value {
-        match within("next frame", self.connection.next_frame()).await {
-            Ok(frame) => json(&frame),
+        match within("next frame", self.connection.next_text()).await {
+            Ok(text) => json(&text),
             Err(error) => panic!("no frame: {error}"),
         }
     }
 
     /// The next frame, or `None` when the connection ended (closed or dropped) first, or sent
-    /// something that is not a protocol frame.
+    /// something that is not JSON.
     pub async fn try_next_frame(&mut self) -> Option<Value> {
-        within("next frame", self.connection.next_frame())
+        let text = within("next frame", self.connection.next_text())
             .await
-            .ok()
-            .map(|frame| json(&frame))
+            .ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Writes a masked text frame with arbitrary payload bytes straight to the socket, bypassing
@@ -171,7 +172,7 @@ impl Client {
     /// Reads until the server ends the connection, skipping data frames.
     pub async fn ended(&mut self) -> Ended {
         loop {
-            match within("the server to close", self.connection.next_frame()).await {
+            match within("the server to close", self.connection.next_text()).await {
                 Err(ReadError::Closed { code, .. }) => return Ended::Close(code.map(u16::from)),
                 Err(ReadError::Lost(_) | ReadError::Ended) => return Ended::Dropped,
                 Ok(_) | Err(ReadError::Malformed(_) | ReadError::Binary) => continue,
