@@ -12,7 +12,7 @@ use harness::http::{health, post, publish};
 use harness::process::WorkerProcess;
 use harness::proxy::Proxy;
 use harness::redis::RedisServer;
-use harness::{start_worker, wait_until, Client, On, Process};
+use harness::{clients, start_worker, wait_until, Client, On, Process};
 use serde_json::{json, Value};
 
 async fn workers(redis_url: &str, ids: &[&str], extra: &[&str]) -> Vec<WorkerProcess> {
@@ -24,13 +24,11 @@ async fn workers(redis_url: &str, ids: &[&str], extra: &[&str]) -> Vec<WorkerPro
 }
 
 async fn connect_all(workers: &[WorkerProcess], per_worker: usize) -> Vec<Client> {
-    let mut clients = Vec::new();
+    let mut all = Vec::new();
     for worker in workers {
-        for _ in 0..per_worker {
-            clients.push(Client::connect(worker.addr).await);
-        }
+        all.extend(clients(worker, per_worker).await);
     }
-    clients
+    all
 }
 
 /// Alert frames until the alert whose message is `marker` (excluded); metrics are skipped.
