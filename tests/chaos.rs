@@ -12,25 +12,23 @@ use harness::http::{health, post, publish};
 use harness::process::WorkerProcess;
 use harness::proxy::Proxy;
 use harness::redis::RedisServer;
-use harness::{wait_until, Client};
+use harness::{clients, start_worker, wait_until, Client, On, Process};
 use serde_json::{json, Value};
 
 async fn workers(redis_url: &str, ids: &[&str], extra: &[&str]) -> Vec<WorkerProcess> {
     let mut workers = Vec::new();
     for id in ids {
-        workers.push(WorkerProcess::start_redis(id, redis_url, extra).await);
+        workers.push(start_worker::<Process>(id, On::Redis(redis_url), extra).await);
     }
     workers
 }
 
 async fn connect_all(workers: &[WorkerProcess], per_worker: usize) -> Vec<Client> {
-    let mut clients = Vec::new();
+    let mut all = Vec::new();
     for worker in workers {
-        for _ in 0..per_worker {
-            clients.push(Client::connect(worker.addr).await);
-        }
+        all.extend(clients(worker, per_worker).await);
     }
-    clients
+    all
 }
 
 /// Alert frames until the alert whose message is `marker` (excluded); metrics are skipped.
@@ -270,7 +268,9 @@ async fn a_worker_cut_off_from_redis_replays_every_missed_alert_to_its_clients()
     let proxy = Proxy::start(redis.addr()).await;
     let mut all = workers(&redis.url(), &["w1", "w2"], &["--redis-timeout", "500ms"]).await;
     let proxied = format!("redis://{}", proxy.addr);
-    all.push(WorkerProcess::start_redis("w3", &proxied, &["--redis-timeout", "500ms"]).await);
+    all.push(
+        start_worker::<Process>("w3", On::Redis(&proxied), &["--redis-timeout", "500ms"]).await,
+    );
     let mut clients = connect_all(&all[2..], 5).await;
     let mut others = connect_all(&all[..2], 2).await;
 
@@ -394,7 +394,7 @@ async fn a_client_that_stops_reading_is_closed_and_costs_the_others_nothing() {
         "--ping-interval",
         "10s",
     ];
-    let worker = WorkerProcess::start_redis("w1", &redis.url(), &extra).await;
+    let worker = start_worker::<Process>("w1", On::Redis(&redis.url()), &extra).await;
     let addr = worker.addr;
     let mut slow = Client::connect_small_buffer(addr).await;
     let readers: Vec<_> = connect_all(std::slice::from_ref(&worker), 100)

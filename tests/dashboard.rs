@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use harness::http::publish;
-use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
-use harness::{free_port, wait_until, WAIT};
+use harness::{free_port, start_worker, wait_until, On, Process, WAIT};
 use serde_json::json;
 
 /// chromedriver on a free port; killed when dropped.
@@ -72,10 +71,18 @@ async fn wait_for(browser: &Browser, what: &str, locator: Locator<'_>) {
 #[tokio::test]
 async fn the_dashboard_shows_what_other_workers_publish_and_survives_a_redis_restart() {
     let redis = RedisServer::start().await;
-    let a =
-        WorkerProcess::start_redis("worker-a", &redis.url(), &["--metrics-interval", "1s"]).await;
-    let b =
-        WorkerProcess::start_redis("worker-b", &redis.url(), &["--metrics-interval", "1s"]).await;
+    let a = start_worker::<Process>(
+        "worker-a",
+        On::Redis(&redis.url()),
+        &["--metrics-interval", "1s"],
+    )
+    .await;
+    let b = start_worker::<Process>(
+        "worker-b",
+        On::Redis(&redis.url()),
+        &["--metrics-interval", "1s"],
+    )
+    .await;
     let driver = chromedriver().await;
     let browser = browser(&driver).await;
 

@@ -5,31 +5,12 @@ mod harness;
 
 use std::time::Duration;
 
-use fanout_app::{start, Bus, RunningWorker, WorkerConfig};
 use fanout_memory::MemoryBus;
 use harness::client::Ended;
 use harness::http::{health, post, publish};
-use harness::{wait_until, Client};
+use harness::{clients, start_worker, wait_until, Client, InProcess, On};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A worker on port 0 with the built-in monitor off, so the only messages are the test's own.
-async fn worker(bus: &MemoryBus, id: &str) -> RunningWorker {
-    let mut config = WorkerConfig::for_tests();
-    config.worker_id = Some(id.parse().unwrap_or_else(|e| panic!("{e}")));
-    config.metrics_interval = Duration::ZERO;
-    start(&config, Bus::Memory(bus.clone()))
-        .await
-        .unwrap_or_else(|e| panic!("worker {id} did not start: {e:#}"))
-}
-
-async fn clients(worker: &RunningWorker, count: usize) -> Vec<Client> {
-    let mut clients = Vec::with_capacity(count);
-    for _ in 0..count {
-        clients.push(Client::connect(worker.addr()).await);
-    }
-    clients
-}
 
 fn metric(name: &str, value: f64) -> Value {
     json!({ "name": name, "value": value })
@@ -46,8 +27,8 @@ async fn expect_metric(client: &mut Client, name: &str) -> Value {
 #[tokio::test]
 async fn a_metric_posted_to_one_worker_reaches_every_client_of_both_exactly_once() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
-    let b = worker(&bus, "worker-b").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
+    let b = start_worker::<InProcess>("worker-b", On::SharedMemory(&bus), &[]).await;
     let mut everyone = clients(&a, 3).await;
     everyone.extend(clients(&b, 3).await);
 
@@ -69,8 +50,8 @@ async fn a_metric_posted_to_one_worker_reaches_every_client_of_both_exactly_once
 #[tokio::test]
 async fn an_array_is_one_message_and_an_alert_reaches_clients_with_its_id() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
-    let b = worker(&bus, "worker-b").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
+    let b = start_worker::<InProcess>("worker-b", On::SharedMemory(&bus), &[]).await;
     let mut client = Client::connect(b.addr()).await;
 
     let batch = json!([metric("cpu", 1.0), metric("mem", 2.0)]);
@@ -92,7 +73,7 @@ async fn an_array_is_one_message_and_an_alert_reaches_clients_with_its_id() {
 #[tokio::test]
 async fn a_closed_client_is_removed_from_the_count() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut connected = clients(&a, 3).await;
     assert_eq!(a.connections(), 3);
     assert_eq!(health(a.addr()).await["connections"], 3);
@@ -122,7 +103,7 @@ async fn a_closed_client_is_removed_from_the_count() {
 #[tokio::test]
 async fn bad_publishes_get_clear_errors_and_publish_nothing() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut client = Client::connect(a.addr()).await;
     let json = "application/json";
 
@@ -213,7 +194,7 @@ async fn bad_publishes_get_clear_errors_and_publish_nothing() {
 #[tokio::test]
 async fn publishes_of_the_wrong_shape_or_naming_a_source_are_422_with_the_field_named() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut client = Client::connect(a.addr()).await;
     let refusals = [
         // serde's sequence form of a struct: not a metric, not an alert.
@@ -300,7 +281,7 @@ async fn publishes_of_the_wrong_shape_or_naming_a_source_are_422_with_the_field_
 #[tokio::test]
 async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else_notices() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut bystander = Client::connect(a.addr()).await;
 
     let mut binary = Client::connect(a.addr()).await;
@@ -334,11 +315,12 @@ async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else
 #[tokio::test]
 async fn the_built_in_monitor_publishes_every_interval() {
     let bus = MemoryBus::new();
-    let mut config = WorkerConfig::for_tests();
-    config.metrics_interval = Duration::from_millis(100);
-    let a = start(&config, Bus::Memory(bus.clone()))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let a = start_worker::<InProcess>(
+        "worker-a",
+        On::SharedMemory(&bus),
+        &["--metrics-interval", "100ms"],
+    )
+    .await;
     let mut client = Client::connect(a.addr()).await;
     for _ in 0..2 {
         let frame = client.next_frame().await;
@@ -360,7 +342,7 @@ async fn the_built_in_monitor_publishes_every_interval() {
 #[tokio::test]
 async fn shutdown_closes_every_client_with_1001() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut connected = clients(&a, 2).await;
     a.shutdown();
     for client in &mut connected {
@@ -375,8 +357,8 @@ async fn shutdown_closes_every_client_with_1001() {
 #[tokio::test]
 async fn a_new_client_gets_the_latest_value_of_each_metric_at_once() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
-    let b = worker(&bus, "worker-b").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
+    let b = start_worker::<InProcess>("worker-b", On::SharedMemory(&bus), &[]).await;
     let mut first = Client::connect(a.addr()).await;
     publish(b.addr(), "/api/metrics", &metric("cpu", 10.0)).await;
     publish(
@@ -408,7 +390,7 @@ async fn a_new_client_gets_the_latest_value_of_each_metric_at_once() {
 #[tokio::test]
 async fn a_client_resuming_from_beyond_the_retention_is_told_what_it_missed() {
     let bus = MemoryBus::with_retention(2);
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let mut watcher = Client::connect(a.addr()).await;
     let mut ids = Vec::new();
     for n in 0..4 {
@@ -451,13 +433,12 @@ async fn a_client_resuming_from_beyond_the_retention_is_told_what_it_missed() {
 #[tokio::test]
 async fn a_client_that_does_not_answer_pings_is_closed_with_4001() {
     let bus = MemoryBus::new();
-    let mut config = WorkerConfig::for_tests();
-    config.metrics_interval = Duration::ZERO;
-    config.ping_interval = Duration::from_millis(100);
-    config.client_timeout = Duration::from_millis(500);
-    let a = start(&config, Bus::Memory(bus.clone()))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let a = start_worker::<InProcess>(
+        "worker-a",
+        On::SharedMemory(&bus),
+        &["--ping-interval", "100ms", "--client-timeout", "500ms"],
+    )
+    .await;
     // This client reads nothing after its greeting, so its library never answers the pings.
     let mut silent = Client::connect(a.addr()).await;
     wait_until("the silent client is dropped", || async {
@@ -486,7 +467,7 @@ async fn a_client_that_does_not_answer_pings_is_closed_with_4001() {
 #[tokio::test]
 async fn every_refusal_has_a_json_body_even_from_routing_and_extractors() {
     let bus = MemoryBus::new();
-    let a = worker(&bus, "worker-a").await;
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
     let addr = a.addr();
     let http = reqwest::Client::new();
     let upgrade_headers = |request: reqwest::RequestBuilder| {

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use harness::http::health;
-use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
-use harness::{wait_until, within};
+use harness::{start_worker, wait_until, within, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -107,7 +106,8 @@ async fn the_connection_cap_holds_when_clients_upgrade_at_the_same_instant() {
     // On the Redis bus the first client of an idle worker waits for the subscription: the
     // widest window for upgrades that pass the check before anyone is registered.
     let redis = RedisServer::start().await;
-    let worker = WorkerProcess::start_redis("w1", &redis.url(), &["--max-connections", "3"]).await;
+    let worker =
+        start_worker::<Process>("w1", On::Redis(&redis.url()), &["--max-connections", "3"]).await;
 
     let (mut held, refused) = accepted_and_refused(upgrade_together(worker.addr, 8).await);
     assert_eq!(
@@ -173,7 +173,7 @@ async fn the_publish_rate_is_per_credential_across_workers() {
     let args = ["--publish-rate", rate.as_str(), "--auth-secret", SECRET];
     let mut workers = Vec::new();
     for id in ["w1", "w2", "w3"] {
-        workers.push(WorkerProcess::start_redis(id, &redis.url(), &args).await);
+        workers.push(start_worker::<Process>(id, On::Redis(&redis.url()), &args).await);
     }
     let token = publisher_token("one-publisher");
     let http = reqwest::Client::new();
@@ -239,9 +239,9 @@ async fn the_publish_rate_is_per_credential_across_workers() {
 #[tokio::test]
 async fn a_publish_is_refused_with_503_and_a_reason_when_the_quota_cannot_be_checked() {
     let redis = RedisServer::start().await;
-    let worker = WorkerProcess::start_redis(
+    let worker = start_worker::<Process>(
         "w1",
-        &redis.url(),
+        On::Redis(&redis.url()),
         &["--publish-rate", "5", "--redis-timeout", "500ms"],
     )
     .await;

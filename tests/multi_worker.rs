@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use harness::http::{health, publish};
 use harness::process::{Supervisor, WorkerProcess};
 use harness::redis::RedisServer;
-use harness::{free_port, wait_until, within, Client};
+use harness::{free_port, start_worker, wait_until, within, Client, On, Process};
 use serde_json::{json, Value};
 
 const CLIENTS_PER_WORKER: usize = 10;
@@ -17,7 +17,9 @@ const CLIENTS_PER_WORKER: usize = 10;
 async fn workers(redis: &RedisServer, count: usize) -> Vec<WorkerProcess> {
     let mut workers = Vec::new();
     for index in 1..=count {
-        workers.push(WorkerProcess::start_redis(&format!("w{index}"), &redis.url(), &[]).await);
+        workers.push(
+            start_worker::<Process>(&format!("w{index}"), On::Redis(&redis.url()), &[]).await,
+        );
     }
     workers
 }

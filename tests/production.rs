@@ -3,14 +3,10 @@
 
 mod harness;
 
-use std::time::Duration;
-
-use fanout_app::{start, Bus, RunningWorker, WorkerConfig};
-use fanout_memory::MemoryBus;
+use fanout_app::RunningWorker;
 use harness::client::Ended;
-use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
-use harness::{wait_until, within, Client};
+use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
@@ -44,18 +40,13 @@ fn publisher_token() -> String {
     token(json!({ "sub": "publisher", "exp": now() + 600, "publish": true }))
 }
 
-async fn worker(configure: impl FnOnce(&mut WorkerConfig)) -> RunningWorker {
-    let mut config = WorkerConfig::for_tests();
-    config.metrics_interval = Duration::ZERO;
-    configure(&mut config);
-    start(&config, Bus::Memory(MemoryBus::new()))
-        .await
-        .unwrap_or_else(|e| panic!("worker did not start: {e:#}"))
+/// A worker of its own, on its own in-memory bus, with these flags.
+async fn worker(args: &[&str]) -> RunningWorker {
+    start_worker::<InProcess>("w", On::OwnMemory, args).await
 }
 
-fn with_auth(config: &mut WorkerConfig) {
-    config.auth_secret = Some(SECRET.to_owned());
-}
+/// The flags that turn authentication on.
+const WITH_AUTH: &[&str] = &["--auth-secret", SECRET];
 
 /// The HTTP status of a WebSocket upgrade attempt (101 when it succeeded).
 async fn upgrade_status(
@@ -98,7 +89,7 @@ async fn post(
 
 #[tokio::test]
 async fn websocket_clients_need_a_valid_unexpired_token() {
-    let a = worker(with_auth).await;
+    let a = worker(WITH_AUTH).await;
     assert_eq!(upgrade_status(a.addr(), "", &[]).await, 401, "no token");
     let forged = encode(
         &Header::default(),
@@ -132,7 +123,7 @@ async fn websocket_clients_need_a_valid_unexpired_token() {
 
 #[tokio::test]
 async fn a_token_without_the_alerts_channel_never_receives_alerts() {
-    let a = worker(with_auth).await;
+    let a = worker(WITH_AUTH).await;
     let metrics_only = token(json!({ "sub": "m", "exp": now() + 600, "channels": ["metrics"] }));
     let mut client = Client::connect_with_token(a.addr(), &metrics_only).await;
     let publisher = publisher_token();
@@ -168,7 +159,7 @@ async fn a_token_without_the_alerts_channel_never_receives_alerts() {
 
 #[tokio::test]
 async fn only_publisher_tokens_may_publish() {
-    let a = worker(with_auth).await;
+    let a = worker(WITH_AUTH).await;
     let body = json!({ "name": "cpu", "value": 1 });
     assert_eq!(
         post(a.addr(), "/api/metrics", None, body.clone())
@@ -208,7 +199,7 @@ async fn only_publisher_tokens_may_publish() {
 
 #[tokio::test]
 async fn a_live_connection_is_closed_with_4003_when_its_token_expires() {
-    let a = worker(with_auth).await;
+    let a = worker(WITH_AUTH).await;
     let short = token(json!({ "sub": "brief", "exp": now() + 2 }));
     let mut client = Client::connect_with_token(a.addr(), &short).await;
     assert_eq!(client.ended().await, Ended::Close(Some(4003)));
@@ -216,7 +207,7 @@ async fn a_live_connection_is_closed_with_4003_when_its_token_expires() {
 
 #[tokio::test]
 async fn disallowed_origins_are_refused() {
-    let a = worker(|config| config.allowed_origins = vec!["https://dash.example".to_owned()]).await;
+    let a = worker(&["--allowed-origin", "https://dash.example"]).await;
     assert_eq!(
         upgrade_status(a.addr(), "", &[("origin", "https://evil.example")]).await,
         403
@@ -234,11 +225,7 @@ async fn disallowed_origins_are_refused() {
 
 #[tokio::test]
 async fn the_connection_cap_answers_503_and_the_publish_rate_limit_429() {
-    let a = worker(|config| {
-        config.max_connections = Some(2);
-        config.publish_rate = Some(2);
-    })
-    .await;
+    let a = worker(&["--max-connections", "2", "--publish-rate", "2"]).await;
     let _first = Client::connect(a.addr()).await;
     let _second = Client::connect(a.addr()).await;
     assert_eq!(upgrade_status(a.addr(), "", &[]).await, 503);
@@ -330,7 +317,7 @@ fn histogram_count(exposition: &Exposition, family: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn prometheus_metrics_count_what_the_clients_received() {
-    let a = worker(|_| {}).await;
+    let a = worker(&[]).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(Client::connect(a.addr()).await);
@@ -386,7 +373,7 @@ async fn prometheus_metrics_count_what_the_clients_received() {
 async fn readyz_is_503_while_redis_is_down_and_200_after() {
     let redis = RedisServer::start().await;
     let worker =
-        WorkerProcess::start_redis("w1", &redis.url(), &["--redis-timeout", "500ms"]).await;
+        start_worker::<Process>("w1", On::Redis(&redis.url()), &["--redis-timeout", "500ms"]).await;
     let _client = Client::connect(worker.addr).await;
     let ready = |addr| async move {
         reqwest::get(format!("http://{addr}/readyz"))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use harness::http::{health, post, publish};
 use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
-use harness::{wait_until, within, Client};
+use harness::{start_worker, wait_until, within, Client, On, Process};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
@@ -51,8 +51,8 @@ async fn post_alert(worker: &WorkerProcess, message: &str) -> Value {
 #[tokio::test]
 async fn an_outside_alert_with_any_id_never_silences_live_alerts_on_any_worker() {
     let redis = RedisServer::start().await;
-    let a = WorkerProcess::start_redis("a", &redis.url(), &[]).await;
-    let b = WorkerProcess::start_redis("b", &redis.url(), &[]).await;
+    let a = start_worker::<Process>("a", On::Redis(&redis.url()), &[]).await;
+    let b = start_worker::<Process>("b", On::Redis(&redis.url()), &[]).await;
     let mut on_a = Client::connect(a.addr).await;
     let mut on_b = Client::connect(b.addr).await;
 
@@ -121,7 +121,8 @@ async fn an_outside_alert_with_any_id_never_silences_live_alerts_on_any_worker()
 #[tokio::test]
 async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
     let redis = RedisServer::start().await;
-    let worker = WorkerProcess::start_redis("w", &redis.url(), &["--alert-retention", "100"]).await;
+    let worker =
+        start_worker::<Process>("w", On::Redis(&redis.url()), &["--alert-retention", "100"]).await;
     let mut watcher = Client::connect(worker.addr).await;
     let first = post_alert(&worker, "first").await;
     let mut receipts = vec![first.clone()];
@@ -197,7 +198,7 @@ async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
 #[tokio::test]
 async fn hello_comes_only_once_the_subscription_is_live() {
     let redis = RedisServer::start().await;
-    let worker = WorkerProcess::start_redis("w", &redis.url(), &[]).await;
+    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
     redis.stop().await;
     // A client connecting while Redis is down is upgraded and kept, and greeted when the
     // subscription is live: `hello` keeps its meaning.
@@ -235,7 +236,8 @@ async fn workers_resubscribe_quickly_after_each_of_20_redis_restarts_and_count_r
     let mut workers = Vec::new();
     let mut clients = Vec::new();
     for index in 1..=3 {
-        let worker = WorkerProcess::start_redis(&format!("w{index}"), &redis.url(), &[]).await;
+        let worker =
+            start_worker::<Process>(&format!("w{index}"), On::Redis(&redis.url()), &[]).await;
         clients.push(Client::connect(worker.addr).await);
         workers.push(worker);
     }
@@ -300,8 +302,8 @@ async fn workers_resubscribe_quickly_after_each_of_20_redis_restarts_and_count_r
 #[tokio::test]
 async fn a_worker_refuses_publishes_until_its_own_subscriber_is_live_again() {
     let redis = RedisServer::start().await;
-    let worker = WorkerProcess::start_redis("own", &redis.url(), &[]).await;
-    let other = WorkerProcess::start_redis("other", &redis.url(), &[]).await;
+    let worker = start_worker::<Process>("own", On::Redis(&redis.url()), &[]).await;
+    let other = start_worker::<Process>("other", On::Redis(&redis.url()), &[]).await;
     let mut own = Client::connect(worker.addr).await;
     let mut elsewhere = Client::connect(other.addr).await;
     redis.stop().await;
@@ -378,8 +380,8 @@ async fn a_worker_refuses_publishes_until_its_own_subscriber_is_live_again() {
 #[tokio::test]
 async fn what_the_server_fills_in_outside_messages_is_identical_on_every_worker() {
     let redis = RedisServer::start().await;
-    let a = WorkerProcess::start_redis("a", &redis.url(), &[]).await;
-    let b = WorkerProcess::start_redis("b", &redis.url(), &[]).await;
+    let a = start_worker::<Process>("a", On::Redis(&redis.url()), &[]).await;
+    let b = start_worker::<Process>("b", On::Redis(&redis.url()), &[]).await;
     let mut on_a = Client::connect(a.addr).await;
     let mut on_b = Client::connect(b.addr).await;
     let messages = [
@@ -491,7 +493,7 @@ fn interleaved_outside_messages_never_cost_a_real_alert_on_any_worker() {
         let mut workers = Vec::new();
         let mut clients = Vec::new();
         for name in ["p1", "p2"] {
-            let worker = WorkerProcess::start_redis(name, &redis.url(), &[]).await;
+            let worker = start_worker::<Process>(name, On::Redis(&redis.url()), &[]).await;
             clients.push(Client::connect(worker.addr).await);
             workers.push(worker);
         }

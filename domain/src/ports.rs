@@ -8,7 +8,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Envelope, HistoryError, LogEpoch, LogId, LogPosition, PublishError};
 
@@ -69,8 +69,8 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-/// The state of a worker's bus subscriber.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// The state of a worker's bus subscriber (decoded by clients from `hello` and `/healthz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriberState {
     /// No local clients, so no subscription.

@@ -1,18 +1,21 @@
-//! A real WebSocket client of `/ws/performance`.
+//! A WebSocket client of `/ws/performance` for scenarios: a `fanout_client::Connection` (the
+//! client library's one session: handshake, token, resume position, typed frames, close codes)
+//! with every wait bounded by [`within`], greeted before a test gets it, and its frames as the JSON
+//! the server wrote, so that a scenario asserts on the wire form PROTOCOL.md documents (the typed
+//! frames are `tests/client.rs`'s subject).
 
 use std::net::SocketAddr;
 
-use futures_util::{SinkExt, StreamExt};
+use fanout_client::{Connection, Position, ReadError};
+use fanout_domain::{LogEpoch, LogId};
+use futures_util::SinkExt;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::within;
+use super::{within, WAIT};
 
 pub struct Client {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    connection: Connection,
     /// The server's `hello` frame: sent once the worker's bus subscription is live.
     pub hello: Value,
     /// The `snapshot` frame that follows it: the latest value of each metric.
@@ -29,27 +32,46 @@ pub enum Ended {
     Dropped,
 }
 
+fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}")
+}
+
+fn position(last_alert_id: &str, epoch: Option<&str>) -> Position {
+    Position {
+        id: last_alert_id
+            .parse::<LogId>()
+            .unwrap_or_else(|e| panic!("{e}")),
+        epoch: epoch.map(|epoch| LogEpoch::new(epoch).unwrap_or_else(|e| panic!("{e}"))),
+    }
+}
+
+/// A frame's text as JSON.
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+}
+
 impl Client {
     /// Connects and waits for `hello` and `snapshot`, after which every message published is
     /// delivered.
     pub async fn connect(addr: SocketAddr) -> Client {
-        Self::open(addr, None).await
+        Self::open(addr, None, None).await
     }
 
     /// Connects with the last alert id seen; waits for `hello`, `snapshot` and `resume`. The
     /// replayed alerts follow as ordinary frames.
     pub async fn resume(addr: SocketAddr, last_alert_id: &str) -> Client {
-        Self::open(addr, Some(last_alert_id)).await
+        Self::open(addr, None, Some(position(last_alert_id, None))).await
     }
 
     /// Resumes with the last alert id seen and the epoch of the log it came from (both from the
     /// same alert frame), as PROTOCOL.md tells clients to.
     pub async fn resume_in(addr: SocketAddr, last_alert_id: &str, epoch: &str) -> Client {
-        let url = format!("ws://{addr}/ws/performance?last_alert_id={last_alert_id}&epoch={epoch}");
-        let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Self::greeted(stream, Some(last_alert_id)).await
+        Self::open(addr, None, Some(position(last_alert_id, Some(epoch)))).await
+    }
+
+    /// Connects with `Authorization: Bearer TOKEN`.
+    pub async fn connect_with_token(addr: SocketAddr, token: &str) -> Client {
+        Self::open(addr, Some(token), None).await
     }
 
     /// Connects with a tiny socket receive buffer, for a client that will stop reading: the
@@ -59,56 +81,31 @@ impl Client {
         socket
             .set_recv_buffer_size(4096)
             .unwrap_or_else(|e| panic!("{e}"));
-        let tcp = socket
-            .connect(addr)
+        let tcp = within("TCP connect", socket.connect(addr))
             .await
             .unwrap_or_else(|e| panic!("connect: {e}"));
-        let url = format!("ws://{addr}/ws/performance");
-        let (stream, _) = within(
+        let connection = within(
             "WebSocket handshake",
-            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+            Connection::open_over(tcp, &url(addr), None, None),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Self::greeted(stream, None).await
+        Self::greeted(connection, false).await
     }
 
-    /// Connects with `Authorization: Bearer TOKEN`.
-    pub async fn connect_with_token(addr: SocketAddr, token: &str) -> Client {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://{addr}/ws/performance")
-            .into_client_request()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let value = format!("Bearer {token}")
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
-        request.headers_mut().insert("authorization", value);
-        let (stream, _) = within(
+    async fn open(addr: SocketAddr, token: Option<&str>, resume: Option<Position>) -> Client {
+        let connection = within(
             "WebSocket connect",
-            tokio_tungstenite::connect_async(request),
+            Connection::open(&url(addr), token, resume.as_ref()),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Self::greeted(stream, None).await
+        Self::greeted(connection, resume.is_some()).await
     }
 
-    async fn open(addr: SocketAddr, last_alert_id: Option<&str>) -> Client {
-        let url = match last_alert_id {
-            None => format!("ws://{addr}/ws/performance"),
-            Some(id) => format!("ws://{addr}/ws/performance?last_alert_id={id}"),
-        };
-        let (stream, _) = within("WebSocket connect", tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Self::greeted(stream, last_alert_id).await
-    }
-
-    async fn greeted(
-        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
-        last_alert_id: Option<&str>,
-    ) -> Client {
+    async fn greeted(connection: Connection, resuming: bool) -> Client {
         let mut client = Client {
-            stream,
+            connection,
             hello: Value::Null,
             snapshot: Value::Null,
             resume: Value::Null,
@@ -122,7 +119,7 @@ impl Client {
             "second frame must be the snapshot: {snapshot}"
         );
         client.snapshot = snapshot;
-        if last_alert_id.is_some() {
+        if resuming {
             let resume = client.next_frame().await;
             assert_eq!(
                 resume["type"], "resume",
@@ -133,33 +130,21 @@ impl Client {
         client
     }
 
-    /// The next data frame (metrics, alert, hello...), as JSON.
+    /// The next frame (metrics, alert, hello...), as the JSON the server wrote.
     pub async fn next_frame(&mut self) -> Value {
-        loop {
-            let message = within("next frame", self.stream.next())
-                .await
-                .unwrap_or_else(|| panic!("connection ended while waiting for a frame"))
-                .unwrap_or_else(|e| panic!("connection failed while waiting for a frame: {e}"));
-            match message {
-                Message::Text(text) => {
-                    return serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
+        match within("next frame", self.connection.next_text()).await {
+            Ok(text) => json(&text),
+            Err(error) => panic!("no frame: {error}"),
         }
     }
 
-    /// The next frame, or `None` when the connection ended (closed or dropped) first.
+    /// The next frame, or `None` when the connection ended (closed or dropped) first, or sent
+    /// something that is not JSON.
     pub async fn try_next_frame(&mut self) -> Option<Value> {
-        loop {
-            match within("next frame", self.stream.next()).await {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return None,
-            }
-        }
+        let text = within("next frame", self.connection.next_text())
+            .await
+            .ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Writes a masked text frame with arbitrary payload bytes straight to the socket, bypassing
@@ -171,7 +156,7 @@ impl Client {
         let mut frame = vec![0x81, 0x80 | payload.len() as u8];
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        let socket = self.stream.get_mut();
+        let socket = self.connection.socket_mut().get_mut();
         within("raw write", socket.write_all(&frame))
             .await
             .unwrap_or_else(|e| panic!("raw write failed: {e}"));
@@ -179,7 +164,7 @@ impl Client {
 
     /// Sends a raw message (for bad-input tests).
     pub async fn send(&mut self, message: Message) {
-        within("send", self.stream.send(message))
+        within("send", self.connection.socket_mut().send(message))
             .await
             .unwrap_or_else(|e| panic!("send failed: {e}"));
     }
@@ -187,19 +172,15 @@ impl Client {
     /// Reads until the server ends the connection, skipping data frames.
     pub async fn ended(&mut self) -> Ended {
         loop {
-            match within("the server to close", self.stream.next()).await {
-                Some(Ok(Message::Close(frame))) => {
-                    return Ended::Close(frame.map(|f: CloseFrame| u16::from(f.code)))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Ended::Dropped,
+            match within("the server to close", self.connection.next_text()).await {
+                Err(ReadError::Closed { code, .. }) => return Ended::Close(code.map(u16::from)),
+                Err(ReadError::Lost(_) | ReadError::Ended) => return Ended::Dropped,
+                Ok(_) | Err(ReadError::Malformed(_) | ReadError::Binary) => continue,
             }
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self.stream.close(None).await;
-        // Drain until the server acknowledges, so the close is complete on both sides.
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(super::WAIT, self.stream.next()).await {}
+    pub async fn close(self) {
+        self.connection.close(WAIT).await;
     }
 }

@@ -1,6 +1,6 @@
-//! The one harness every scenario uses: start workers (in-process or as real `fanout`
-//! processes), connect real WebSocket clients, publish over real HTTP, and wait on signals with
-//! timeouts that fail loudly.
+//! The one harness every scenario uses: start workers ([`start_worker`]: in-process or as real
+//! `fanout` processes, on an in-memory bus or on Redis), connect real WebSocket clients (built on
+//! `fanout-client`), publish over real HTTP, and wait on signals with timeouts that fail loudly.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
@@ -9,8 +9,10 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod worker;
 
 pub use client::Client;
+pub use worker::{clients, start_worker, InProcess, On, Process};
 
 use std::future::Future;
 use std::time::Duration;

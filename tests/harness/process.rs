@@ -76,25 +76,10 @@ fn collect_log(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, oneshot::Receiver
 }
 
 impl WorkerProcess {
-    /// Starts one worker on the Redis bus, on an ephemeral port.
-    pub async fn start_redis(id: &str, redis_url: &str, extra: &[&str]) -> WorkerProcess {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--bus",
-            "redis",
-            "--redis-url",
-            redis_url,
-            "--worker-id",
-            id,
-        ];
-        // The monitor is off unless the test asks for it: its samples would mix with the
-        // test's own messages.
-        if !extra.contains(&"--metrics-interval") {
-            args.extend_from_slice(&["--metrics-interval", "0s"]);
-        }
-        args.extend_from_slice(extra);
-        let mut child = command(&args)
+    /// Starts one worker with these command-line flags (see `worker::start_worker`, which builds them)
+    /// and waits until it listens.
+    pub async fn start(id: &str, args: &[&str]) -> WorkerProcess {
+        let mut child = command(args)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start fanout: {e}"));
         let (log, listening) = collect_log(&mut child);

@@ -1,0 +1,288 @@
+//! One WebSocket session with one worker: the handshake (token, resume position) and the frames
+//! that follow, until the connection ends. No reconnection: that is [`crate::Watch`]'s job, built
+//! on this.
+
+use fanout_domain::{LogEpoch, LogId};
+use futures_util::StreamExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{CloseCode, FrameError, ServerFrame};
+
+/// The socket under a [`Connection`].
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The route every worker serves the stream on.
+const ROUTE: &str = "/ws/performance";
+
+/// A position in the alert log to resume from: the `id` and `epoch` of the last alert frame
+/// received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub id: LogId,
+    /// The identity of the log `id` belongs to. Without it a reset log whose new ids pass `id`
+    /// goes unnoticed.
+    pub epoch: Option<LogEpoch>,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid worker URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The worker answered the upgrade with an HTTP status: 401 (no valid token), 403 (the token
+    /// allows no channel, or the origin is not allowed), 503 (at its connection limit, or
+    /// shutting down), 400 (a malformed position).
+    #[error("the worker refused the connection with {status}: {error}")]
+    Refused { status: u16, error: String },
+    #[error("cannot connect: {0}")]
+    Transport(#[source] tungstenite::Error),
+    #[error("the worker did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+/// How a session ended, or why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The server closed the connection, with the code of PROTOCOL.md's table when it gave one.
+    #[error("the server closed the connection with {}: {reason}", describe(.code))]
+    Closed {
+        code: Option<CloseCode>,
+        reason: String,
+    },
+    /// The connection failed or ended without a close frame.
+    #[error("the connection was lost: {0}")]
+    Lost(#[source] tungstenite::Error),
+    #[error("the connection ended without a close frame")]
+    Ended,
+    /// A frame that is not a protocol frame; the connection is still open.
+    #[error(transparent)]
+    Malformed(#[from] FrameError),
+    /// The server sent a binary frame, which the protocol never does; the connection is still
+    /// open.
+    #[error("the server sent a binary frame")]
+    Binary,
+}
+
+fn describe(code: &Option<CloseCode>) -> String {
+    code.map_or_else(|| "no code".to_owned(), |code| code.to_string())
+}
+
+impl ReadError {
+    /// Whether the connection is over (as opposed to one bad frame on a live connection).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, Self::Closed { .. } | Self::Lost(_) | Self::Ended)
+    }
+}
+
+/// One open session with a worker.
+pub struct Connection {
+    socket: Socket,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+impl Connection {
+    /// Opens a session with the worker at `url` (`ws://host:port`, or the full
+    /// `ws://host:port/ws/performance`; `wss://` too), with `Authorization: Bearer token` when
+    /// given, resuming after `resume` when given.
+    pub async fn open(
+        url: &str,
+        token: Option<&str>,
+        resume: Option<&Position>,
+    ) -> Result<Self, ConnectError> {
+        let request = request(url, token, resume)?;
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(refused)?;
+        Ok(Self { socket })
+    }
+
+    /// Opens a session over a TCP stream the caller connected (to set socket options first).
+    /// Plain `ws://` only.
+    pub async fn open_over(
+        tcp: TcpStream,
+        url: &str,
+        token: Option<&str>,
+        resume: Option<&Position>,
+    ) -> Result<Self, ConnectError> {
+        let request = request(url, token, resume)?;
+        let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
+            .await
+            .map_err(refused)?;
+        Ok(Self { socket })
+    }
+
+    /// The next frame. Pings are answered while reading (so a client that stops calling this is
+    /// closed by the worker with 4001 after `--client-timeout`).
+    pub async fn next_frame(&mut self) -> Result<ServerFrame, ReadError> {
+        Ok(ServerFrame::from_json(&self.next_text().await?)?)
+    }
+
+    /// The next frame's text as the server wrote it, not decoded (to forward it, or to decode
+    /// it some other way). Never [`ReadError::Malformed`].
+    pub async fn next_text(&mut self) -> Result<String, ReadError> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Binary(_))) => return Err(ReadError::Binary),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(ReadError::Closed {
+                        code: frame.as_ref().map(|f| CloseCode::from(u16::from(f.code))),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    })
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Err(error)) => return Err(ReadError::Lost(error)),
+                None => return Err(ReadError::Ended),
+            }
+        }
+    }
+
+    /// Closes the session: sends a close frame and reads until the server acknowledges it
+    /// (bounded by `wait`), so the close is complete on both sides.
+    pub async fn close(mut self, wait: std::time::Duration) {
+        let _ = self.socket.close(None).await;
+        let drained = async { while let Some(Ok(_)) = self.socket.next().await {} };
+        let _ = tokio::time::timeout(wait, drained).await;
+    }
+
+    /// The socket itself, for what the protocol does not need (tests that send a server bad
+    /// input, for one).
+    pub fn socket_mut(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+}
+
+/// The URL of a session: the worker's route, with the resume position in the query.
+pub fn session_url(url: &str, resume: Option<&Position>) -> Result<String, ConnectError> {
+    let invalid = |reason: &str| ConnectError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(invalid("expected ws:// or wss://"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(invalid("a worker URL has no query or fragment"));
+    }
+    let base = url.trim_end_matches('/');
+    let mut session = if base.ends_with(ROUTE) {
+        base.to_owned()
+    } else {
+        format!("{base}{ROUTE}")
+    };
+    // A LogId is digits and '-', an epoch letters, digits, '-' and '_': nothing to escape.
+    if let Some(position) = resume {
+        session.push_str(&format!("?last_alert_id={}", position.id));
+        if let Some(epoch) = &position.epoch {
+            session.push_str(&format!("&epoch={}", epoch.as_str()));
+        }
+    }
+    Ok(session)
+}
+
+fn request(
+    url: &str,
+    token: Option<&str>,
+    resume: Option<&Position>,
+) -> Result<tungstenite::handshake::client::Request, ConnectError> {
+    let session = session_url(url, resume)?;
+    let mut request =
+        session
+            .as_str()
+            .into_client_request()
+            .map_err(|error| ConnectError::InvalidUrl {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            })?;
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ConnectError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "the token is not a valid header value".to_owned(),
+            }
+        })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// An upgrade the worker answered with a status becomes [`ConnectError::Refused`] with the
+/// reason from its `{"error"}` body.
+fn refused(error: tungstenite::Error) -> ConnectError {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let error = response
+                .body()
+                .as_deref()
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+                .and_then(|body| body.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            ConnectError::Refused { status, error }
+        }
+        other => ConnectError::Transport(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(epoch: Option<&str>) -> Position {
+        Position {
+            id: LogId::new(1_764_380_000_456, 0),
+            epoch: epoch.map(|e| LogEpoch::new(e).unwrap_or_else(|e| panic!("{e}"))),
+        }
+    }
+
+    fn url(base: &str, resume: Option<&Position>) -> String {
+        session_url(base, resume).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_worker_address_gets_the_route() {
+        assert_eq!(
+            url("ws://127.0.0.1:8080", None),
+            "ws://127.0.0.1:8080/ws/performance"
+        );
+        assert_eq!(
+            url("ws://127.0.0.1:8080/", None),
+            "ws://127.0.0.1:8080/ws/performance"
+        );
+        assert_eq!(
+            url("wss://example.com/ws/performance", None),
+            "wss://example.com/ws/performance"
+        );
+    }
+
+    #[test]
+    fn a_resume_passes_the_id_and_the_epoch() {
+        assert_eq!(
+            url("ws://h:1", Some(&position(Some("3f9a0c1e5b7d2468")))),
+            "ws://h:1/ws/performance?last_alert_id=1764380000456-0&epoch=3f9a0c1e5b7d2468"
+        );
+        assert_eq!(
+            url("ws://h:1", Some(&position(None))),
+            "ws://h:1/ws/performance?last_alert_id=1764380000456-0"
+        );
+    }
+
+    #[test]
+    fn urls_that_are_not_websocket_urls_are_refused() {
+        for bad in ["http://h:1", "h:1", "ws://h:1/?x=1"] {
+            assert!(
+                matches!(session_url(bad, None), Err(ConnectError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
