@@ -41,9 +41,6 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve (the default when no subcommand is given).
     Serve,
-    /// Load tool: open WebSocket clients against running workers, publish at a fixed rate, and
-    /// report deliveries, loss, duplicates and latency.
-    Bench(crate::bench::BenchConfig),
     /// Validate the configuration (flags, environment, file) and print the effective settings,
     /// each with where it came from; secrets are masked.
     CheckConfig,
@@ -278,7 +275,7 @@ mod tests {
             );
             assert_eq!(cli.workers, 2, "{args:?}");
         }
-        let cli = Cli::try_parse_from(["fanout", "bench", "--redis-url", "redis://db:1"])
+        let cli = Cli::try_parse_from(["fanout", "serve", "--redis-url", "redis://db:1"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.worker.redis_url, "redis://db:1");
     }

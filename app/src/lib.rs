@@ -4,7 +4,6 @@
 //! This is the only crate that picks concrete adapters. Tests start workers through [`start`]
 //! (in-process, on port 0) or run the `fanout` binary.
 
-pub mod bench;
 pub mod config;
 pub mod config_file;
 pub mod limits;

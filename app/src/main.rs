@@ -27,10 +27,6 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {}
-        Some(Command::Bench(mut bench)) => {
-            bench.redis_url = cli.worker.redis_url;
-            return fanout_app::bench::run(bench).await.map(drop);
-        }
         Some(Command::CheckConfig) => return check_config(&cli),
     }
     fanout_app::limits::raise_open_files();

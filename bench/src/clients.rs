@@ -1,33 +1,31 @@
-//! The load tool's WebSocket clients: connect with a bounded ramp, then count, de-duplicate and
-//! time every bench message without parsing whole frames.
+//! The load tool's WebSocket clients: connect with a bounded ramp, then read every frame and hand
+//! the bench messages to a [`Tally`].
+//!
+//! This is the only module that knows the WebSocket client library (tokio-tungstenite), so that
+//! it can be replaced by another client without touching counting or reporting. It must stay
+//! cheap per frame: tens of thousands of these run in one process next to the server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::publisher::METRIC_NAME;
-use super::BenchConfig;
+use crate::message::{now_us, Sighting};
+use crate::tally::{Recorded, Tally};
 
-/// Latencies are kept in microseconds, 1 µs to 60 s, with two significant digits.
-pub fn new_histogram() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, 60_000_000, 2)
-        .unwrap_or_else(|e| unreachable!("valid bounds: {e}"))
-}
-
-/// What one client saw.
-pub struct ClientStats {
-    pub received: u64,
-    pub duplicates: u64,
-    pub latency_us: Histogram<u32>,
+/// How the clients connect.
+pub struct Ramp {
+    /// Clients connecting at once (at least 1).
+    pub concurrency: usize,
+    /// Local addresses 127.0.0.1 … 127.0.0.N to connect from (at least 1).
+    pub source_addresses: u8,
 }
 
 /// Counters every client bumps as it goes, for progress and the drain.
@@ -39,25 +37,19 @@ struct Shared {
     last_ns: AtomicU64,
 }
 
+/// The clients, each a task that runs until the stop signal or its connection ends.
 pub struct Pool {
-    tasks: Vec<JoinHandle<Option<ClientStats>>>,
+    tasks: Vec<JoinHandle<Option<Tally>>>,
     shared: Arc<Shared>,
     connected_at_start: usize,
 }
 
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
-
-/// Opens `count` clients over `targets`, at most `connect_concurrency` connecting at once;
-/// returns once every attempt succeeded or failed.
+/// Opens `count` clients over `targets` (round-robin), at most `ramp.concurrency` connecting at
+/// once; returns once every attempt succeeded or failed.
 pub async fn connect_all(
     targets: &[SocketAddr],
     count: usize,
-    config: &BenchConfig,
+    ramp: &Ramp,
     stop: watch::Receiver<bool>,
 ) -> Pool {
     let shared = Arc::new(Shared {
@@ -67,25 +59,28 @@ pub async fn connect_all(
         first_ns: AtomicU64::new(u64::MAX),
         last_ns: AtomicU64::new(0),
     });
-    let ramp = Arc::new(Semaphore::new(config.connect_concurrency.max(1)));
+    let connecting = Arc::new(Semaphore::new(ramp.concurrency.max(1)));
+    let source_addresses = usize::from(ramp.source_addresses.max(1));
+    // One message per client, then the channel closes: bounded by `count`.
     let (attempted_tx, mut attempted) = mpsc::unbounded_channel::<bool>();
     let mut tasks = Vec::with_capacity(count);
     for index in 0..count {
         let target = targets[index % targets.len()];
+        // `index % source_addresses` < 255, so the last octet stays in 1..=255.
         let source = IpAddr::V4(Ipv4Addr::new(
             127,
             0,
             0,
-            1 + (index % usize::from(config.source_addresses.max(1))) as u8,
+            1 + (index % source_addresses) as u8,
         ));
-        let (ramp, shared, attempted_tx, stop) = (
-            Arc::clone(&ramp),
+        let (connecting, shared, attempted_tx, stop) = (
+            Arc::clone(&connecting),
             Arc::clone(&shared),
             attempted_tx.clone(),
             stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let permit = ramp.acquire_owned().await.ok();
+            let permit = connecting.acquire_owned().await.ok();
             let connected = connect(source, target).await;
             drop(permit);
             let _ = attempted_tx.send(connected.is_ok());
@@ -93,9 +88,9 @@ pub async fn connect_all(
             match connected {
                 Ok(stream) => {
                     shared.connected.fetch_add(1, Ordering::Relaxed);
-                    let stats = receive(stream, &shared, stop).await;
+                    let tally = receive(stream, &shared, stop).await;
                     shared.connected.fetch_sub(1, Ordering::Relaxed);
-                    Some(stats)
+                    Some(tally)
                 }
                 Err(error) => {
                     eprintln!("bench: client {index} could not connect to {target}: {error}");
@@ -135,24 +130,8 @@ async fn connect(source: IpAddr, target: SocketAddr) -> anyhow::Result<Stream> {
     Ok(stream)
 }
 
-/// The number after `"key":` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(key)? + key.len();
-    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
-    text[start..start + digits].parse().ok()
-}
-
-async fn receive(
-    mut stream: Stream,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> ClientStats {
-    let mut stats = ClientStats {
-        received: 0,
-        duplicates: 0,
-        latency_us: new_histogram(),
-    };
-    let mut seen: Vec<u64> = Vec::new();
+async fn receive(mut stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>) -> Tally {
+    let mut tally = Tally::new();
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
@@ -163,46 +142,23 @@ async fn receive(
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => break,
         };
-        if !text.contains(METRIC_NAME) {
-            continue;
-        }
-        let now = now_us();
-        let (Some(sequence), Some(published)) = (
-            number_after(&text, "\"value\":"),
-            number_after(&text, "\"published_at_us\":"),
-        ) else {
+        let Some(sighting) = Sighting::in_frame(&text) else {
             continue;
         };
-        let (word, bit) = ((sequence / 64) as usize, sequence % 64);
-        if seen.len() <= word {
-            seen.resize(word + 1, 0);
-        }
-        if seen[word] & (1 << bit) != 0 {
-            stats.duplicates += 1;
+        if tally.record(sighting, now_us()) == Recorded::Duplicate {
             continue;
         }
-        seen[word] |= 1 << bit;
-        stats.received += 1;
-        let _ = stats
-            .latency_us
-            .record(now.saturating_sub(published).max(1));
         shared.received.fetch_add(1, Ordering::Relaxed);
         let at = shared.epoch.elapsed().as_nanos() as u64;
         shared.first_ns.fetch_min(at, Ordering::Relaxed);
         shared.last_ns.fetch_max(at, Ordering::Relaxed);
     }
     let _ = stream.close(None).await;
-    stats
-}
-
-/// Everything the clients saw, merged.
-pub struct Totals {
-    pub received: u64,
-    pub duplicates: u64,
-    pub latency_us: Histogram<u32>,
+    tally
 }
 
 impl Pool {
+    /// Clients connected at the end of the ramp.
     pub fn connected(&self) -> usize {
         self.connected_at_start
     }
@@ -232,35 +188,14 @@ impl Pool {
         Duration::from_nanos(last.saturating_sub(first))
     }
 
-    pub async fn finish(self) -> Totals {
-        let mut totals = Totals {
-            received: 0,
-            duplicates: 0,
-            latency_us: new_histogram(),
-        };
+    /// Waits for every client to end (after the stop signal) and sums what they saw.
+    pub async fn finish(self) -> Tally {
+        let mut total = Tally::new();
         for task in self.tasks {
-            if let Ok(Some(stats)) = task.await {
-                totals.received += stats.received;
-                totals.duplicates += stats.duplicates;
-                let _ = totals.latency_us.add(&stats.latency_us);
+            if let Ok(Some(tally)) = task.await {
+                total.add(&tally);
             }
         }
-        totals
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_numbers_without_parsing_the_frame() {
-        let frame = r#"{"type":"metrics","origin":"w","seq":3,"published_at_us":1764380000123456,"data":[{"name":"bench.load","value":42.0}]}"#;
-        assert_eq!(
-            number_after(frame, "\"published_at_us\":"),
-            Some(1_764_380_000_123_456)
-        );
-        assert_eq!(number_after(frame, "\"value\":"), Some(42));
-        assert_eq!(number_after(frame, "\"missing\":"), None);
+        total
     }
 }

@@ -1,12 +1,14 @@
-//! The load tool's report, as a table for people and JSON for scripts.
+//! The load tool's report, as a table for people and JSON for scripts (`scripts/bench` reads the
+//! JSON: its field names are the script's interface).
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::clients::Totals;
-use super::BenchConfig;
+use crate::config::BenchConfig;
+use crate::tally::Tally;
 
+/// What a run did and saw.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub clients: usize,
@@ -28,6 +30,7 @@ pub struct Report {
     pub first_to_last: Duration,
 }
 
+/// End-to-end latency quantiles, in milliseconds.
 #[derive(Debug, Default, Serialize)]
 pub struct Latency {
     pub p50: f64,
@@ -54,7 +57,9 @@ impl Report {
         }
     }
 
-    pub(super) fn absorb(&mut self, totals: Totals) {
+    /// Takes in what the clients saw. Loss is counted against `expected`; deliveries per second
+    /// over the longer of the publishing time and the first-to-last receipt (at least 1 ms).
+    pub fn absorb(&mut self, totals: &Tally) {
         self.received = totals.received;
         self.duplicated = totals.duplicates;
         self.lost = self.expected.saturating_sub(self.received);
@@ -119,5 +124,86 @@ impl Report {
         for (name, value) in rows {
             println!("{name:<20} {value}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Sighting;
+
+    fn totals(received: u64, latency_us: u64) -> Tally {
+        let mut tally = Tally::new();
+        for sequence in 0..received {
+            tally.record(
+                Sighting {
+                    sequence,
+                    published_at_us: 1_000_000,
+                },
+                1_000_000 + latency_us,
+            );
+        }
+        tally
+    }
+
+    #[test]
+    fn loss_is_what_was_expected_and_not_received() {
+        let mut report = Report {
+            expected: 1_000,
+            publish_seconds: 1.0,
+            ..Report::default()
+        };
+        report.absorb(&totals(990, 500));
+        assert_eq!(
+            (report.received, report.lost, report.duplicated),
+            (990, 10, 0)
+        );
+        let mut report = Report {
+            expected: 10,
+            ..Report::default()
+        };
+        report.absorb(&totals(12, 500));
+        assert_eq!(report.lost, 0, "more than expected is not negative loss");
+    }
+
+    #[test]
+    fn deliveries_per_second_use_the_longer_of_publishing_and_receiving() {
+        let mut report = Report {
+            publish_seconds: 2.0,
+            first_to_last: Duration::from_secs(4),
+            ..Report::default()
+        };
+        report.absorb(&totals(1_000, 500));
+        assert_eq!(report.deliveries_per_second, 250.0);
+        let mut report = Report {
+            publish_seconds: 2.0,
+            first_to_last: Duration::from_secs(1),
+            ..Report::default()
+        };
+        report.absorb(&totals(1_000, 500));
+        assert_eq!(report.deliveries_per_second, 500.0);
+        let mut report = Report::default();
+        report.absorb(&totals(0, 500));
+        assert_eq!(report.deliveries_per_second, 0.0);
+    }
+
+    #[test]
+    fn latency_quantiles_are_in_milliseconds() {
+        let mut report = Report::default();
+        report.absorb(&totals(100, 2_000));
+        for quantile in [
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            report.latency_ms.max,
+        ] {
+            assert!((quantile - 2.0).abs() < 0.01, "{quantile} ms");
+        }
+    }
+
+    #[test]
+    fn no_receipts_leave_the_latency_at_zero() {
+        let mut report = Report::default();
+        report.absorb(&totals(0, 0));
+        assert_eq!(report.latency_ms.p99, 0.0);
     }
 }

@@ -1,0 +1,159 @@
+//! The command line of `fanout-bench`, parsed once into typed values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+/// fanout-bench: the load tool of fanout. Opens WebSocket clients against running workers,
+/// publishes at a fixed rate, and reports deliveries, loss, duplicates and latency.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "fanout-bench", version, long_about = None)]
+pub struct BenchConfig {
+    /// Worker base URL, repeatable; clients and publishes are spread over them round-robin.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
+
+    /// WebSocket clients to open.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+
+    /// Messages published per second.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Publish through the HTTP API, or straight into Redis.
+    #[arg(long, value_enum, default_value_t = PublishVia::Http)]
+    pub publish: PublishVia,
+
+    /// Redis URL for `--publish redis` (the workers' Redis).
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Clients connecting at once during the ramp.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Idle mode: open this many clients, publish nothing, hold them for `--hold`, report the
+    /// connect time (for memory measurements of the server).
+    #[arg(long)]
+    pub idle: Option<usize>,
+
+    /// How long idle clients are held.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+
+    /// Local addresses 127.0.0.1 … 127.0.0.N to connect from (each gives ~28k ports).
+    #[arg(long, default_value_t = 4)]
+    pub source_addresses: u8,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Where the tool publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PublishVia {
+    /// `POST /api/metrics` on the workers, round-robin.
+    Http,
+    /// `PUBLISH` on the workers' Redis, as a worker would.
+    Redis,
+}
+
+impl BenchConfig {
+    /// The WebSocket addresses behind the worker base URLs.
+    pub fn targets(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.urls.iter().map(|url| websocket_addr(url)).collect()
+    }
+}
+
+/// The WebSocket address behind a worker base URL.
+fn websocket_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    authority
+        .parse()
+        .with_context(|| format!("--url {url}: expected http://IP:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        BenchConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_of_the_former_fanout_bench_is_accepted() {
+        let config = BenchConfig::try_parse_from([
+            "fanout-bench",
+            "--url",
+            "http://127.0.0.1:8080",
+            "--url",
+            "http://127.0.0.1:8081/",
+            "--clients",
+            "2000",
+            "--rate",
+            "100",
+            "--duration",
+            "30s",
+            "--publish",
+            "redis",
+            "--redis-url",
+            "redis://db:1",
+            "--connect-concurrency",
+            "64",
+            "--idle",
+            "10",
+            "--hold",
+            "2s",
+            "--source-addresses",
+            "8",
+            "--json",
+            "out.json",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.clients, 2000);
+        assert_eq!(config.rate, 100);
+        assert_eq!(config.duration, Duration::from_secs(30));
+        assert_eq!(config.publish, PublishVia::Redis);
+        assert_eq!(config.redis_url, "redis://db:1");
+        assert_eq!(config.connect_concurrency, 64);
+        assert_eq!(config.idle, Some(10));
+        assert_eq!(config.hold, Duration::from_secs(2));
+        assert_eq!(config.source_addresses, 8);
+        assert_eq!(config.json, Some(PathBuf::from("out.json")));
+        let targets = config.targets().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            targets,
+            [
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+                SocketAddr::from(([127, 0, 0, 1], 8081))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_url_without_an_ip_and_port_is_refused_with_the_flag_named() {
+        let error = websocket_addr("http://localhost/").err();
+        assert!(error.is_some_and(|e| e.to_string().contains("--url http://localhost/")));
+    }
+}

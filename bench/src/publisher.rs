@@ -1,0 +1,164 @@
+//! Publishes numbered bench messages at a steady rate, through the HTTP API or straight into
+//! Redis (in place of a worker).
+//!
+//! The rate must not drift with the server's speed: sends are due by the clock, and a slow server
+//! makes publishes queue (at most [`IN_FLIGHT`]), not the schedule slip.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fanout_domain::WorkerId;
+use tokio::sync::Semaphore;
+
+use crate::config::{BenchConfig, PublishVia};
+use crate::message;
+
+/// Publishes in flight at most (a slow server makes the tool queue, not the rate drift).
+const IN_FLIGHT: usize = 512;
+
+/// Sends are scheduled in slices of this length: `rate × elapsed` messages are due at each.
+const SLICE: Duration = Duration::from_millis(5);
+
+/// The origin of the envelopes the tool puts on the bus with `--publish redis`.
+const ORIGIN: &str = "bench";
+
+/// What the publishing phase did.
+pub struct Published {
+    pub accepted: u64,
+    pub refused: u64,
+    pub elapsed: Duration,
+}
+
+enum Sink {
+    Http {
+        client: reqwest::Client,
+        urls: Vec<String>,
+    },
+    Redis {
+        connection: redis::aio::MultiplexedConnection,
+        origin: WorkerId,
+    },
+}
+
+impl Sink {
+    async fn open(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result<Self> {
+        Ok(match config.publish {
+            PublishVia::Http => Sink::Http {
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(IN_FLIGHT)
+                    .build()?,
+                urls: targets
+                    .iter()
+                    .map(|target| format!("http://{target}/api/metrics"))
+                    .collect(),
+            },
+            PublishVia::Redis => {
+                let client =
+                    redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
+                Sink::Redis {
+                    connection: client.get_multiplexed_async_connection().await?,
+                    origin: WorkerId::new(ORIGIN)?,
+                }
+            }
+        })
+    }
+
+    /// Publishes bench message `sequence`; true when it was accepted.
+    async fn send(&self, sequence: u64) -> bool {
+        match self {
+            Sink::Http { client, urls } => {
+                let Ok(metric) = message::metric(sequence) else {
+                    return false;
+                };
+                let url = &urls[sequence as usize % urls.len()];
+                let sent = client.post(url).json(&metric).send().await;
+                sent.is_ok_and(|response| response.status().is_success())
+            }
+            Sink::Redis { connection, origin } => {
+                let Ok(envelope) = message::envelope(origin, sequence) else {
+                    return false;
+                };
+                let mut connection = connection.clone();
+                redis::cmd("PUBLISH")
+                    .arg(envelope.channel().name())
+                    .arg(envelope.to_json())
+                    .query_async::<i64>(&mut connection)
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// How many messages `rate` per second for `duration` is.
+fn messages_in(rate: u32, duration: Duration) -> u64 {
+    (f64::from(rate) * duration.as_secs_f64()).round() as u64
+}
+
+/// Publishes `rate` messages per second for `duration`, then waits for the ones in flight.
+pub async fn run(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result<Published> {
+    // Fails here, before any load, if the bench message is not valid for the domain.
+    message::metric(0).context("the bench message")?;
+    let sink = Arc::new(Sink::open(config, targets).await?);
+    let total = messages_in(config.rate, config.duration);
+    eprintln!(
+        "bench: publishing {total} messages, {} per second for {:?}, via {:?}",
+        config.rate, config.duration, config.publish
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(SLICE);
+    while sent < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * f64::from(config.rate)) as u64).min(total);
+        while sent < due {
+            let permit = Arc::clone(&in_flight).acquire_owned().await?;
+            let (sink, accepted, refused) = (
+                Arc::clone(&sink),
+                Arc::clone(&accepted),
+                Arc::clone(&refused),
+            );
+            let sequence = sent;
+            tokio::spawn(async move {
+                let counter = if sink.send(sequence).await {
+                    accepted
+                } else {
+                    refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+            sent += 1;
+        }
+    }
+    // Wait for the publishes still in flight.
+    let _all = in_flight.acquire_many(IN_FLIGHT as u32).await?;
+    Ok(Published {
+        accepted: accepted.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_count_is_rate_times_duration_rounded() {
+        assert_eq!(messages_in(100, Duration::from_secs(30)), 3_000);
+        assert_eq!(messages_in(3, Duration::from_millis(500)), 2);
+        assert_eq!(messages_in(0, Duration::from_secs(30)), 0);
+    }
+
+    #[test]
+    fn the_origin_is_a_valid_worker_id() {
+        assert!(WorkerId::new(ORIGIN).is_ok());
+    }
+}
