@@ -1,6 +1,9 @@
 //! Faults, proven with real parts: Redis paused, stopped, cut off from one worker; a client that
 //! moves; a worker killed with SIGKILL; a client that stops reading. Every scenario checks that
 //! alerts arrive exactly once and in order, and says what was lost where loss is allowed.
+//!
+//! Over 400 lines on purpose: a list of independent scenarios on one subject, each readable on
+//! its own; what they share lives in `harness/`.
 
 mod harness;
 

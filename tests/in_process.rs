@@ -1,5 +1,8 @@
 //! Several workers in one process sharing one in-memory bus: real servers on ephemeral ports,
 //! real WebSocket clients, real HTTP. Fast feedback for everything that does not need Redis.
+//!
+//! Over 400 lines on purpose: a list of independent scenarios on one subject, each readable on
+//! its own; what they share lives in `harness/`.
 
 mod harness;
 

@@ -1,5 +1,8 @@
 //! The production face: authentication, origins, limits, readiness and Prometheus metrics, each
 //! checked against a real server with real clients.
+//!
+//! Over 400 lines on purpose: a list of independent scenarios on one subject, each readable on
+//! its own; what they share lives in `harness/`.
 
 mod harness;
 

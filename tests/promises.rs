@@ -2,6 +2,9 @@
 //! would: outside publishers with odd fields, a resume across trimming and log resets, clients
 //! that connect while Redis is down, and the same Redis fault repeated 20 times. Real `fanout`
 //! processes, one real Redis (testcontainers), real WebSocket clients.
+//!
+//! Over 400 lines on purpose: a list of independent scenarios on one subject, each readable on
+//! its own; what they share lives in `harness/`.
 
 mod harness;
 
