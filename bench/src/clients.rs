@@ -1,21 +1,21 @@
 //! The load tool's WebSocket clients: connect with a bounded ramp, then read every frame and hand
 //! the bench messages to a [`Tally`].
 //!
-//! This is the only module that knows the WebSocket client library (tokio-tungstenite), so that
-//! it can be replaced by another client without touching counting or reporting. It must stay
-//! cheap per frame: tens of thousands of these run in one process next to the server.
+//! A client is a [`fanout_client::Connection`], the project's own client, opened over a TCP stream
+//! bound to one of the source addresses, with [`Buffers::SMALL`]. This is the only module that
+//! knows the client, so counting and reporting do not. It must stay cheap per frame: tens of
+//! thousands of these run in one process next to the server, so frames are read as their raw
+//! text ([`Connection::next_text`], no copy) and searched for the bench message, never decoded.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use fanout_client::{Buffers, Connection};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::message::{now_us, Sighting};
 use crate::tally::{Recorded, Tally};
@@ -86,9 +86,9 @@ pub async fn connect_all(
             let _ = attempted_tx.send(connected.is_ok());
             drop(attempted_tx);
             match connected {
-                Ok(stream) => {
+                Ok(connection) => {
                     shared.connected.fetch_add(1, Ordering::Relaxed);
-                    let tally = receive(stream, &shared, stop).await;
+                    let tally = receive(connection, &shared, stop).await;
                     shared.connected.fetch_sub(1, Ordering::Relaxed);
                     Some(tally)
                 }
@@ -114,33 +114,35 @@ pub async fn connect_all(
     }
 }
 
-type Stream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// How long a stopping client waits for the server to acknowledge its close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-async fn connect(source: IpAddr, target: SocketAddr) -> anyhow::Result<Stream> {
+async fn connect(source: IpAddr, target: SocketAddr) -> anyhow::Result<Connection> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
-    // Small buffers: the tool holds tens of thousands of these.
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 8 * 1024;
-    config.write_buffer_size = 0;
-    let url = format!("ws://{target}/ws/performance");
-    let (stream, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
-    Ok(stream)
+    // Small buffers: the tool holds tens of thousands of these. No token, no resume.
+    let url = format!("ws://{target}");
+    Ok(Connection::open_over_with(tcp, &url, None, None, Buffers::SMALL).await?)
 }
 
-async fn receive(mut stream: Stream, shared: &Shared, mut stop: watch::Receiver<bool>) -> Tally {
+async fn receive(
+    mut connection: Connection,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) -> Tally {
     let mut tally = Tally::new();
     loop {
-        let message = tokio::select! {
-            message = stream.next() => message,
+        let read = tokio::select! {
+            read = connection.next_text() => read,
             _ = stop.changed() => break,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break,
+        let text = match read {
+            Ok(text) => text,
+            Err(error) if error.is_disconnect() => break,
+            // A binary frame: not ours, and the connection is still open.
+            Err(_) => continue,
         };
         let Some(sighting) = Sighting::in_frame(&text) else {
             continue;
@@ -153,7 +155,7 @@ async fn receive(mut stream: Stream, shared: &Shared, mut stop: watch::Receiver<
         shared.first_ns.fetch_min(at, Ordering::Relaxed);
         shared.last_ns.fetch_max(at, Ordering::Relaxed);
     }
-    let _ = stream.close(None).await;
+    connection.close(CLOSE_WAIT).await;
     tally
 }
 

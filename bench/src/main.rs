@@ -9,11 +9,12 @@
 //! cores, which the report makes no attempt to hide.
 //!
 //! It talks to the server only through what any client sees (HTTP, WebSocket, the bus's Redis
-//! channels) and the domain's types; it must never depend on the server crate, and the server
-//! must never depend on it.
+//! channels), the domain's types and the project's client (`fanout-client`); it must never depend
+//! on the server crate, and the server must never depend on it.
 //!
 //! Modules: `config` (the flags), `message` (the bench message, published and recognized),
-//! `clients` (the WebSocket clients, the one module that knows the client library), `tally`
+//! `clients` (the WebSocket clients, `fanout_client::Connection`s; the one module that knows
+//! them), `tally`
 //! (counting what a client saw), `publisher` (the steady rate), `report` (table and JSON).
 
 mod clients;

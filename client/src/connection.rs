@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -14,6 +15,50 @@ use crate::{CloseCode, FrameError, ServerFrame};
 
 /// The socket under a [`Connection`].
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A frame's text as the server wrote it: a `str` (by `Deref`), shared with the read buffer's
+/// frame rather than copied out of it.
+pub type Text = tungstenite::Utf8Bytes;
+
+/// The memory a [`Connection`] holds for its frames, whatever it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffers {
+    /// Bytes of the read buffer, allocated when the session opens.
+    pub read: usize,
+    /// Bytes of outgoing frames gathered before they are written to the socket; 0 writes each
+    /// frame at once.
+    pub write: usize,
+}
+
+impl Buffers {
+    /// What [`Connection::open`] and [`Connection::open_over`] use: 128 KiB each, for a few
+    /// connections that read a lot.
+    pub const DEFAULT: Self = Self {
+        read: 128 * 1024,
+        write: 128 * 1024,
+    };
+
+    /// 8 KiB to read, nothing gathered to write: for a process that holds tens of thousands of
+    /// connections (a load tool), where the default buffers would cost gigabytes.
+    pub const SMALL: Self = Self {
+        read: 8 * 1024,
+        write: 0,
+    };
+
+    /// The WebSocket configuration: these sizes, every other setting at the library's default
+    /// (message and frame size limits, an unbounded write buffer on write errors).
+    fn config(self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read)
+            .write_buffer_size(self.write)
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// The route every worker serves the stream on.
 const ROUTE: &str = "/ws/performance";
@@ -105,18 +150,34 @@ impl Connection {
         Ok(Self { socket })
     }
 
-    /// Opens a session over a TCP stream the caller connected (to set socket options first).
-    /// Plain `ws://` only.
+    /// Opens a session over a TCP stream the caller connected (to set socket options first, or
+    /// bind a source address). Plain `ws://` only.
     pub async fn open_over(
         tcp: TcpStream,
         url: &str,
         token: Option<&str>,
         resume: Option<&Position>,
     ) -> Result<Self, ConnectError> {
+        Self::open_over_with(tcp, url, token, resume, Buffers::DEFAULT).await
+    }
+
+    /// [`Connection::open_over`] with the given [`Buffers`] (`Buffers::SMALL` for many
+    /// connections in one process).
+    pub async fn open_over_with(
+        tcp: TcpStream,
+        url: &str,
+        token: Option<&str>,
+        resume: Option<&Position>,
+        buffers: Buffers,
+    ) -> Result<Self, ConnectError> {
         let request = request(url, token, resume)?;
-        let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
-            .await
-            .map_err(refused)?;
+        let (socket, _) = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(tcp),
+            Some(buffers.config()),
+        )
+        .await
+        .map_err(refused)?;
         Ok(Self { socket })
     }
 
@@ -126,12 +187,13 @@ impl Connection {
         Ok(ServerFrame::from_json(&self.next_text().await?)?)
     }
 
-    /// The next frame's text as the server wrote it, not decoded (to forward it, or to decode
-    /// it some other way). Never [`ReadError::Malformed`].
-    pub async fn next_text(&mut self) -> Result<String, ReadError> {
+    /// The next frame's text as the server wrote it, neither decoded nor copied (to forward it,
+    /// to look for something in it, or to decode it some other way). Never
+    /// [`ReadError::Malformed`].
+    pub async fn next_text(&mut self) -> Result<Text, ReadError> {
         loop {
             match self.socket.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Text(text))) => return Ok(text),
                 Some(Ok(Message::Binary(_))) => return Err(ReadError::Binary),
                 Some(Ok(Message::Close(frame))) => {
                     return Err(ReadError::Closed {
@@ -246,6 +308,24 @@ mod tests {
 
     fn url(base: &str, resume: Option<&Position>) -> String {
         session_url(base, resume).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn buffers_set_only_the_buffer_sizes() {
+        let library = WebSocketConfig::default();
+        let small = Buffers::SMALL.config();
+        assert_eq!(
+            (small.read_buffer_size, small.write_buffer_size),
+            (8 * 1024, 0)
+        );
+        assert_eq!(small.max_write_buffer_size, library.max_write_buffer_size);
+        assert_eq!(small.max_message_size, library.max_message_size);
+        assert_eq!(small.max_frame_size, library.max_frame_size);
+        let default = Buffers::default().config();
+        assert_eq!(
+            (default.read_buffer_size, default.write_buffer_size),
+            (library.read_buffer_size, library.write_buffer_size)
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!   ([`Metric`](fanout_domain::Metric), [`Alert`](fanout_domain::Alert),
 //!   [`LogId`](fanout_domain::LogId), [`LogEpoch`](fanout_domain::LogEpoch)), and [`CloseCode`].
 //! - [`Connection`]: one WebSocket session with one worker (token, resume position), no
-//!   reconnection.
+//!   reconnection; over a TCP stream the caller connected, with small [`Buffers`] for processes
+//!   holding many connections; frames decoded or as their raw [`Text`].
 //! - [`Watch`] → [`Events`]: a `Stream` of [`Event`]s that reconnects with a jittered
 //!   exponential [`Backoff`], rotating through several workers, and resumes after the last alert
 //!   received, reporting a resume that could not replay everything.
@@ -38,7 +39,9 @@ mod watch;
 
 pub use backoff::Backoff;
 pub use close::CloseCode;
-pub use connection::{session_url, ConnectError, Connection, Position, ReadError, Socket};
+pub use connection::{
+    session_url, Buffers, ConnectError, Connection, Position, ReadError, Socket, Text,
+};
 pub use frame::{AlertFrame, BusReport, FrameError, Hello, MetricsFrame, Resume, ServerFrame};
 pub use publish::{PublishError, Publisher, Receipt};
 pub use watch::{Event, Events, Watch};
