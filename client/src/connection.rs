@@ -67,6 +67,7 @@ const ROUTE: &str = "/ws/performance";
 /// received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Position {
+    /// The `id` of the last alert received: the worker replays the alerts after it.
     pub id: LogId,
     /// The identity of the log `id` belongs to. Without it a reset log whose new ids pass `id`
     /// goes unnoticed.
@@ -76,15 +77,31 @@ pub struct Position {
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// `url` is not a worker URL (`ws://` or `wss://`, no query or fragment), the token is not a
+    /// valid header value, or [`Watch`](crate::Watch) was given no URL. Retrying will not help.
     #[error("invalid worker URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL as given (empty when there was none).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The worker answered the upgrade with an HTTP status: 401 (no valid token), 403 (the token
     /// allows no channel, or the origin is not allowed), 503 (at its connection limit, or
     /// shutting down), 400 (a malformed position).
     #[error("the worker refused the connection with {status}: {error}")]
-    Refused { status: u16, error: String },
+    Refused {
+        /// The HTTP status the worker answered with.
+        status: u16,
+        /// The worker's reason, from its `{"error"}` body; empty when it gave none.
+        error: String,
+    },
+    /// The TCP connection or the WebSocket handshake failed (refused, reset, TLS): the worker
+    /// may be down; try again later or another worker.
     #[error("cannot connect: {0}")]
     Transport(#[source] tungstenite::Error),
+    /// Only from [`Watch`](crate::Watch): the attempt, handshake included, took longer than the
+    /// watch's connect timeout (this `Duration`); the next attempt goes to the next URL.
     #[error("the worker did not answer within {0:?}")]
     TimedOut(std::time::Duration),
 }
@@ -95,12 +112,16 @@ pub enum ReadError {
     /// The server closed the connection, with the code of PROTOCOL.md's table when it gave one.
     #[error("the server closed the connection with {}: {reason}", describe(.code))]
     Closed {
+        /// The close code; `None` when the close frame carried none.
         code: Option<CloseCode>,
+        /// The close frame's reason; empty when it gave none.
         reason: String,
     },
     /// The connection failed or ended without a close frame.
     #[error("the connection was lost: {0}")]
     Lost(#[source] tungstenite::Error),
+    /// The socket yields no more frames: the session is already over (a read after `Closed` or
+    /// `Lost`).
     #[error("the connection ended without a close frame")]
     Ended,
     /// A frame that is not a protocol frame; the connection is still open.

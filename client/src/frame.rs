@@ -22,7 +22,9 @@ pub enum ServerFrame {
     Snapshot(Vec<Metric>),
     /// The third frame of a resuming connection, before the replayed alerts.
     Resume(Resume),
+    /// A batch of metrics published together.
     Metrics(MetricsFrame),
+    /// One alert: live, or replayed after a `Resume`.
     Alert(AlertFrame),
 }
 
@@ -30,9 +32,11 @@ pub enum ServerFrame {
 /// published reaches this connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The worker this connection is with (`web-1-4242`).
     pub worker: WorkerId,
     /// Connections the worker held when it greeted this one.
     pub connections: usize,
+    /// The worker's bus subscriber; its `state` is always `subscribed` in `hello`.
     pub bus: BusReport,
 }
 
@@ -42,13 +46,24 @@ pub struct Hello {
 pub struct BusReport {
     /// `memory` or `redis`.
     pub bus: String,
+    /// What the subscriber is doing: always `subscribed` in `hello`; in `/healthz` also `idle`
+    /// (no clients, so no subscription), `connecting` or `reconnecting` (the bus is unreachable).
     pub state: SubscriberState,
+    /// Recoveries: times the subscriber was subscribed again after losing its connection.
     pub reconnects: u64,
+    /// Connection attempts that failed (several per outage, one per backoff step).
     pub failed_attempts: u64,
+    /// Why the latest failed attempt or lost connection failed, kept after recovery; `None` when
+    /// nothing has failed yet.
     pub last_error: Option<String>,
+    /// Messages the worker received from the bus and handed to its clients.
     pub received: u64,
+    /// Messages on the bus that were not valid envelopes (dropped).
     pub malformed: u64,
+    /// Times the worker found alerts it could not deliver: trimmed from the log before it caught
+    /// up, the log reset, or an in-memory bus it lagged behind.
     pub lost: u64,
+    /// Alerts on the bus whose `id` the alert log did not assign (delivered without it).
     pub foreign_ids: u64,
 }
 
@@ -75,6 +90,8 @@ pub struct MetricsFrame {
     pub seq: u64,
     /// When the origin published it, Unix microseconds.
     pub published_at_us: u64,
+    /// The batch, in the order published: at least one metric, each with `source` set to
+    /// `origin`.
     pub metrics: Vec<Metric>,
 }
 
@@ -82,22 +99,33 @@ pub struct MetricsFrame {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlertFrame {
     /// The alert's position in the cluster-wide alert log: keep the last one to resume from.
+    /// `None` for an alert that did not go through the log (put on Redis by another system): it
+    /// cannot be replayed.
     pub id: Option<LogId>,
     /// The identity of the log `id` belongs to.
     pub epoch: Option<LogEpoch>,
+    /// The worker that published it (`external` for outside publishers).
     pub origin: WorkerId,
+    /// Per-origin sequence number (0 from outside publishers). Alerts are ordered by `id`, not
+    /// by `seq`.
     pub seq: u64,
+    /// When the origin published it, Unix microseconds (0 from outside publishers unless set).
     pub published_at_us: u64,
+    /// The alert itself, its `source` set to `origin`.
     pub alert: Alert,
 }
 
 /// Why a text frame is not a frame of the protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// Not JSON, no `type`, or a `hello`, `snapshot` or `resume` frame of the wrong shape.
     #[error("frame is not the JSON of a protocol frame: {0}")]
     Json(#[from] serde_json::Error),
+    /// A `type` this client does not know (a newer server's frame, say).
     #[error("frame has an unknown type {0:?}")]
     UnknownType(String),
+    /// A `metrics` or `alert` frame the domain refuses: not of the envelope's shape, or a
+    /// metric or alert that breaks a rule of the domain.
     #[error(transparent)]
     Envelope(#[from] DecodeError),
 }

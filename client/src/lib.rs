@@ -30,6 +30,8 @@
 //! This crate speaks the protocol from the outside: it depends on the domain's types and never
 //! on the server's crates (axum, the adapters, the app).
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod backoff;
 mod close;
 mod connection;

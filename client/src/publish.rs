@@ -24,48 +24,82 @@ pub struct Receipt {
     pub log_id: Option<LogId>,
 }
 
-/// Why a publish was refused or failed. `error` is the worker's reason (its `{"error"}` body).
+/// Why a publish was refused or failed. `error` is the worker's reason (its `{"error"}` body, or
+/// the body as text when it is not JSON).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// `url` is not `http://` or `https://`, or no HTTP client could be built for it. Retrying
+    /// will not help.
     #[error("invalid worker URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// 400: the body is not JSON.
     #[error("400 Bad Request: {error}")]
-    BadRequest { error: String },
+    BadRequest {
+        /// The worker's reason.
+        error: String,
+    },
     /// 401: authentication is on and the request has no valid token.
     #[error("401 Unauthorized: {error}")]
-    Unauthorized { error: String },
+    Unauthorized {
+        /// The worker's reason.
+        error: String,
+    },
     /// 403: the token may not publish (no `"publish": true` claim).
     #[error("403 Forbidden: {error}")]
-    Forbidden { error: String },
+    Forbidden {
+        /// The worker's reason.
+        error: String,
+    },
     /// 413: the body is larger than the worker's `--max-body-bytes`.
     #[error("413 Payload Too Large: {error}")]
-    TooLarge { error: String },
+    TooLarge {
+        /// The worker's reason.
+        error: String,
+    },
     /// 415: not sent as `application/json`.
     #[error("415 Unsupported Media Type: {error}")]
-    UnsupportedMediaType { error: String },
+    UnsupportedMediaType {
+        /// The worker's reason.
+        error: String,
+    },
     /// 422: valid JSON of the wrong shape; `field` names where (`[1].value`, `source`).
     #[error("422 Unprocessable Entity: {error}{}", at(.field))]
     Invalid {
+        /// The worker's reason.
         error: String,
+        /// Where in the body the problem is; `None` when there is no such place.
         field: Option<String>,
     },
     /// 429: the credential exceeded `--publish-rate`; retry after `retry_after`.
     #[error("429 Too Many Requests: {error} (retry after {retry_after:?})")]
     RateLimited {
+        /// The worker's reason.
         error: String,
+        /// The worker's `Retry-After`; `None` when it sent none in seconds.
         retry_after: Option<Duration>,
     },
     /// 503: the bus cannot take the message now; nothing was published: retry after
     /// `retry_after`.
     #[error("503 Service Unavailable: {error} (retry after {retry_after:?})")]
     Unavailable {
+        /// The worker's reason.
         error: String,
+        /// The worker's `Retry-After`; `None` when it sent none in seconds.
         retry_after: Option<Duration>,
     },
     /// A status the protocol does not document for publishing.
     #[error("unexpected status {status}: {error}")]
-    UnexpectedStatus { status: u16, error: String },
+    UnexpectedStatus {
+        /// The HTTP status.
+        status: u16,
+        /// The worker's reason.
+        error: String,
+    },
     /// The request did not get an answer (connection refused, reset, timed out).
     #[error("cannot reach the worker: {0}")]
     Transport(#[source] reqwest::Error),

@@ -34,7 +34,9 @@ use crate::{
 pub enum Event {
     /// A session is open and greeted: from now on every message published reaches it.
     Connected {
+        /// The worker's URL, as given to [`Watch::new`].
         url: String,
+        /// The worker's greeting.
         hello: Hello,
     },
     /// The latest value of each metric series the worker has seen (after each `Connected`).
@@ -44,25 +46,36 @@ pub enum Event {
     /// A resume could not replay everything after the last alert received (trimmed from the log,
     /// or the log was reset): alerts were missed. What could be replayed follows as `Alert`s.
     ResumeIncomplete(Resume),
+    /// A batch of metrics published together.
     Metrics(MetricsFrame),
+    /// One alert, live or replayed; the next resume starts after the last one with an `id`.
     Alert(AlertFrame),
     /// A frame that is not a protocol frame, skipped; the session goes on.
     Malformed {
+        /// The worker that sent it.
         url: String,
+        /// Why it is not a protocol frame.
         error: FrameError,
     },
     /// The session ended; the next attempt starts after `retry_in`.
     Disconnected {
+        /// The worker the session was with.
         url: String,
         /// The close code, when the server closed the connection with one.
         code: Option<CloseCode>,
+        /// How the session ended: [`ReadError::Closed`], [`ReadError::Lost`] or
+        /// [`ReadError::Ended`].
         error: ReadError,
+        /// The backoff before the next attempt, to the next URL.
         retry_in: Duration,
     },
     /// A connection attempt failed; the next one (to the next URL) starts after `retry_in`.
     ConnectFailed {
+        /// The worker that was tried.
         url: String,
+        /// Why the attempt failed.
         error: ConnectError,
+        /// The backoff before the next attempt, to the next URL.
         retry_in: Duration,
     },
 }
