@@ -93,6 +93,29 @@ impl RedisConfig {
         }
     }
 
+    /// A pool of at most `pool_size` connections, every step bounded by the command timeout.
+    /// Connects nothing yet: connections are made when a caller asks for one.
+    pub(crate) fn create_pool(
+        &self,
+        purpose: &'static str,
+    ) -> Result<deadpool_redis::Pool, deadpool_redis::CreatePoolError> {
+        let mut config = deadpool_redis::Config::from_url(self.url.as_str());
+        let mut pool = deadpool_redis::PoolConfig::new(self.pool_size);
+        pool.timeouts = deadpool_redis::Timeouts {
+            wait: Some(self.command_timeout),
+            create: Some(self.command_timeout),
+            recycle: Some(self.command_timeout),
+        };
+        config.pool = Some(pool);
+        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        tracing::info!(
+            max_connections = self.pool_size,
+            purpose,
+            "Redis pool created"
+        );
+        Ok(pool)
+    }
+
     /// Checks the URL without connecting: a wrong scheme or host fails at start-up, not later.
     pub fn validate(&self) -> Result<(), redis::RedisError> {
         redis::Client::open(self.url.as_str()).map(|_| ())

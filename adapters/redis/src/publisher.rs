@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::Pool;
 use fanout_domain::{
     AlertHistory, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogId, LogPosition,
     Payload, PublishError, SubscriberState,
@@ -79,22 +79,9 @@ impl RedisPublisher {
     async fn pool(&self) -> Result<&Pool, PublishError> {
         self.pool
             .get_or_try_init(|| async {
-                let mut config = deadpool_redis::Config::from_url(self.config.url.as_str());
-                let mut pool = PoolConfig::new(self.config.pool_size);
-                pool.timeouts = Timeouts {
-                    wait: Some(self.config.command_timeout),
-                    create: Some(self.config.command_timeout),
-                    recycle: Some(self.config.command_timeout),
-                };
-                config.pool = Some(pool);
-                let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|error| {
-                    PublishError::caused_by("cannot create the Redis pool", error)
-                })?;
-                tracing::info!(
-                    max_connections = self.config.pool_size,
-                    "Redis publish pool created"
-                );
-                Ok(pool)
+                self.config
+                    .create_pool("publishing")
+                    .map_err(|error| PublishError::caused_by("cannot create the Redis pool", error))
             })
             .await
     }

@@ -11,7 +11,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::Pool;
 use fanout_domain::{PublishQuota, PublishRate, QuotaDecision, QuotaError};
 use redis::Script;
 use tokio::sync::OnceCell;
@@ -68,22 +68,9 @@ impl RedisQuota {
     async fn pool(&self) -> Result<&Pool, QuotaError> {
         self.pool
             .get_or_try_init(|| async {
-                let mut config = deadpool_redis::Config::from_url(self.config.url.as_str());
-                let mut pool = PoolConfig::new(self.config.pool_size);
-                pool.timeouts = Timeouts {
-                    wait: Some(self.config.command_timeout),
-                    create: Some(self.config.command_timeout),
-                    recycle: Some(self.config.command_timeout),
-                };
-                config.pool = Some(pool);
-                let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|error| {
-                    QuotaError::caused_by("cannot create the Redis pool", error)
-                })?;
-                tracing::info!(
-                    max_connections = self.config.pool_size,
-                    "Redis quota pool created"
-                );
-                Ok(pool)
+                self.config
+                    .create_pool("publish quota")
+                    .map_err(|error| QuotaError::caused_by("cannot create the Redis pool", error))
             })
             .await
     }
