@@ -143,6 +143,10 @@ async fn a_resume_is_complete_only_when_nothing_after_the_id_is_missing() {
     assert_eq!(trimmed.resume["replayed"], 100, "retention is exact");
     let from_zero = Client::resume(worker.addr, "0-0").await;
     assert_eq!(from_zero.resume["complete"], false, "{}", from_zero.resume);
+    // The greatest id there is: beyond the log, answered, not a 1013 to retry forever.
+    let greatest = Client::resume(worker.addr, "18446744073709551615-18446744073709551615").await;
+    assert_eq!(greatest.resume["complete"], false, "{}", greatest.resume);
+    assert_eq!(greatest.resume["replayed"], 0, "{}", greatest.resume);
 
     // From within the retention: complete, and exactly the alerts after the id.
     let epoch = trimmed.resume["epoch"].as_str().unwrap_or("?").to_owned();

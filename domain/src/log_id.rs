@@ -31,6 +31,12 @@ impl LogId {
     /// retained log.
     pub const ZERO: LogId = LogId { ms: 0, seq: 0 };
 
+    /// The greatest id: nothing comes after it (Redis refuses it as an exclusive start).
+    pub const MAX: LogId = LogId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
     /// The id `MS-SEQ`. Every pair is well-formed; whether the log holds it is the log's to say.
     pub fn new(ms: u64, seq: u64) -> Self {
         Self { ms, seq }

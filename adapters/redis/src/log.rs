@@ -167,6 +167,8 @@ return {epoch, deleted, head, entries}
         after: LogId,
         limit: usize,
     ) -> Result<AlertHistory, HistoryError> {
+        // Nothing can follow the greatest id, and `XRANGE (MAX` is an error: read no entries.
+        let limit = if after == LogId::MAX { 0 } else { limit };
         let read = self.read(connection, keys, after, limit).await?;
         let mut alerts = Vec::with_capacity(read.entries.len());
         for (id, fields) in read.entries {
