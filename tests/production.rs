@@ -425,12 +425,7 @@ async fn check_config_shows_flags_over_environment_over_file_with_secrets_masked
         "{text} {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let line = |id: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{id} ")))
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let line = |id: &str| setting(&text, id);
     assert!(
         line("listen").contains("127.0.0.1:1234"),
         "flag beats file: {text}"
@@ -489,12 +484,7 @@ async fn check_config_takes_the_flags_on_either_side_of_the_subcommand() {
             "{args:?}: {text} {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let line = |id: &str| {
-            text.lines()
-                .find(|l| l.starts_with(&format!("{id} ")))
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let line = |id: &str| setting(&text, id);
         assert!(
             line("auth_secret").contains("***") && line("auth_secret").contains("[flag]"),
             "{args:?}: {text}"
@@ -535,4 +525,12 @@ async fn json_logs_carry_the_worker_id_on_every_line() {
     assert_eq!(event["worker"], "json-1");
     assert!(event["pid"].as_u64().is_some());
     assert_eq!(event["message"], "worker listening");
+}
+
+/// The line `check-config` prints for the setting `id` (empty when it prints none).
+fn setting(text: &str, id: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .unwrap_or_default()
+        .to_owned()
 }
