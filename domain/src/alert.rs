@@ -8,8 +8,8 @@ use crate::json_object::ObjectOnly;
 use crate::metric::{check_labels, check_name, check_text, Required};
 use crate::{InvalidMessage, WorkerId};
 
-/// How urgent an alert is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How urgent an alert is; ordered from `Info` to `Critical`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Worth knowing; nobody needs to act.

@@ -89,6 +89,7 @@ struct WireOut<'a> {
 #[serde(untagged)]
 enum WireData<'a> {
     Metrics(&'a [Metric]),
+    SomeMetrics(&'a [&'a Metric]),
     Alert(&'a Alert),
 }
 
@@ -151,6 +152,21 @@ impl Envelope {
         };
         // Serializing these plain structs into a String cannot fail: every map key is a string and
         // every float was validated finite before it entered an envelope.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// The wire form of this envelope's header with `metrics` as its data: a subscriber's share
+    /// of a metrics batch (the same `origin`, `seq` and `published_at_us`), or conflated values.
+    pub fn to_json_with_metrics(&self, metrics: &[&Metric]) -> String {
+        let wire = WireOut {
+            kind: "metrics",
+            id: None,
+            epoch: None,
+            origin: &self.origin,
+            seq: self.seq,
+            published_at_us: self.published_at_us,
+            data: WireData::SomeMetrics(metrics),
+        };
         serde_json::to_string(&wire).unwrap_or_default()
     }
 
@@ -261,6 +277,35 @@ mod tests {
         );
         let decoded = Envelope::from_json(Channel::Metrics, json.as_bytes()).ok();
         assert_eq!(decoded, Some(envelope));
+    }
+
+    #[test]
+    fn a_share_of_a_batch_is_the_same_message_with_fewer_items() {
+        let metric = |name: &str| {
+            let mut metric = Metric::new(name, 1.0).valid();
+            metric.set_source(worker());
+            metric
+        };
+        let envelope = Envelope {
+            id: None,
+            epoch: None,
+            origin: worker(),
+            seq: 3,
+            published_at_us: 0,
+            payload: Payload::Metrics(vec![metric("a"), metric("b"), metric("c")]),
+        };
+        let (a, c) = (metric("a"), metric("c"));
+        let share = envelope.to_json_with_metrics(&[&a, &c]);
+        let decoded = Envelope::from_json(Channel::Metrics, share.as_bytes()).ok();
+        assert_eq!(
+            decoded,
+            Some(Envelope {
+                payload: Payload::Metrics(vec![a.clone(), c.clone()]),
+                ..envelope.clone()
+            })
+        );
+        let all = envelope.to_json_with_metrics(&[&a, &metric("b"), &c]);
+        assert_eq!(all, envelope.to_json(), "all items: the same bytes");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod outbox;
 mod ports;
 mod quota;
 mod rules;
+mod selector;
 mod service;
 mod worker;
 
@@ -40,6 +41,10 @@ pub use ports::{
 };
 pub use quota::{PublishQuota, PublishRate, QuotaDecision, QuotaError, RateOutcome};
 pub use rules::{AlertRule, Comparison, ParseRuleError, RuleEngine};
+pub use selector::{
+    ClientRequest, LabelMatcher, NamePattern, Names, RequestError, Selector, SelectorError,
+    SelectorLimits, Subscribe, DEFAULT_SUBSCRIPTION, MAX_ID_BYTES, MAX_INTERVAL, MIN_INTERVAL,
+};
 pub use service::{PerformanceService, PublishReceipt, Raised};
 pub use worker::{InvalidWorkerId, WorkerId};
 
