@@ -140,6 +140,18 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..), global = true)]
     pub max_client_message: u32,
 
+    /// Most subscriptions one WebSocket connection may hold (an error answer beyond).
+    #[arg(long, env = "FANOUT_MAX_SUBSCRIPTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]
+    pub max_subscriptions: u32,
+
+    /// Most metric name patterns, and most label matchers, in one subscription.
+    #[arg(long, env = "FANOUT_MAX_SELECTOR_TERMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]
+    pub max_selector_terms: u32,
+
+    /// Longest metric name pattern, label key or label value in a subscription, in bytes.
+    #[arg(long, env = "FANOUT_MAX_PATTERN_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096), global = true)]
+    pub max_pattern_bytes: u32,
+
     /// Largest publish body accepted by the HTTP API (413 beyond).
     #[arg(long, env = "FANOUT_MAX_BODY_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..), global = true)]
     pub max_body_bytes: u32,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use fanout_domain::{
     AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, PublishQuota, RuleEngine,
-    WorkerId,
+    SelectorLimits, WorkerId,
 };
 use std::num::NonZeroU32;
 
@@ -18,7 +18,7 @@ use fanout_domain::{AccessControl, OpenAccess};
 use fanout_http::ApiConfig;
 use fanout_memory::{MemoryBus, MemoryQuota};
 use fanout_redis::{RedisBus, RedisConfig, RedisQuota};
-use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits};
+use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits, SubscriptionLimits};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -199,6 +199,13 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         max_incoming_message: config.max_client_message as usize,
         ping_interval: config.ping_interval,
         client_timeout: config.client_timeout,
+        subscriptions: SubscriptionLimits {
+            max_per_connection: config.max_subscriptions as usize,
+            selector: SelectorLimits {
+                max_terms: config.max_selector_terms as usize,
+                max_pattern_bytes: config.max_pattern_bytes as usize,
+            },
+        },
     };
     let access = access_control(config)?;
     let manager = Arc::new(

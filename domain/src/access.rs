@@ -1,5 +1,6 @@
 //! Who may do what: the permissions a credential grants, and the port that checks credentials.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 /// What a verified credential allows.
@@ -15,6 +16,9 @@ pub struct Grant {
     pub publish: bool,
     /// When the credential stops being valid (a live connection is closed then).
     pub expires_at: Option<SystemTime>,
+    /// Labels every metric and alert this credential receives or publishes must carry (the
+    /// token's `where` claim); empty: no restriction.
+    pub scope: BTreeMap<String, String>,
 }
 
 impl Grant {
@@ -26,6 +30,7 @@ impl Grant {
             alerts: true,
             publish: true,
             expires_at: None,
+            scope: BTreeMap::new(),
         }
     }
 }

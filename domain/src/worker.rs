@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Non-empty, at most 128 bytes, no whitespace or control characters: it travels in every
 /// envelope, series key and log line.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WorkerId(pub(crate) String);
 

@@ -92,6 +92,7 @@ impl AccessControl for JwtAccess {
             alerts: allows("alerts"),
             publish: claims.publish,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            scope: Default::default(),
         })
     }
 }

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fanout_domain::{AccessControl, AccessError, Grant, LogEpoch, LogId, LogPosition};
+use fanout_domain::{
+    AccessControl, AccessError, Grant, LogEpoch, LogId, LogPosition, SelectorError, SelectorLimits,
+    Subscribe,
+};
 
 use crate::slots::{ConnectionSlots, Slot};
 
@@ -49,12 +52,19 @@ pub(crate) struct UpgradeRequest<'a> {
     pub(crate) last_alert_id: Option<&'a str>,
     /// `?epoch=`
     pub(crate) epoch: Option<&'a str>,
+    /// `?metrics=`, `?where=`, `?alerts=`, `?interval=`: the first subscription.
+    pub(crate) metrics: Option<&'a str>,
+    pub(crate) where_: Option<&'a str>,
+    pub(crate) alerts: Option<&'a str>,
+    pub(crate) interval: Option<&'a str>,
 }
 
 /// An admitted request: what its connection starts with.
 pub(crate) struct Admitted {
     pub(crate) grant: Grant,
     pub(crate) resume_from: Option<LogPosition>,
+    /// The first subscription (`default`), from the query; everything when it asks for nothing.
+    pub(crate) first: Subscribe,
     /// Owned by the connection from now on: it goes back when the connection ends, or when axum
     /// drops the callback of a failed upgrade.
     pub(crate) slot: Slot,
@@ -69,6 +79,8 @@ pub(crate) enum NotAdmitted {
     Origin(String),
     /// A malformed `last_alert_id` or `epoch`, or an `epoch` without `last_alert_id`.
     ResumePosition(String),
+    /// A malformed or over-limit selector in the query.
+    Selector(SelectorError),
     AtConnectionLimit,
 }
 
@@ -78,7 +90,7 @@ impl NotAdmitted {
             Self::Draining | Self::AtConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credential(_) => StatusCode::UNAUTHORIZED,
             Self::NoChannel | Self::Origin(_) => StatusCode::FORBIDDEN,
-            Self::ResumePosition(_) => StatusCode::BAD_REQUEST,
+            Self::ResumePosition(_) | Self::Selector(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -90,6 +102,7 @@ impl NotAdmitted {
             Self::NoChannel => "the token allows no channel".into(),
             Self::Origin(origin) => format!("origin {origin} is not allowed"),
             Self::ResumePosition(reason) => reason.clone(),
+            Self::Selector(error) => error.reason.clone(),
             Self::AtConnectionLimit => "this worker is at its connection limit".into(),
         }
     }
@@ -97,7 +110,12 @@ impl NotAdmitted {
 
 impl IntoResponse for NotAdmitted {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.reason() });
+        let body = match &self {
+            Self::Selector(error) => {
+                serde_json::json!({ "error": self.reason(), "field": error.field })
+            }
+            _ => serde_json::json!({ "error": self.reason() }),
+        };
         (self.status(), axum::Json(body)).into_response()
     }
 }
@@ -121,12 +139,13 @@ impl Gate {
 
     /// Decides an upgrade request. The checks run in this order, so a request that fails
     /// several gets the first one's answer: shutting down (503), credential (401), channels
-    /// (403), origin (403), resume position (400), connection slot (503) — last, so that a
-    /// refused request never holds a slot.
+    /// (403), origin (403), resume position (400), selector (400), connection slot (503) —
+    /// last, so that a refused request never holds a slot.
     pub(crate) fn admit(
         &self,
         access: &dyn AccessControl,
         request: &UpgradeRequest<'_>,
+        selector_limits: &SelectorLimits,
     ) -> Result<Admitted, NotAdmitted> {
         if self.is_draining() {
             return Err(NotAdmitted::Draining);
@@ -143,6 +162,14 @@ impl Gate {
         }
         let resume_from = resume_position(request.last_alert_id, request.epoch)
             .map_err(NotAdmitted::ResumePosition)?;
+        let first = Subscribe::from_query(
+            request.metrics,
+            request.where_,
+            request.alerts,
+            request.interval,
+            selector_limits,
+        )
+        .map_err(NotAdmitted::Selector)?;
         let slot = self
             .slots
             .try_reserve()
@@ -150,6 +177,7 @@ impl Gate {
         Ok(Admitted {
             grant,
             resume_from,
+            first,
             slot,
         })
     }
@@ -216,6 +244,10 @@ mod tests {
         origin: None,
         last_alert_id: None,
         epoch: None,
+        metrics: None,
+        where_: None,
+        alerts: None,
+        interval: None,
     };
 
     fn refusal(
@@ -223,7 +255,7 @@ mod tests {
         access: &dyn AccessControl,
         request: &UpgradeRequest<'_>,
     ) -> NotAdmitted {
-        match gate.admit(access, request) {
+        match gate.admit(access, request, &SelectorLimits::default()) {
             Ok(_) => panic!("admitted"),
             Err(refusal) => refusal,
         }
@@ -240,7 +272,7 @@ mod tests {
     fn a_fresh_request_is_admitted_with_its_grant_and_no_resume() {
         let gate = Gate::new(Admission::default());
         let admitted = gate
-            .admit(&OpenAccess, &FRESH)
+            .admit(&OpenAccess, &FRESH, &SelectorLimits::default())
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(admitted.grant, Grant::open());
         assert_eq!(admitted.resume_from, None);
@@ -285,19 +317,29 @@ mod tests {
             refused.reason(),
             "origin https://evil.example is not allowed"
         );
-        assert!(gate.admit(&OpenAccess, &from("https://ok.example")).is_ok());
+        assert!(gate
+            .admit(
+                &OpenAccess,
+                &from("https://ok.example"),
+                &SelectorLimits::default()
+            )
+            .is_ok());
     }
 
     #[test]
     fn requests_without_an_origin_and_workers_without_a_list_admit_any() {
         let listed = gate_with_origins(&["https://ok.example"]);
-        assert!(listed.admit(&OpenAccess, &FRESH).is_ok());
+        assert!(listed
+            .admit(&OpenAccess, &FRESH, &SelectorLimits::default())
+            .is_ok());
         let open = gate_with_origins(&[]);
         let request = UpgradeRequest {
             origin: Some("https://anywhere.example"),
             ..FRESH
         };
-        assert!(open.admit(&OpenAccess, &request).is_ok());
+        assert!(open
+            .admit(&OpenAccess, &request, &SelectorLimits::default())
+            .is_ok());
     }
 
     #[test]
@@ -309,7 +351,7 @@ mod tests {
             ..FRESH
         };
         let admitted = gate
-            .admit(&OpenAccess, &request)
+            .admit(&OpenAccess, &request, &SelectorLimits::default())
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             admitted.resume_from,
@@ -352,20 +394,69 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_selector_is_400_naming_its_parameter_and_takes_no_slot() {
+        let gate = Gate::new(Admission {
+            allowed_origins: Vec::new(),
+            max_connections: Some(1),
+        });
+        let requests = [
+            (Some("api.*,"), None, None, "metrics"),
+            (None, Some("service"), None, "where"),
+            (None, None, Some("loud"), "alerts"),
+        ];
+        for (metrics, where_, alerts, field) in requests {
+            let request = UpgradeRequest {
+                metrics,
+                where_,
+                alerts,
+                ..FRESH
+            };
+            let refused = refusal(&gate, &OpenAccess, &request);
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+            assert!(
+                matches!(&refused, NotAdmitted::Selector(e) if e.field == field),
+                "{refused:?}"
+            );
+        }
+        let interval = UpgradeRequest {
+            interval: Some("1m"),
+            ..FRESH
+        };
+        assert!(matches!(
+            refusal(&gate, &OpenAccess, &interval),
+            NotAdmitted::Selector(e) if e.field == "interval"
+        ));
+        let admitted = gate
+            .admit(
+                &OpenAccess,
+                &UpgradeRequest {
+                    metrics: Some("api.*"),
+                    ..FRESH
+                },
+                &SelectorLimits::default(),
+            )
+            .unwrap_or_else(|refused| panic!("{refused:?}"));
+        assert_eq!(admitted.first.id, "default");
+        assert!(!admitted.first.selector.is_everything());
+    }
+
+    #[test]
     fn a_full_worker_is_503_until_a_slot_comes_back() {
         let gate = Gate::new(Admission {
             allowed_origins: Vec::new(),
             max_connections: Some(1),
         });
         let first = gate
-            .admit(&OpenAccess, &FRESH)
+            .admit(&OpenAccess, &FRESH, &SelectorLimits::default())
             .unwrap_or_else(|e| panic!("{e:?}"));
         let refused = refusal(&gate, &OpenAccess, &FRESH);
         assert_eq!(refused, NotAdmitted::AtConnectionLimit);
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.reason(), "this worker is at its connection limit");
         drop(first);
-        assert!(gate.admit(&OpenAccess, &FRESH).is_ok());
+        assert!(gate
+            .admit(&OpenAccess, &FRESH, &SelectorLimits::default())
+            .is_ok());
     }
 
     #[test]
@@ -383,7 +474,8 @@ mod tests {
             NotAdmitted::ResumePosition(_)
         ));
         assert!(
-            gate.admit(&OpenAccess, &FRESH).is_ok(),
+            gate.admit(&OpenAccess, &FRESH, &SelectorLimits::default())
+                .is_ok(),
             "the slot is still free"
         );
     }

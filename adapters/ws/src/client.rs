@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ws::{Message, WebSocket};
-use fanout_domain::{Grant, LogPosition};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use fanout_domain::{Grant, LogPosition, Subscribe};
 use futures_util::{SinkExt, StreamExt};
 use std::pin::Pin;
 
@@ -34,13 +34,15 @@ pub(crate) async fn serve(
     mut socket: WebSocket,
     resume_from: Option<LogPosition>,
     grant: Grant,
+    first: Subscribe,
     slot: Slot,
 ) {
     let Registered {
         id,
         queue,
         snapshot,
-    } = match manager.register(&grant).await {
+        filter,
+    } = match manager.register(&grant, first).await {
         Ok(registered) => registered,
         Err(refused) => {
             let _ = socket.send(CloseReason::GOING_AWAY.message()).await;
@@ -51,7 +53,9 @@ pub(crate) async fn serve(
     // `hello` promises that every message published from now on reaches the client: it waits
     // for the bus subscription to be live.
     let mut greeting = Vec::new();
-    match until_live(&manager, &mut socket, &queue).await {
+    // Requests sent before `hello` are carried out after the greeting (and the replay).
+    let mut early = Vec::new();
+    match until_live(&manager, &mut socket, &queue, &mut early).await {
         Waited::Live => greeting.extend([manager.hello(), snapshot]),
         Waited::Closing => {}
         Waited::Gone => {
@@ -63,7 +67,7 @@ pub(crate) async fn serve(
     // first, then the queue without the replayed ids.
     let mut floor = None;
     if let Some(from) = resume_from.filter(|_| grant.alerts && !greeting.is_empty()) {
-        match manager.replay(&from).await {
+        match manager.replay(&from, &filter).await {
             Ok(replay) => {
                 greeting.extend(replay.frames);
                 floor = replay.floor;
@@ -75,6 +79,7 @@ pub(crate) async fn serve(
         }
     }
     let mut connection = Connection {
+        id,
         socket,
         queue: &queue,
         manager: &manager,
@@ -87,7 +92,7 @@ pub(crate) async fn serve(
             Box::pin(tokio::time::sleep(left))
         }),
     };
-    let ending = connection.run(greeting, floor).await;
+    let ending = connection.run(greeting, floor, early).await;
     manager.unregister(id, slot).await;
     if let Ending::CloseSent = ending {
         connection.linger().await;
@@ -103,12 +108,16 @@ enum Waited {
     Gone,
 }
 
+/// Most requests kept from a client before its `hello`; later ones are answered with an error.
+const MAX_EARLY_REQUESTS: usize = 64;
+
 /// Waits for the worker's bus subscription to be live, noticing meanwhile a client that leaves
-/// or a close the server decided.
+/// or a close the server decided, and keeping the requests the client sends meanwhile.
 async fn until_live(
     manager: &ConnectionManager,
     socket: &mut WebSocket,
     queue: &ClientQueue,
+    early: &mut Vec<Utf8Bytes>,
 ) -> Waited {
     let live = manager.until_live();
     tokio::pin!(live);
@@ -118,6 +127,9 @@ async fn until_live(
             _ = queue.closed() => return Waited::Closing,
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return Waited::Gone,
+                Some(Ok(Message::Text(text))) if early.len() < MAX_EARLY_REQUESTS => {
+                    early.push(text);
+                }
                 Some(Ok(_)) => {}
             },
         }
@@ -139,6 +151,8 @@ enum Ending {
 }
 
 struct Connection<'a> {
+    /// The client's id in the registry.
+    id: u64,
     socket: WebSocket,
     queue: &'a ClientQueue,
     manager: &'a ConnectionManager,
@@ -151,10 +165,16 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, greeting: Vec<Frame>, floor: Option<fanout_domain::LogId>) -> Ending {
+    async fn run(
+        &mut self,
+        greeting: Vec<Frame>,
+        floor: Option<fanout_domain::LogId>,
+        early: Vec<Utf8Bytes>,
+    ) -> Ending {
         let mut batch = greeting;
         let mut close = None;
         let mut is_greeting = true;
+        let mut early = early.into_iter();
         loop {
             if let (Some(floor), false) = (floor, is_greeting) {
                 // Live copies of alerts the replay already sent.
@@ -171,14 +191,20 @@ impl Connection<'_> {
             if let Some(reason) = close {
                 return self.send_close(reason).await;
             }
+            if let Some(request) = early.next() {
+                self.manager.request(self.id, &request, &mut batch);
+                continue;
+            }
             tokio::select! {
                 reason = self.queue.next_batch(&mut batch) => close = reason,
                 incoming = self.socket.recv() => {
                     self.last_heard = Instant::now();
                     match incoming {
-                        // Clients have nothing to say yet; text is ignored so that future client
-                        // messages (e.g. a resume request) do not break older servers.
-                        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                        // A request: its answer, and what was queued before it, go out next.
+                        Some(Ok(Message::Text(request))) => {
+                            self.manager.request(self.id, &request, &mut batch);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Binary(_))) => close = Some(CloseReason::UNSUPPORTED_DATA),
                         Some(Ok(Message::Close(_))) | None => return Ending::Gone,
                         Some(Err(error)) => match close_reason_for(error) {

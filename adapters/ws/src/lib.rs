@@ -16,6 +16,8 @@
 
 mod admission;
 mod client;
+mod conflate;
+mod filter;
 mod manager;
 mod protocol;
 mod queue;
@@ -34,6 +36,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use fanout_domain::SelectorLimits;
 use serde::Deserialize;
 
 use crate::admission::{Admitted, UpgradeRequest};
@@ -59,6 +62,26 @@ pub struct ClientLimits {
     /// A client silent this long (no pong, no frame) is closed with 4001; a write that takes this
     /// long ends the connection.
     pub client_timeout: Duration,
+    /// Bounds on what a client may subscribe to.
+    pub subscriptions: SubscriptionLimits,
+}
+
+/// Bounds on a connection's subscriptions (docs/PROTOCOL.md, "Subscriptions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionLimits {
+    /// Most subscriptions one connection may hold (`--max-subscriptions`).
+    pub max_per_connection: usize,
+    /// Bounds on each selector (`--max-selector-terms`, `--max-pattern-bytes`).
+    pub selector: SelectorLimits,
+}
+
+impl Default for SubscriptionLimits {
+    fn default() -> Self {
+        Self {
+            max_per_connection: 16,
+            selector: SelectorLimits::default(),
+        }
+    }
 }
 
 /// Socket buffer sizes per connection. tungstenite's defaults (128 KiB each way) would cost
@@ -80,6 +103,15 @@ struct ConnectParams {
     epoch: Option<String>,
     /// The access token, for browsers that cannot set `Authorization`.
     token: Option<String>,
+    /// The first subscription's metric name patterns, comma-separated.
+    metrics: Option<String>,
+    /// The first subscription's label matchers, comma-separated.
+    #[serde(rename = "where")]
+    where_: Option<String>,
+    /// The first subscription's minimum alert severity, or `none`.
+    alerts: Option<String>,
+    /// The first subscription's conflation interval.
+    interval: Option<String>,
 }
 
 /// The bearer token of a request: `Authorization: Bearer …`, else the `token` query parameter.
@@ -117,10 +149,15 @@ async fn upgrade(
         origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
         last_alert_id: params.last_alert_id.as_deref(),
         epoch: params.epoch.as_deref(),
+        metrics: params.metrics.as_deref(),
+        where_: params.where_.as_deref(),
+        alerts: params.alerts.as_deref(),
+        interval: params.interval.as_deref(),
     };
     let Admitted {
         grant,
         resume_from,
+        first,
         slot,
     } = match manager.admit(&request) {
         Ok(admitted) => admitted,
@@ -133,7 +170,7 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, slot))
+        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, first, slot))
 }
 
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.
@@ -149,7 +186,7 @@ pub mod bench_support {
 
     /// A registry with `clients` queues and nobody writing them.
     pub struct Fanout {
-        registry: ClientRegistry,
+        registry: Arc<ClientRegistry>,
         queues: Vec<Arc<ClientQueue>>,
     }
 

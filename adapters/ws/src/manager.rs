@@ -19,15 +19,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fanout_domain::{
-    read_after, AccessControl, AlertLog, BusStatus, BusSubscriber, Grant, HistoryError,
-    LocalDelivery, LogEpoch, LogId, LogPosition, Subscription, WorkerId,
+    read_after, AccessControl, AlertLog, BusStatus, BusSubscriber, ClientRequest, Grant,
+    HistoryError, LocalDelivery, LogEpoch, LogId, LogPosition, Payload, Subscribe, Subscription,
+    WorkerId,
 };
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::admission::{Admission, Admitted, Gate, NotAdmitted, UpgradeRequest};
-use crate::protocol::{CloseReason, Completeness, Frame, FrameKind, Hello, Resume, Snapshot};
+use crate::filter::{Bounds, Filter};
+use crate::protocol::{
+    Answer, CloseReason, Completeness, Frame, FrameKind, Hello, Resume, Snapshot,
+};
 use crate::queue::ClientQueue;
-use crate::registry::{ClientRegistry, DeliveryStats};
+use crate::registry::{Applied, ClientRegistry, DeliveryStats};
 use crate::slots::Slot;
 use crate::ClientLimits;
 
@@ -37,6 +41,8 @@ pub(crate) struct Registered {
     pub(crate) id: u64,
     pub(crate) queue: Arc<ClientQueue>,
     pub(crate) snapshot: Frame,
+    /// What its first subscription lets through (its resume replays only that).
+    pub(crate) filter: Arc<Filter>,
 }
 
 /// What a resuming client is sent before the live stream.
@@ -89,7 +95,7 @@ impl ConnectionManager {
             history,
             access,
             gate: Gate::new(Admission::default()),
-            registry: Arc::new(ClientRegistry::new()),
+            registry: ClientRegistry::new(),
             subscription: tokio::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
             limits,
@@ -114,7 +120,11 @@ impl ConnectionManager {
 
     /// Decides an upgrade request before the upgrade; an admitted one holds a connection slot.
     pub(crate) fn admit(&self, request: &UpgradeRequest<'_>) -> Result<Admitted, NotAdmitted> {
-        self.gate.admit(self.access.as_ref(), request)
+        self.gate.admit(
+            self.access.as_ref(),
+            request,
+            &self.limits.subscriptions.selector,
+        )
     }
 
     /// Clients connected to this worker now.
@@ -157,7 +167,11 @@ impl ConnectionManager {
     }
 
     /// Registers a client, subscribing to the bus first if it is the worker's first client.
-    pub(crate) async fn register(&self, grant: &Grant) -> Result<Registered, Refused> {
+    pub(crate) async fn register(
+        &self,
+        grant: &Grant,
+        first: Subscribe,
+    ) -> Result<Registered, Refused> {
         let mut subscription = self.subscription.lock().await;
         if self.is_draining() {
             return Err(Refused::Draining);
@@ -174,7 +188,9 @@ impl ConnectionManager {
             grant.metrics,
             grant.alerts,
         ));
-        let added = self.registry.add(id, Arc::clone(&queue));
+        let added = self
+            .registry
+            .add(id, Arc::clone(&queue), Bounds::of(grant), first);
         drop(subscription);
         // Encoded outside every lock; its content was taken when the client was added.
         let snapshot = Snapshot::new(&added.snapshot).frame();
@@ -187,6 +203,7 @@ impl ConnectionManager {
             id,
             queue,
             snapshot,
+            filter: added.filter,
         })
     }
 
@@ -200,8 +217,13 @@ impl ConnectionManager {
         Hello::new(&self.worker, self.connections(), self.subscriber.status()).frame()
     }
 
-    /// Reads every retained alert after `from` for a resuming client.
-    pub(crate) async fn replay(&self, from: &LogPosition) -> Result<Replay, HistoryError> {
+    /// Reads every retained alert after `from` for a resuming client, and keeps those `filter`
+    /// takes (`complete` is about the log, not the filter).
+    pub(crate) async fn replay(
+        &self,
+        from: &LogPosition,
+        filter: &Filter,
+    ) -> Result<Replay, HistoryError> {
         let read = read_after(self.history.as_ref(), from).await?;
         let completeness = if read.complete {
             Completeness::Complete
@@ -213,20 +235,50 @@ impl ConnectionManager {
             );
             Completeness::Incomplete
         };
+        let taken: Vec<Frame> = read
+            .alerts
+            .iter()
+            .filter(|e| matches!(&e.payload, Payload::Alert(alert) if filter.takes_alert(alert)))
+            .map(|e| Frame::for_envelope(FrameKind::Alert, e))
+            .collect();
         let resume = Resume::new(
             from.id,
             read.position.epoch.as_ref(),
-            read.alerts.len(),
+            taken.len(),
             completeness,
         );
         let mut frames = vec![resume.frame()];
-        frames.extend(
-            read.alerts
-                .iter()
-                .map(|e| Frame::for_envelope(FrameKind::Alert, e)),
-        );
+        frames.extend(taken);
+        // Live copies of every alert read are skipped, also of those the filter left out.
         let floor = read.alerts.last().and_then(|e| e.id);
         Ok(Replay { frames, floor })
+    }
+
+    /// Carries out a text frame a client sent (a `subscribe` or `unsubscribe` request): the
+    /// frames queued for it before the change go into `out`, then the answer, then, after a
+    /// subscribe, the snapshot of what the new subscription takes. A bad request is answered
+    /// with an `error` frame and changes nothing.
+    pub(crate) fn request(&self, client: u64, text: &str, out: &mut Vec<Frame>) {
+        let limits = &self.limits.subscriptions;
+        let applied = ClientRequest::parse(text, &limits.selector).and_then(|request| {
+            self.registry
+                .apply(client, request, limits.max_per_connection, out)
+        });
+        match applied {
+            Ok(Applied::Subscribed { id, snapshot }) => {
+                tracing::debug!(client, subscription = %id, series = snapshot.len(), "subscribed");
+                out.push(Answer::subscribed(&id).frame());
+                out.push(Snapshot::new(&snapshot).frame());
+            }
+            Ok(Applied::Unsubscribed { id }) => {
+                tracing::debug!(client, subscription = %id, "unsubscribed");
+                out.push(Answer::unsubscribed(&id).frame());
+            }
+            Err(error) => {
+                tracing::debug!(client, %error, field = ?error.field, "client request refused");
+                out.push(Answer::error(&error).frame());
+            }
+        }
     }
 
     /// Removes a client at once and gives its slot back; unsubscribes from the bus when it was

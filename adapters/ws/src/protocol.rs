@@ -8,7 +8,7 @@
 //! change of the wire format.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use fanout_domain::{BusStatus, Envelope, LogEpoch, LogId, Metric, WorkerId};
+use fanout_domain::{BusStatus, Envelope, LogEpoch, LogId, Metric, RequestError, WorkerId};
 use serde::Serialize;
 
 /// What a frame carries, which decides what a full queue may drop.
@@ -39,6 +39,15 @@ impl Frame {
     }
 
     /// A control frame from one of the structs below.
+    /// A `metrics` frame already encoded (a subscriber's share of a batch, conflated values).
+    pub(crate) fn metrics(text: String) -> Self {
+        Self {
+            kind: FrameKind::Metrics,
+            text: Utf8Bytes::from(text),
+            alert_id: None,
+        }
+    }
+
     fn control(value: &impl Serialize) -> Self {
         Self {
             kind: FrameKind::Control,
@@ -96,6 +105,51 @@ impl<'a> Snapshot<'a> {
 }
 
 /// `resume`: for a resuming client, before the alerts replayed after its last id.
+/// The answer to a client's request: `subscribed`, `unsubscribed` or `error`.
+#[derive(Serialize)]
+pub(crate) struct Answer<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<Option<&'a str>>,
+}
+
+impl<'a> Answer<'a> {
+    pub(crate) fn subscribed(id: &'a str) -> Self {
+        Self {
+            kind: "subscribed",
+            id: Some(id),
+            error: None,
+            field: None,
+        }
+    }
+
+    pub(crate) fn unsubscribed(id: &'a str) -> Self {
+        Self {
+            kind: "unsubscribed",
+            id: Some(id),
+            error: None,
+            field: None,
+        }
+    }
+
+    pub(crate) fn error(error: &'a RequestError) -> Self {
+        Self {
+            kind: "error",
+            id: error.id.as_deref(),
+            error: Some(&error.reason),
+            field: Some(error.field.as_deref()),
+        }
+    }
+
+    pub(crate) fn frame(&self) -> Frame {
+        Frame::control(self)
+    }
+}
+
 #[derive(Serialize)]
 pub(crate) struct Resume<'a> {
     #[serde(rename = "type")]
@@ -260,6 +314,32 @@ mod tests {
         assert_eq!(
             Snapshot::new(&[]).frame().text.as_str(),
             r#"{"type":"snapshot","data":[]}"#
+        );
+    }
+
+    #[test]
+    fn answers_are_the_documented_json() {
+        assert_eq!(
+            Answer::subscribed("s1").frame().text.as_str(),
+            r#"{"type":"subscribed","id":"s1"}"#
+        );
+        assert_eq!(
+            Answer::unsubscribed("s1").frame().text.as_str(),
+            r#"{"type":"unsubscribed","id":"s1"}"#
+        );
+        let error = RequestError {
+            id: Some("s1".into()),
+            reason: "a pattern is empty".into(),
+            field: Some("metrics[0]".into()),
+        };
+        assert_eq!(
+            Answer::error(&error).frame().text.as_str(),
+            r#"{"type":"error","id":"s1","error":"a pattern is empty","field":"metrics[0]"}"#
+        );
+        let whole = RequestError::whole(None, "a request is a JSON object");
+        assert_eq!(
+            Answer::error(&whole).frame().text.as_str(),
+            r#"{"type":"error","id":null,"error":"a request is a JSON object","field":null}"#
         );
     }
 

@@ -9,16 +9,20 @@
 //! About half of this file is its tests, with real client queues: the hot path and its
 //! accounting are one concept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fanout_domain::{Envelope, LocalDelivery, Metric, Payload};
+use fanout_domain::{
+    ClientRequest, Envelope, LocalDelivery, Metric, Payload, RequestError, Subscribe,
+};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::conflate::Conflator;
+use crate::filter::{Bounds, Filter, Timing};
 use crate::protocol::{CloseReason, Frame, FrameKind};
 use crate::queue::{ClientQueue, Pushed};
 use crate::slots::Slot;
@@ -29,6 +33,9 @@ use crate::snapshot::LatestMetrics;
 pub struct DeliveryStats {
     /// Clients connected now.
     pub connections: usize,
+    /// Distinct filters among them: clients whose subscriptions ask for the same things share
+    /// one, and a message is matched and encoded once per filter.
+    pub groups: usize,
     /// Clients accepted since start.
     pub accepted: u64,
     /// Frames written and flushed to clients.
@@ -37,6 +44,9 @@ pub struct DeliveryStats {
     pub dropped_metrics: u64,
     /// Clients closed because an alert did not fit in their queue.
     pub slow_consumers_closed: u64,
+    /// Conflated metric values not kept because their group already had the most series pending
+    /// (10,000).
+    pub conflation_overflow: u64,
 }
 
 /// Publication-to-fan-out times beyond this (a minute) are not observed: they are replays or
@@ -45,45 +55,119 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// The clients of one worker; the bus listener's [`LocalDelivery`].
 pub(crate) struct ClientRegistry {
-    /// Held for an insert, a remove or one fan-out pass; never across an await.
-    clients: Mutex<HashMap<u64, Arc<ClientQueue>>>,
+    /// Held for an insert, a remove, a change of subscriptions or one fan-out pass; never across
+    /// an await.
+    clients: Mutex<Clients>,
     /// Signalled whenever the last client leaves.
     emptied: Notify,
     accepted: AtomicU64,
     delivered: AtomicU64,
     dropped_metrics: AtomicU64,
     slow_consumers_closed: AtomicU64,
+    /// Conflated series not kept because a group already had the most pending.
+    conflation_overflow: AtomicU64,
     /// The latest value of each metric series this worker has seen, for new clients' snapshot.
     latest: Mutex<LatestMetrics>,
     /// Seconds from a message's publication to its fan-out on this worker (observed once per
     /// message, when it is queued for the clients).
     fanout_latency: Histogram,
+    /// This registry, for the conflation timers it spawns (they end when it is gone).
+    me: Weak<ClientRegistry>,
 }
 
-/// A client just added: how many are connected now, and its snapshot.
+/// The clients, and their groups: clients whose subscriptions ask for the same things share a
+/// group, so a message is matched and encoded once per group, not once per client.
+#[derive(Default)]
+struct Clients {
+    members: HashMap<u64, Member>,
+    groups: HashMap<Arc<Filter>, Group>,
+}
+
+struct Member {
+    queue: Arc<ClientQueue>,
+    bounds: Bounds,
+    subscriptions: BTreeMap<String, Subscribe>,
+    /// The key of the group it is in.
+    filter: Arc<Filter>,
+}
+
+struct Group {
+    filter: Arc<Filter>,
+    /// The broadcast group: every metric at once, every alert (no matching needed).
+    everything: bool,
+    queues: HashMap<u64, Arc<ClientQueue>>,
+    /// One per interval its filter conflates at; their timers end when the group is gone.
+    conflators: Vec<Arc<Conflator>>,
+}
+
+impl Group {
+    fn conflator(&self, interval: Duration) -> Option<&Conflator> {
+        self.conflators
+            .iter()
+            .find(|c| c.interval() == interval)
+            .map(|c| c.as_ref())
+    }
+}
+
+/// A client just added: how many are connected now, its snapshot, and its filter.
 pub(crate) struct Added {
     pub(crate) connections: usize,
-    /// The latest metrics, taken under the clients lock: older than every live frame the client
-    /// will get. Empty for a client that does not receive metrics.
+    /// The latest metrics its subscriptions take, taken under the clients lock: older than every
+    /// live frame the client will get.
     pub(crate) snapshot: Vec<Metric>,
+    pub(crate) filter: Arc<Filter>,
+}
+
+/// A request carried out.
+pub(crate) enum Applied {
+    /// The subscription is in place; the latest metrics it takes, taken under the clients lock.
+    Subscribed {
+        id: String,
+        snapshot: Vec<Metric>,
+    },
+    Unsubscribed {
+        id: String,
+    },
+}
+
+/// What one fan-out pass did to the queues.
+#[derive(Default)]
+struct Tally {
+    dropped: u64,
+    overflowed: u64,
+}
+
+impl Tally {
+    fn push_all<'a>(&mut self, queues: impl Iterator<Item = &'a Arc<ClientQueue>>, frame: &Frame) {
+        for queue in queues {
+            match queue.push(frame.clone()) {
+                Pushed::Queued { dropped } => self.dropped += dropped,
+                Pushed::Overflowed => self.overflowed += 1,
+                Pushed::Closing => {}
+            }
+        }
+    }
 }
 
 impl ClientRegistry {
-    pub(crate) fn new() -> Self {
-        Self {
-            clients: Mutex::new(HashMap::new()),
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            clients: Mutex::new(Clients::default()),
             emptied: Notify::new(),
             accepted: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_metrics: AtomicU64::new(0),
             slow_consumers_closed: AtomicU64::new(0),
+            conflation_overflow: AtomicU64::new(0),
             latest: Mutex::new(LatestMetrics::default()),
             fanout_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-        }
+            me: me.clone(),
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClientQueue>>> {
-        // Inserts and removes cannot leave the map inconsistent, so a poisoned lock is usable.
+    fn lock(&self) -> MutexGuard<'_, Clients> {
+        // Every critical section leaves members and groups consistent before anything that could
+        // panic, so a poisoned lock is usable.
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -92,30 +176,209 @@ impl ClientRegistry {
         self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a client queue without counting it (the benchmarks' way in; clients go through
-    /// [`ClientRegistry::add`]).
+    /// Adds a client that takes everything, without counting it (the benchmarks' way in;
+    /// clients go through [`ClientRegistry::add`]).
     pub(crate) fn insert(&self, id: u64, queue: Arc<ClientQueue>) {
-        self.lock().insert(id, queue);
+        let bounds = Bounds {
+            metrics: true,
+            alerts: true,
+            scope: BTreeMap::new(),
+        };
+        self.join(&mut self.lock(), id, queue, bounds, Subscribe::everything());
     }
 
-    /// Adds a client and takes its snapshot under the same lock, so the snapshot is older than
-    /// every live frame the client will get.
-    pub(crate) fn add(&self, id: u64, queue: Arc<ClientQueue>) -> Added {
+    /// Adds a client with its first subscription and takes its snapshot under the same lock, so
+    /// the snapshot is older than every live frame the client will get.
+    pub(crate) fn add(
+        &self,
+        id: u64,
+        queue: Arc<ClientQueue>,
+        bounds: Bounds,
+        first: Subscribe,
+    ) -> Added {
         let added = {
             let mut clients = self.lock();
-            let snapshot = if queue.accepts(FrameKind::Metrics) {
-                self.latest().snapshot()
+            let filter = self.join(&mut clients, id, queue, bounds, first);
+            let snapshot = if filter.takes_metrics() {
+                self.latest()
+                    .snapshot_of(|m| filter.timing(m) != Timing::Never)
             } else {
                 Vec::new()
             };
-            clients.insert(id, queue);
             Added {
-                connections: clients.len(),
+                connections: clients.members.len(),
                 snapshot,
+                filter,
             }
         };
         self.accepted.fetch_add(1, Ordering::Relaxed);
         added
+    }
+
+    fn join(
+        &self,
+        clients: &mut Clients,
+        id: u64,
+        queue: Arc<ClientQueue>,
+        bounds: Bounds,
+        first: Subscribe,
+    ) -> Arc<Filter> {
+        let subscriptions = BTreeMap::from([(first.id.clone(), first)]);
+        let filter = self.enter_group(
+            clients,
+            id,
+            &queue,
+            Filter::new(subscriptions.values(), &bounds),
+        );
+        clients.members.insert(
+            id,
+            Member {
+                queue,
+                bounds,
+                subscriptions,
+                filter: Arc::clone(&filter),
+            },
+        );
+        filter
+    }
+
+    /// Puts `queue` in the group of `filter`, creating it (and its conflation timers) when it is
+    /// the first; returns the group's key.
+    fn enter_group(
+        &self,
+        clients: &mut Clients,
+        id: u64,
+        queue: &Arc<ClientQueue>,
+        filter: Filter,
+    ) -> Arc<Filter> {
+        if let Some(group) = clients.groups.get_mut(&filter) {
+            group.queues.insert(id, Arc::clone(queue));
+            return Arc::clone(&group.filter);
+        }
+        let filter = Arc::new(filter);
+        let conflators = filter
+            .intervals()
+            .into_iter()
+            .map(|interval| self.spawn_conflator(Arc::clone(&filter), interval))
+            .collect();
+        let group = Group {
+            filter: Arc::clone(&filter),
+            everything: filter.is_everything(),
+            queues: HashMap::from([(id, Arc::clone(queue))]),
+            conflators,
+        };
+        clients.groups.insert(Arc::clone(&filter), group);
+        filter
+    }
+
+    fn leave_group(clients: &mut Clients, id: u64, filter: &Filter) {
+        if let Some(group) = clients.groups.get_mut(filter) {
+            group.queues.remove(&id);
+            if group.queues.is_empty() {
+                clients.groups.remove(filter);
+            }
+        }
+    }
+
+    /// A timer that sends what `filter`'s group has pending at `interval`, until the group (and
+    /// so the conflator) is gone.
+    fn spawn_conflator(&self, filter: Arc<Filter>, interval: Duration) -> Arc<Conflator> {
+        let conflator = Arc::new(Conflator::new(interval));
+        let pending = Arc::downgrade(&conflator);
+        let registry = self.me.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (Some(conflator), Some(registry)) = (pending.upgrade(), registry.upgrade())
+                else {
+                    return;
+                };
+                let frames = conflator.take_frames();
+                if !frames.is_empty() {
+                    registry.push_to_group(&filter, &frames);
+                }
+            }
+        });
+        conflator
+    }
+
+    fn push_to_group(&self, filter: &Filter, frames: &[Frame]) {
+        let mut tally = Tally::default();
+        if let Some(group) = self.lock().groups.get(filter) {
+            for frame in frames {
+                tally.push_all(group.queues.values(), frame);
+            }
+        }
+        self.count(tally);
+    }
+
+    /// Carries out a client's request. Under the clients lock, so that the frames queued before
+    /// the change are moved into `before` (they go out first) and every frame queued after it
+    /// follows the new subscriptions; a new subscription's snapshot is taken under the same lock.
+    pub(crate) fn apply(
+        &self,
+        id: u64,
+        request: ClientRequest,
+        max_subscriptions: usize,
+        before: &mut Vec<Frame>,
+    ) -> Result<Applied, RequestError> {
+        let mut clients = self.lock();
+        let Some(member) = clients.members.get_mut(&id) else {
+            return Err(RequestError::whole(None, "the connection is closing"));
+        };
+        let applied = match request {
+            ClientRequest::Subscribe(subscribe) => {
+                let held = member.subscriptions.len();
+                if held >= max_subscriptions && !member.subscriptions.contains_key(&subscribe.id) {
+                    return Err(RequestError::field(
+                        Some(subscribe.id),
+                        fanout_domain::SelectorError {
+                            field: "id".into(),
+                            reason: format!(
+                                "this connection already holds {held} subscriptions, the most \
+                                 allowed (--max-subscriptions)"
+                            ),
+                        },
+                    ));
+                }
+                let selector = member.bounds.narrow(subscribe.selector.clone());
+                let id = subscribe.id.clone();
+                member.subscriptions.insert(id.clone(), subscribe);
+                let snapshot = if selector.takes_no_metrics() {
+                    Vec::new()
+                } else {
+                    self.latest().snapshot_of(|m| selector.matches_metric(m))
+                };
+                Applied::Subscribed { id, snapshot }
+            }
+            ClientRequest::Unsubscribe { id } => {
+                if member.subscriptions.remove(&id).is_none() {
+                    return Err(RequestError::field(
+                        Some(id.clone()),
+                        fanout_domain::SelectorError {
+                            field: "id".into(),
+                            reason: format!("this connection holds no subscription {id:?}"),
+                        },
+                    ));
+                }
+                Applied::Unsubscribed { id }
+            }
+        };
+        let filter = Filter::new(member.subscriptions.values(), &member.bounds);
+        member.queue.drain_now(before);
+        if filter != *member.filter {
+            let old = Arc::clone(&member.filter);
+            let queue = Arc::clone(&member.queue);
+            Self::leave_group(&mut clients, id, &old);
+            let key = self.enter_group(&mut clients, id, &queue, filter);
+            if let Some(member) = clients.members.get_mut(&id) {
+                member.filter = key;
+            }
+        }
+        Ok(applied)
     }
 
     /// Removes a client and gives its connection slot back; returns how many are left.
@@ -125,8 +388,10 @@ impl ClientRegistry {
             // The slot is free before the client leaves the count: whoever sees the count drop
             // (`/healthz`) can connect.
             drop(slot);
-            clients.remove(&id);
-            clients.len()
+            if let Some(member) = clients.members.remove(&id) {
+                Self::leave_group(&mut clients, id, &member.filter);
+            }
+            clients.members.len()
         };
         if remaining == 0 {
             self.emptied.notify_waiters();
@@ -136,7 +401,7 @@ impl ClientRegistry {
 
     /// Clients connected now.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().members.len()
     }
 
     /// Resolves once no client is connected.
@@ -154,18 +419,19 @@ impl ClientRegistry {
     /// many were asked.
     pub(crate) fn close_all(&self, reason: CloseReason) -> usize {
         let clients = self.lock();
-        for queue in clients.values() {
-            queue.close(reason);
+        for member in clients.members.values() {
+            member.queue.close(reason);
         }
-        clients.len()
+        clients.members.len()
     }
 
     /// Frames waiting in client queues now: the deepest queue, and all of them.
     pub(crate) fn queue_depths(&self) -> (usize, usize) {
         let clients = self.lock();
         clients
+            .members
             .values()
-            .map(|q| q.len())
+            .map(|m| m.queue.len())
             .fold((0, 0), |(max, total), len| (max.max(len), total + len))
     }
 
@@ -173,13 +439,34 @@ impl ClientRegistry {
         self.delivered.fetch_add(frames, Ordering::Relaxed);
     }
 
+    fn count(&self, tally: Tally) {
+        if tally.dropped > 0 {
+            self.dropped_metrics
+                .fetch_add(tally.dropped, Ordering::Relaxed);
+        }
+        if tally.overflowed > 0 {
+            self.slow_consumers_closed
+                .fetch_add(tally.overflowed, Ordering::Relaxed);
+            tracing::warn!(
+                clients = tally.overflowed,
+                "closing slow clients: an alert did not fit in their queue"
+            );
+        }
+    }
+
     pub(crate) fn stats(&self) -> DeliveryStats {
+        let (connections, groups) = {
+            let clients = self.lock();
+            (clients.members.len(), clients.groups.len())
+        };
         DeliveryStats {
-            connections: self.len(),
+            connections,
+            groups,
             accepted: self.accepted.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             dropped_metrics: self.dropped_metrics.load(Ordering::Relaxed),
             slow_consumers_closed: self.slow_consumers_closed.load(Ordering::Relaxed),
+            conflation_overflow: self.conflation_overflow.load(Ordering::Relaxed),
         }
     }
 
@@ -187,64 +474,103 @@ impl ClientRegistry {
     pub(crate) fn fanout_latency(&self) -> Histogram {
         self.fanout_latency.clone()
     }
+
+    fn observe_latency(&self, envelope: &Envelope) {
+        if envelope.published_at_us == 0 {
+            return;
+        }
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        // A replayed alert, or an outside publisher's made-up time, is not a latency.
+        let age_us = now_us.saturating_sub(envelope.published_at_us);
+        if age_us <= MAX_LATENCY_US {
+            self.fanout_latency.observe(age_us as f64 / 1e6);
+        }
+    }
 }
 
 impl LocalDelivery for ClientRegistry {
     fn deliver(&self, envelope: &Envelope) {
-        let kind = match &envelope.payload {
-            Payload::Metrics(metrics) => {
-                let mut latest = self.latest();
-                for metric in metrics {
-                    latest.record(metric);
-                }
-                FrameKind::Metrics
+        if let Payload::Metrics(metrics) = &envelope.payload {
+            let mut latest = self.latest();
+            for metric in metrics {
+                latest.record(metric);
             }
-            Payload::Alert(_) => FrameKind::Alert,
-        };
+        }
         let clients = self.lock();
-        if clients.is_empty() {
+        if clients.members.is_empty() {
             return;
         }
-        if envelope.published_at_us > 0 {
-            let now_us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or_default();
-            // A replayed alert, or an outside publisher's made-up time, is not a latency.
-            let age_us = now_us.saturating_sub(envelope.published_at_us);
-            if age_us <= MAX_LATENCY_US {
-                self.fanout_latency.observe(age_us as f64 / 1e6);
+        self.observe_latency(envelope);
+        let mut tally = Tally::default();
+        let mut unkept = 0;
+        match &envelope.payload {
+            Payload::Alert(alert) => {
+                // Encoded once, for every group that takes it (alerts are never conflated).
+                let mut frame = None;
+                for group in clients.groups.values() {
+                    if group.everything || group.filter.takes_alert(alert) {
+                        let frame = frame
+                            .get_or_insert_with(|| Frame::for_envelope(FrameKind::Alert, envelope));
+                        tally.push_all(group.queues.values(), frame);
+                    }
+                }
             }
-        }
-        // The one serialization of this message on this worker; every client shares the bytes.
-        let frame = Frame::for_envelope(kind, envelope);
-        let mut dropped = 0;
-        let mut overflowed = 0;
-        for queue in clients.values() {
-            match queue.push(frame.clone()) {
-                Pushed::Queued { dropped: n } => dropped += n,
-                Pushed::Overflowed => overflowed += 1,
-                Pushed::Closing => {}
+            Payload::Metrics(metrics) => {
+                // The whole batch is encoded at most once, and each distinct share of it at most
+                // once, whatever the number of groups taking it.
+                let mut whole = None;
+                let mut shares: HashMap<Vec<usize>, Frame> = HashMap::new();
+                let mut now = Vec::with_capacity(metrics.len());
+                for group in clients.groups.values() {
+                    now.clear();
+                    if group.everything {
+                        now.extend(0..metrics.len());
+                    } else {
+                        for (index, metric) in metrics.iter().enumerate() {
+                            match group.filter.timing(metric) {
+                                Timing::Now => now.push(index),
+                                Timing::Every(interval) => {
+                                    if let Some(conflator) = group.conflator(interval) {
+                                        if !conflator.record(envelope, metric) {
+                                            unkept += 1;
+                                        }
+                                    }
+                                }
+                                Timing::Never => {}
+                            }
+                        }
+                    }
+                    let frame = if now.is_empty() {
+                        continue;
+                    } else if now.len() == metrics.len() {
+                        &*whole.get_or_insert_with(|| {
+                            Frame::for_envelope(FrameKind::Metrics, envelope)
+                        })
+                    } else {
+                        &*shares.entry(now.clone()).or_insert_with(|| {
+                            let share: Vec<&Metric> = now.iter().map(|&i| &metrics[i]).collect();
+                            Frame::metrics(envelope.to_json_with_metrics(&share))
+                        })
+                    };
+                    tally.push_all(group.queues.values(), frame);
+                }
             }
         }
         drop(clients);
-        if dropped > 0 {
-            self.dropped_metrics.fetch_add(dropped, Ordering::Relaxed);
+        if unkept > 0 {
+            self.conflation_overflow
+                .fetch_add(unkept, Ordering::Relaxed);
         }
-        if overflowed > 0 {
-            self.slow_consumers_closed
-                .fetch_add(overflowed, Ordering::Relaxed);
-            tracing::warn!(
-                clients = overflowed,
-                "closing slow clients: an alert did not fit in their queue"
-            );
-        }
+        self.count(tally);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use fanout_domain::{Alert, Severity, WorkerId};
+    use fanout_domain::{Alert, ClientRequest, Severity, WorkerId};
     use futures_util::FutureExt;
 
     use super::*;
@@ -287,6 +613,18 @@ mod tests {
         frames
     }
 
+    fn open() -> Bounds {
+        Bounds {
+            metrics: true,
+            alerts: true,
+            scope: BTreeMap::new(),
+        }
+    }
+
+    fn add(registry: &ClientRegistry, id: u64, queue: Arc<ClientQueue>) -> Added {
+        registry.add(id, queue, open(), Subscribe::everything())
+    }
+
     fn slot() -> Slot {
         ConnectionSlots::new(None)
             .try_reserve()
@@ -298,7 +636,7 @@ mod tests {
         let registry = ClientRegistry::new();
         let queues: Vec<_> = (0..3).map(|_| queue(8)).collect();
         for (id, queue) in queues.iter().enumerate() {
-            registry.add(id as u64, Arc::clone(queue));
+            add(&registry, id as u64, Arc::clone(queue));
         }
         registry.deliver(&metrics(1.0));
         let frames: Vec<Frame> = queues.iter().flat_map(|q| taken(q)).collect();
@@ -318,8 +656,8 @@ mod tests {
         let registry = ClientRegistry::new();
         // Two frames each: the third drops the oldest (one drop is less than a whole queue's
         // worth, so neither client is closed for not reading).
-        registry.add(1, queue(2));
-        registry.add(2, queue(2));
+        add(&registry, 1, queue(2));
+        add(&registry, 2, queue(2));
         for value in [1.0, 2.0, 3.0] {
             registry.deliver(&metrics(value));
         }
@@ -332,8 +670,8 @@ mod tests {
         let registry = ClientRegistry::new();
         let full = queue(1);
         let roomy = queue(8);
-        registry.add(1, Arc::clone(&full));
-        registry.add(2, Arc::clone(&roomy));
+        add(&registry, 1, Arc::clone(&full));
+        add(&registry, 2, Arc::clone(&roomy));
         registry.deliver(&alert());
         registry.deliver(&alert());
         assert_eq!(registry.stats().slow_consumers_closed, 1);
@@ -347,14 +685,14 @@ mod tests {
     }
 
     #[test]
-    fn a_client_gets_only_the_channels_its_queue_accepts() {
+    fn a_client_gets_only_the_channels_its_credential_allows() {
         let registry = ClientRegistry::new();
-        let limits = QueueLimits {
-            max_messages: 8,
-            max_bytes: 1024,
+        let alerts_only = queue(8);
+        let bounds = Bounds {
+            metrics: false,
+            ..open()
         };
-        let alerts_only = Arc::new(ClientQueue::for_channels(limits, false, true));
-        registry.add(1, Arc::clone(&alerts_only));
+        registry.add(1, Arc::clone(&alerts_only), bounds, Subscribe::everything());
         registry.deliver(&metrics(1.0));
         registry.deliver(&alert());
         let frames = taken(&alerts_only);
@@ -367,7 +705,7 @@ mod tests {
         let registry = ClientRegistry::new();
         registry.deliver(&metrics(1.0));
         registry.deliver(&metrics(2.0));
-        let added = registry.add(1, queue(8));
+        let added = add(&registry, 1, queue(8));
         assert_eq!(
             added.snapshot,
             [Metric::new("cpu", 2.0).unwrap_or_else(|e| panic!("{e}"))]
@@ -379,19 +717,196 @@ mod tests {
     fn a_client_without_metrics_gets_an_empty_snapshot() {
         let registry = ClientRegistry::new();
         registry.deliver(&metrics(1.0));
-        let limits = QueueLimits {
-            max_messages: 8,
-            max_bytes: 1024,
+        let bounds = Bounds {
+            metrics: false,
+            ..open()
         };
-        let alerts_only = Arc::new(ClientQueue::for_channels(limits, false, true));
-        assert!(registry.add(1, alerts_only).snapshot.is_empty());
+        let added = registry.add(1, queue(8), bounds, Subscribe::everything());
+        assert!(added.snapshot.is_empty());
+    }
+
+    fn subscribe(id: &str, metrics: &str, interval: Option<&str>) -> Subscribe {
+        let mut subscribe = Subscribe::from_query(
+            Some(metrics),
+            None,
+            None,
+            interval,
+            &fanout_domain::SelectorLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        subscribe.id = id.to_owned();
+        subscribe
+    }
+
+    fn batch(names: &[&str]) -> Envelope {
+        envelope(Payload::Metrics(
+            names
+                .iter()
+                .map(|n| Metric::new(*n, 1.0).unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+        ))
+    }
+
+    fn names(frame: &Frame) -> Vec<String> {
+        let decoded = Envelope::from_json(fanout_domain::Channel::Metrics, frame.text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        match decoded.payload {
+            Payload::Metrics(metrics) => metrics.iter().map(|m| m.name().to_owned()).collect(),
+            Payload::Alert(_) => panic!("an alert"),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_and_each_share_encoded_once_per_group() {
+        let registry = ClientRegistry::new();
+        let api: Vec<_> = (0..3).map(|_| queue(8)).collect();
+        for (id, queue) in api.iter().enumerate() {
+            let first = subscribe(&format!("s{id}"), "api.*", None);
+            registry.add(id as u64, Arc::clone(queue), open(), first);
+        }
+        let everything = queue(8);
+        add(&registry, 10, Arc::clone(&everything));
+        let db = queue(8);
+        registry.add(11, Arc::clone(&db), open(), subscribe("s", "db.*", None));
+        assert_eq!(registry.stats().groups, 3, "equal selectors share a group");
+
+        registry.deliver(&batch(&["api.a", "db.b", "api.c"]));
+        let api_frames: Vec<Frame> = api.iter().flat_map(|q| taken(q)).collect();
+        assert_eq!(api_frames.len(), 3);
+        assert_eq!(names(&api_frames[0]), ["api.a", "api.c"]);
+        let first = api_frames[0].text.as_str().as_ptr();
+        assert!(
+            api_frames.iter().all(|f| f.text.as_str().as_ptr() == first),
+            "one encoding of the share for the whole group"
+        );
+        assert_eq!(names(&taken(&db)[0]), ["db.b"]);
+        let whole = taken(&everything);
+        assert_eq!(
+            whole[0].text.as_str(),
+            batch(&["api.a", "db.b", "api.c"]).to_json()
+        );
+
+        registry.deliver(&batch(&["web.x"]));
+        assert!(api.iter().all(|q| q.len() == 0), "no match: no frame");
+        assert_eq!(everything.len(), 1);
+    }
+
+    #[test]
+    fn a_request_moves_the_client_and_hands_over_what_was_queued_before_it() {
+        let registry = ClientRegistry::new();
+        let client = queue(8);
+        add(&registry, 1, Arc::clone(&client));
+        registry.deliver(&batch(&["api.a", "db.b"]));
+        let mut before = Vec::new();
+        let applied = registry.apply(
+            1,
+            ClientRequest::Subscribe(subscribe("default", "api.*", None)),
+            16,
+            &mut before,
+        );
+        let Ok(Applied::Subscribed { id, snapshot }) = applied else {
+            panic!("not subscribed");
+        };
+        assert_eq!(id, "default");
+        assert_eq!(
+            snapshot.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            ["api.a"],
+            "the snapshot of what the new subscription takes"
+        );
+        assert_eq!(
+            names(&before[0]),
+            ["api.a", "db.b"],
+            "queued before: unfiltered"
+        );
+        registry.deliver(&batch(&["api.a", "db.b"]));
+        assert_eq!(names(&taken(&client)[0]), ["api.a"]);
+
+        let mut before = Vec::new();
+        let unsubscribed = registry.apply(
+            1,
+            ClientRequest::Unsubscribe {
+                id: "default".into(),
+            },
+            16,
+            &mut before,
+        );
+        assert!(matches!(unsubscribed, Ok(Applied::Unsubscribed { .. })));
+        registry.deliver(&batch(&["api.a"]));
+        registry.deliver(&alert());
+        assert_eq!(client.len(), 0, "no subscription: nothing");
+        let again = registry.apply(
+            1,
+            ClientRequest::Unsubscribe {
+                id: "default".into(),
+            },
+            16,
+            &mut before,
+        );
+        assert_eq!(again.err().and_then(|e| e.field), Some("id".to_owned()));
+    }
+
+    #[test]
+    fn subscriptions_beyond_the_limit_are_refused_but_replacing_is_not() {
+        let registry = ClientRegistry::new();
+        add(&registry, 1, queue(8));
+        let mut before = Vec::new();
+        let mut apply = |id: &str| {
+            registry
+                .apply(
+                    1,
+                    ClientRequest::Subscribe(subscribe(id, "api.*", None)),
+                    2,
+                    &mut before,
+                )
+                .map(|_| ())
+                .map_err(|e| e.field)
+        };
+        assert_eq!(apply("s1"), Ok(()));
+        assert_eq!(apply("s2"), Err(Some("id".to_owned())), "default + s1 = 2");
+        assert_eq!(apply("s1"), Ok(()), "replacing one held is fine");
+        assert_eq!(apply("default"), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflated_series_goes_out_once_per_interval_with_its_latest_value() {
+        let registry = ClientRegistry::new();
+        let clients: Vec<_> = (0..2).map(|_| queue(64)).collect();
+        for (id, client) in clients.iter().enumerate() {
+            let first = subscribe("default", "cpu", Some("200ms"));
+            registry.add(id as u64, Arc::clone(client), open(), first);
+        }
+        let mut values = Vec::new();
+        // 100 messages a second for one second, in virtual time.
+        for step in 1..=100 {
+            registry.deliver(&metrics(step as f64));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            values.push(step);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for client in &clients {
+            let frames = taken(client);
+            assert!(
+                (5..=6).contains(&frames.len()),
+                "{} frames in ~1.25 s at 200 ms",
+                frames.len()
+            );
+            let last = Envelope::from_json(
+                fanout_domain::Channel::Metrics,
+                frames[frames.len() - 1].text.as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let Payload::Metrics(last) = last.payload else {
+                panic!("not metrics");
+            };
+            assert_eq!(last[0].value(), 100.0, "the latest value arrives");
+        }
     }
 
     #[tokio::test]
     async fn counts_follow_adds_and_removes_and_the_last_remove_wakes_the_waiters() {
         let registry = ClientRegistry::new();
-        registry.add(1, queue(8));
-        registry.add(2, queue(8));
+        add(&registry, 1, queue(8));
+        add(&registry, 2, queue(8));
         assert_eq!(registry.remove(1, slot()), 1);
         let until_empty = registry.until_empty();
         tokio::pin!(until_empty);
@@ -407,7 +922,7 @@ mod tests {
         let registry = ClientRegistry::new();
         let queues: Vec<_> = (0..2).map(|_| queue(8)).collect();
         for (id, queue) in queues.iter().enumerate() {
-            registry.add(id as u64, Arc::clone(queue));
+            add(&registry, id as u64, Arc::clone(queue));
         }
         assert_eq!(registry.close_all(CloseReason::GOING_AWAY), 2);
         for queue in &queues {

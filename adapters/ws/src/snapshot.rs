@@ -39,8 +39,14 @@ impl LatestMetrics {
     }
 
     /// Every kept series' latest value, ordered by name.
+    #[cfg(test)]
     pub(crate) fn snapshot(&self) -> Vec<Metric> {
-        let mut metrics: Vec<Metric> = self.series.values().cloned().collect();
+        self.snapshot_of(|_| true)
+    }
+
+    /// The latest value of every kept series that `takes`, ordered by name.
+    pub(crate) fn snapshot_of(&self, takes: impl Fn(&Metric) -> bool) -> Vec<Metric> {
+        let mut metrics: Vec<Metric> = self.series.values().filter(|m| takes(m)).cloned().collect();
         metrics.sort_by(|a, b| a.name().cmp(b.name()));
         metrics
     }

@@ -113,6 +113,7 @@ fn manager(bus: Arc<FakeBus>, alerts: Vec<Envelope>) -> ConnectionManager {
         max_incoming_message: 1024,
         ping_interval: Duration::from_secs(30),
         client_timeout: Duration::from_secs(60),
+        subscriptions: crate::SubscriptionLimits::default(),
     };
     let log = Arc::new(FakeLog {
         epoch: epoch(),
@@ -129,7 +130,10 @@ fn free_slot() -> Slot {
 }
 
 async fn register(manager: &ConnectionManager) -> Registered {
-    match manager.register(&Grant::open()).await {
+    match manager
+        .register(&Grant::open(), Subscribe::everything())
+        .await
+    {
         Ok(registered) => registered,
         Err(refused) => panic!("{refused}"),
     }
@@ -198,7 +202,7 @@ async fn a_replay_is_the_resume_frame_then_the_alerts_after_the_position() {
         id: LogId::new(1, 0),
     };
     let replay = manager
-        .replay(&from)
+        .replay(&from, &everything())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let texts: Vec<String> = replay.frames.iter().map(|f| f.text.to_string()).collect();
@@ -214,6 +218,55 @@ async fn a_replay_is_the_resume_frame_then_the_alerts_after_the_position() {
     assert_eq!(replay.floor, Some(LogId::new(3, 0)));
 }
 
+fn everything() -> Filter {
+    Filter::new([&Subscribe::everything()], &Bounds::of(&Grant::open()))
+}
+
+#[tokio::test]
+async fn a_replay_holds_only_the_alerts_the_filter_takes_and_stays_complete() {
+    let tagged = |ms: u64, tenant: &str| {
+        let mut envelope = logged_alert(ms);
+        if let Payload::Alert(alert) = envelope.payload {
+            envelope.payload = Payload::Alert(
+                alert
+                    .with_label("tenant", tenant)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        envelope
+    };
+    let alerts = vec![tagged(1, "acme"), tagged(2, "globex"), tagged(3, "acme")];
+    let manager = manager(Arc::new(FakeBus::default()), alerts.clone());
+    let acme = Grant {
+        scope: [("tenant".to_owned(), "acme".to_owned())].into(),
+        ..Grant::open()
+    };
+    let filter = Filter::new([&Subscribe::everything()], &Bounds::of(&acme));
+    let from = LogPosition {
+        epoch: Some(epoch()),
+        id: LogId::ZERO,
+    };
+    let replay = manager
+        .replay(&from, &filter)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let texts: Vec<String> = replay.frames.iter().map(|f| f.text.to_string()).collect();
+    assert_eq!(
+        texts,
+        [
+            r#"{"type":"resume","after":"0-0","epoch":"3f9a0c1e5b7d2468","replayed":2,"complete":true}"#
+                .to_owned(),
+            alerts[0].to_json(),
+            alerts[2].to_json(),
+        ]
+    );
+    assert_eq!(
+        replay.floor,
+        Some(LogId::new(3, 0)),
+        "every alert read is skipped live"
+    );
+}
+
 #[tokio::test]
 async fn a_resume_from_another_epoch_is_incomplete_and_replays_the_whole_log() {
     let manager = manager(Arc::new(FakeBus::default()), vec![logged_alert(1)]);
@@ -222,7 +275,7 @@ async fn a_resume_from_another_epoch_is_incomplete_and_replays_the_whole_log() {
         id: LogId::new(5, 0),
     };
     let replay = manager
-        .replay(&from)
+        .replay(&from, &everything())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -239,7 +292,9 @@ async fn shutdown_closes_every_client_refuses_new_ones_and_drains() {
     manager.shutdown();
     assert_eq!(client.queue.closed().await, CloseReason::GOING_AWAY);
     assert!(matches!(
-        manager.register(&Grant::open()).await,
+        manager
+            .register(&Grant::open(), Subscribe::everything())
+            .await,
         Err(Refused::Draining)
     ));
     let drained = manager.wait_until_empty();
