@@ -979,7 +979,9 @@ mod tests {
     #[test]
     fn every_malformed_request_names_its_field_and_keeps_the_id() {
         let s1 = Some("s1".to_owned());
-        let cases: [(&str, (Option<String>, Option<String>)); 12] = [
+        // (request, (the answer's id, the answer's field))
+        type Case<'a> = (&'a str, (Option<String>, Option<String>));
+        let cases: [Case<'_>; 12] = [
             ("not json", (None, None)),
             ("[1]", (None, None)),
             (r#"{"type":"subscribe"}"#, (None, Some("id".into()))),
