@@ -3,16 +3,19 @@
 //! A token is checked for its signature (HS256 with the configured secret, or RS256/ES256 with the
 //! configured PEM public key) and its `exp`. Claims: `sub`; `channels` (optional list of
 //! `metrics`, `alerts`: the channels a client may receive; all when absent); `publish` (optional
-//! bool: may use the publish API; false when absent). It never reads the network or the clock
-//! beyond what validation needs.
+//! bool: may use the publish API; false when absent); `where` (optional object of string to
+//! string: labels every metric and alert the token receives or publishes must carry, see
+//! PROTOCOL.md "Scoped tokens"). A token whose `where` is malformed is invalid, never read as
+//! "no restriction". It never reads the network or the clock beyond what validation needs.
 
 #![warn(missing_docs, unreachable_pub)]
 
+use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fanout_domain::{AccessControl, AccessError, Grant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// How tokens are verified.
 pub enum Key {
@@ -44,6 +47,67 @@ struct Claims {
     channels: Option<Vec<String>>,
     #[serde(default)]
     publish: bool,
+    /// Kept as raw JSON, so that a malformed claim is refused with a reason naming the claim
+    /// rather than serde's position in the token. `Some(Null)` for `"where":null`, which is
+    /// refused like any other non-object: a scope the issuer wrote must not silently vanish.
+    #[serde(default, rename = "where", deserialize_with = "present")]
+    scope: Option<serde_json::Value>,
+}
+
+/// A claim that is present, even as `null`.
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
+/// Most labels in a `where` claim: the bound on a metric's labels (a publish could not carry
+/// more) and on a selector's matchers.
+const MAX_SCOPE_LABELS: usize = 32;
+/// Longest key or value in a `where` claim, in bytes: the bound on a label's key and value.
+const MAX_SCOPE_TEXT: usize = 256;
+
+/// The `where` claim as a scope: an object of at most 32 string → string entries, keys not blank,
+/// without control characters, keys and values at most 256 bytes (the bounds of a label, so that
+/// a scope is always something a metric can carry). `Err` is the reason the token is invalid.
+fn scope(claim: Option<serde_json::Value>) -> Result<BTreeMap<String, String>, String> {
+    let Some(claim) = claim else {
+        return Ok(BTreeMap::new());
+    };
+    let serde_json::Value::Object(entries) = claim else {
+        return Err("the where claim must be an object of label name to value".into());
+    };
+    if entries.len() > MAX_SCOPE_LABELS {
+        return Err(format!(
+            "the where claim has more than {MAX_SCOPE_LABELS} labels"
+        ));
+    }
+    let mut scope = BTreeMap::new();
+    for (key, value) in entries {
+        if key.trim().is_empty() {
+            return Err("the where claim has an empty label name".into());
+        }
+        if key.chars().any(char::is_control) {
+            return Err("the where claim has a label name with control characters".into());
+        }
+        if key.len() > MAX_SCOPE_TEXT {
+            return Err(format!(
+                "the where claim has a label name longer than {MAX_SCOPE_TEXT} bytes"
+            ));
+        }
+        let serde_json::Value::String(value) = value else {
+            return Err(format!(
+                "the where claim's label {key} must have a string value"
+            ));
+        };
+        if value.len() > MAX_SCOPE_TEXT {
+            return Err(format!(
+                "the where claim's label {key} has a value longer than {MAX_SCOPE_TEXT} bytes"
+            ));
+        }
+        scope.insert(key, value);
+    }
+    Ok(scope)
 }
 
 impl JwtAccess {
@@ -80,6 +144,7 @@ impl AccessControl for JwtAccess {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AccessError::Invalid(e.to_string()))?
             .claims;
+        let scope = scope(claims.scope).map_err(AccessError::Invalid)?;
         let allows = |channel: &str| {
             claims
                 .channels
@@ -92,7 +157,7 @@ impl AccessControl for JwtAccess {
             alerts: allows("alerts"),
             publish: claims.publish,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
-            scope: Default::default(),
+            scope,
         })
     }
 }
@@ -165,6 +230,107 @@ mod tests {
             Err(AccessError::Invalid(_))
         ));
         assert!(JwtAccess::new(Key::Secret(b"short".to_vec())).is_err());
+    }
+
+    /// The grant of a fresh token with `claims` added to `exp` and `publish`.
+    fn verify_with(claims: serde_json::Value) -> Result<Grant, AccessError> {
+        let mut all = serde_json::json!({"exp": now_seconds() + 60, "publish": true});
+        if let (Some(all), serde_json::Value::Object(claims)) = (all.as_object_mut(), claims) {
+            all.extend(claims);
+        }
+        access().verify(Some(&token(all, SECRET)))
+    }
+
+    fn invalid_because(claims: serde_json::Value) -> String {
+        match verify_with(claims) {
+            Err(AccessError::Invalid(reason)) => reason,
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_where_claim_is_the_scope() {
+        let grant = verify_with(serde_json::json!({"where": {"tenant": "acme", "env": "prod"}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let expected = [("env", "prod"), ("tenant", "acme")]
+            .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        assert_eq!(grant.scope, BTreeMap::from(expected));
+        assert!(grant.publish);
+    }
+
+    #[test]
+    fn without_a_where_claim_the_scope_is_empty() {
+        let absent = verify_with(serde_json::json!({})).unwrap_or_else(|e| panic!("{e}"));
+        assert!(absent.scope.is_empty());
+        let empty = verify_with(serde_json::json!({"where": {}})).unwrap_or_else(|e| panic!("{e}"));
+        assert!(empty.scope.is_empty());
+    }
+
+    #[test]
+    fn a_where_claim_that_is_not_an_object_makes_the_token_invalid() {
+        for claim in [
+            serde_json::json!("tenant=acme"),
+            serde_json::json!(["tenant", "acme"]),
+            serde_json::json!(null),
+            serde_json::json!(7),
+        ] {
+            assert_eq!(
+                invalid_because(serde_json::json!({ "where": claim })),
+                "the where claim must be an object of label name to value",
+                "{claim}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_where_value_that_is_not_a_string_makes_the_token_invalid() {
+        for value in [
+            serde_json::json!(1),
+            serde_json::json!(null),
+            serde_json::json!(["acme"]),
+        ] {
+            assert_eq!(
+                invalid_because(serde_json::json!({"where": {"tenant": value}})),
+                "the where claim's label tenant must have a string value"
+            );
+        }
+    }
+
+    #[test]
+    fn where_keys_must_be_named_and_printable() {
+        assert_eq!(
+            invalid_because(serde_json::json!({"where": {"": "acme"}})),
+            "the where claim has an empty label name"
+        );
+        assert_eq!(
+            invalid_because(serde_json::json!({"where": {"ten\nant": "acme"}})),
+            "the where claim has a label name with control characters"
+        );
+    }
+
+    #[test]
+    fn where_keys_values_and_entries_are_bounded() {
+        let long = "x".repeat(257);
+        assert_eq!(
+            invalid_because(serde_json::json!({"where": {long.clone(): "acme"}})),
+            "the where claim has a label name longer than 256 bytes"
+        );
+        assert_eq!(
+            invalid_because(serde_json::json!({"where": {"tenant": long}})),
+            "the where claim's label tenant has a value longer than 256 bytes"
+        );
+        let at_bound = serde_json::json!({"where": {"x".repeat(256): "y".repeat(256)}});
+        assert!(verify_with(at_bound).is_ok());
+        let labels = |count: usize| -> serde_json::Map<String, serde_json::Value> {
+            (0..count)
+                .map(|i| (format!("label{i}"), serde_json::json!("v")))
+                .collect()
+        };
+        assert!(verify_with(serde_json::json!({"where": labels(32)})).is_ok());
+        assert_eq!(
+            invalid_because(serde_json::json!({"where": labels(33)})),
+            "the where claim has more than 32 labels"
+        );
     }
 
     /// A P-256 key pair made with openssl for this test only; it protects nothing.

@@ -3,7 +3,10 @@
 //!
 //! An inbound adapter: it decodes and checks requests, calls the domain's
 //! [`PerformanceService`], and maps its errors to status codes. Every refusal is a JSON body
-//! `{"error": "...", "field": "..."}` naming what is wrong. It never talks to a bus itself.
+//! `{"error": "...", "field": "..."}` naming what is wrong. A credential with a scope (a token's
+//! `where` claim) publishes only metrics and alerts that carry its labels: the domain's
+//! [`Grant`] decides, this adapter answers 403 and publishes nothing of the request. It never
+//! talks to a bus itself.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -19,8 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fanout_domain::{
-    error_chain, AccessControl, AlertFields, InvalidMessage, LogId, MetricFields,
+    error_chain, AccessControl, AlertFields, Grant, InvalidMessage, LogId, MetricFields,
     PerformanceService, PublishError, PublishQuota, PublishReceipt, QuotaDecision, QuotaError,
+    ScopeViolation,
 };
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
@@ -85,8 +89,8 @@ pub fn router(
 
 /// Checks the caller may publish now: 401 without a valid token (when authentication is on), 403
 /// for a token without the publish right, 429 beyond the rate, 503 when the quota cannot be
-/// checked.
-async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// checked. The grant is returned for the scope check, which needs the decoded body.
+async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<Grant, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -100,10 +104,10 @@ async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<(), Ap
         return Err(ApiError::forbidden("this token may not publish".into()));
     }
     let Some(quota) = &state.quota else {
-        return Ok(());
+        return Ok(grant);
     };
     match quota.check(&grant.subject).await {
-        Ok(QuotaDecision::Allowed) => Ok(()),
+        Ok(QuotaDecision::Allowed) => Ok(grant),
         Ok(QuotaDecision::Limited { retry_after }) => {
             // Whole seconds, rounded up: retrying after `Retry-After` is never too early.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -129,7 +133,7 @@ async fn publish_metrics(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    admit_publisher(&state, &headers).await?;
+    let grant = admit_publisher(&state, &headers).await?;
     let started = Instant::now();
     // One metric or an array of them. Chosen by the first byte rather than with an untagged
     // enum, so that an error names the field instead of saying "did not match any variant".
@@ -158,6 +162,8 @@ async fn publish_metrics(
         }
         metrics.push(fields.validate(&path).map_err(invalid)?);
     }
+    // The whole batch or nothing: it is published as one message.
+    grant.check_metrics(&metrics).map_err(out_of_scope)?;
     let count = metrics.len();
     let receipt = state
         .service
@@ -175,13 +181,14 @@ async fn publish_alert(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    admit_publisher(&state, &headers).await?;
+    let grant = admit_publisher(&state, &headers).await?;
     let started = Instant::now();
     let fields = body.decode::<AlertFields>()?;
     if fields.source.is_some() {
         return Err(ApiError::unprocessable("source", SOURCE_IS_THE_SERVERS));
     }
     let alert = fields.validate("").map_err(invalid)?;
+    grant.check_alert(&alert).map_err(out_of_scope)?;
     let receipt = state.service.send_alert(alert).await.map_err(unavailable)?;
     state
         .publish_latency
@@ -263,6 +270,10 @@ fn accepted(published: usize, receipt: PublishReceipt) -> Response {
 
 fn invalid(error: InvalidMessage) -> ApiError {
     ApiError::unprocessable(error.field(), error.reason())
+}
+
+fn out_of_scope(violation: ScopeViolation) -> ApiError {
+    ApiError::forbidden(violation.to_string())
 }
 
 fn unavailable(error: PublishError) -> ApiError {
