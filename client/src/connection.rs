@@ -1,9 +1,10 @@
-//! One WebSocket session with one worker: the handshake (token, resume position) and the frames
-//! that follow, until the connection ends. No reconnection: that is [`crate::Watch`]'s job, built
-//! on this.
+//! One WebSocket session with one worker: the handshake (token, resume position, subscription)
+//! and the frames that follow, until the connection ends; the client's requests (`subscribe`,
+//! `unsubscribe`) are sent on it and answered among those frames. No reconnection: that is
+//! [`crate::Watch`]'s job, built on this.
 
 use fanout_domain::{LogEpoch, LogId};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -11,7 +12,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{CloseCode, FrameError, ServerFrame};
+use crate::publish::at;
+use crate::subscribe::unsubscribe_frame;
+use crate::{CloseCode, FrameError, QueryError, ServerFrame, Subscription};
 
 /// The socket under a [`Connection`].
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -31,8 +34,8 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    /// What [`Connection::open`] and [`Connection::open_over`] use: 128 KiB each, for a few
-    /// connections that read a lot.
+    /// What [`ConnectOptions::default`], [`Connection::open`] and [`Connection::open_over`] use:
+    /// 128 KiB each, for a few connections that read a lot.
     pub const DEFAULT: Self = Self {
         read: 128 * 1024,
         write: 128 * 1024,
@@ -74,6 +77,40 @@ pub struct Position {
     pub epoch: Option<LogEpoch>,
 }
 
+/// How to open a session: [`Connection::connect`] and [`Connection::connect_over`] take one.
+/// [`ConnectOptions::default`] is a fresh session without a token, receiving everything, with
+/// [`Buffers::DEFAULT`].
+///
+/// ```no_run
+/// use fanout_client::{ConnectOptions, Connection, Subscription};
+///
+/// # async fn run() -> Result<(), fanout_client::ConnectError> {
+/// let alerts_only = Subscription::default().no_metrics();
+/// let connection = Connection::connect(
+///     "ws://127.0.0.1:8080",
+///     &ConnectOptions {
+///         subscription: Some(&alerts_only),
+///         ..ConnectOptions::default()
+///     },
+/// )
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectOptions<'a> {
+    /// Sent as `Authorization: Bearer token`.
+    pub token: Option<&'a str>,
+    /// Resume after this position (`?last_alert_id=&epoch=`) instead of starting fresh.
+    pub resume: Option<&'a Position>,
+    /// The connection's first subscription, `default`, as query parameters
+    /// (`metrics=&where=&alerts=&interval=`); `None` receives everything. The snapshot and a
+    /// resume's replay hold only what it matches.
+    pub subscription: Option<&'a Subscription>,
+    /// The memory the connection holds for its frames.
+    pub buffers: Buffers,
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -86,15 +123,24 @@ pub enum ConnectError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The subscription cannot be carried in the connect-time query (a term holds a `,`).
+    /// Retrying will not help; connect without it and send it with
+    /// [`Connection::subscribe`].
+    #[error(transparent)]
+    Subscription(#[from] QueryError),
     /// The worker answered the upgrade with an HTTP status: 401 (no valid token), 403 (the token
     /// allows no channel, or the origin is not allowed), 503 (at its connection limit, or
-    /// shutting down), 400 (a malformed position).
-    #[error("the worker refused the connection with {status}: {error}")]
+    /// shutting down), 400 (a malformed position, or a malformed subscription: `field` names the
+    /// query parameter, `metrics`, `where`, `alerts` or `interval`).
+    #[error("the worker refused the connection with {status}: {error}{}", at(.field))]
     Refused {
         /// The HTTP status the worker answered with.
         status: u16,
         /// The worker's reason, from its `{"error"}` body; empty when it gave none.
         error: String,
+        /// Where the problem is, from its `{"field"}` body (`metrics`, `last_alert_id`); `None`
+        /// when it named no place.
+        field: Option<String>,
     },
     /// The TCP connection or the WebSocket handshake failed (refused, reset, TLS): the worker
     /// may be down; try again later or another worker.
@@ -133,6 +179,11 @@ pub enum ReadError {
     Binary,
 }
 
+/// A request could not be sent: the connection is closed or lost (the next read says how).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot send the request: {0}")]
+pub struct SendError(#[source] pub tungstenite::Error);
+
 fn describe(code: &Option<CloseCode>) -> String {
     code.map_or_else(|| "no code".to_owned(), |code| code.to_string())
 }
@@ -164,10 +215,26 @@ impl Connection {
         token: Option<&str>,
         resume: Option<&Position>,
     ) -> Result<Self, ConnectError> {
-        let request = request(url, token, resume)?;
-        let (socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(refused)?;
+        let options = ConnectOptions {
+            token,
+            resume,
+            ..ConnectOptions::default()
+        };
+        Self::connect(url, &options).await
+    }
+
+    /// Opens a session with the worker at `url` (`ws://host:port`, or the full
+    /// `ws://host:port/ws/performance`; `wss://` too) as `options` say: token, resume position,
+    /// subscription, buffers.
+    pub async fn connect(url: &str, options: &ConnectOptions<'_>) -> Result<Self, ConnectError> {
+        let request = request(url, options)?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(options.buffers.config()),
+            false,
+        )
+        .await
+        .map_err(refused)?;
         Ok(Self { socket })
     }
 
@@ -191,15 +258,60 @@ impl Connection {
         resume: Option<&Position>,
         buffers: Buffers,
     ) -> Result<Self, ConnectError> {
-        let request = request(url, token, resume)?;
+        let options = ConnectOptions {
+            token,
+            resume,
+            subscription: None,
+            buffers,
+        };
+        Self::connect_over(tcp, url, &options).await
+    }
+
+    /// [`Connection::connect`] over a TCP stream the caller connected (to set socket options
+    /// first, or bind a source address). Plain `ws://` only.
+    pub async fn connect_over(
+        tcp: TcpStream,
+        url: &str,
+        options: &ConnectOptions<'_>,
+    ) -> Result<Self, ConnectError> {
+        let request = request(url, options)?;
         let (socket, _) = tokio_tungstenite::client_async_with_config(
             request,
             MaybeTlsStream::Plain(tcp),
-            Some(buffers.config()),
+            Some(options.buffers.config()),
         )
         .await
         .map_err(refused)?;
         Ok(Self { socket })
+    }
+
+    /// Sends a `subscribe` request: adds `subscription` as `id` (1–64 bytes), or replaces the
+    /// subscription with that `id` (`default` is the connect-time one). The answer arrives through
+    /// [`Connection::next_frame`], in the order of the requests: [`ServerFrame::Subscribed`] and a
+    /// [`ServerFrame::Snapshot`] of what the subscription matches, or a [`ServerFrame::Error`]
+    /// naming the field at fault (the subscriptions are then unchanged). Frames read before the
+    /// answer may still follow the previous subscriptions.
+    pub async fn subscribe(
+        &mut self,
+        id: &str,
+        subscription: &Subscription,
+    ) -> Result<(), SendError> {
+        self.send(subscription.subscribe_frame(id)).await
+    }
+
+    /// Sends an `unsubscribe` request: removes the subscription `id`. Answered through
+    /// [`Connection::next_frame`] with [`ServerFrame::Unsubscribed`], or [`ServerFrame::Error`]
+    /// when the connection holds no such id. With no subscription left, no metrics and no alerts
+    /// arrive until the next `subscribe`.
+    pub async fn unsubscribe(&mut self, id: &str) -> Result<(), SendError> {
+        self.send(unsubscribe_frame(id)).await
+    }
+
+    async fn send(&mut self, frame: String) -> Result<(), SendError> {
+        self.socket
+            .send(Message::text(frame))
+            .await
+            .map_err(SendError)
     }
 
     /// The next frame. Pings are answered while reading (so a client that stops calling this is
@@ -246,6 +358,15 @@ impl Connection {
 
 /// The URL of a session: the worker's route, with the resume position in the query.
 pub fn session_url(url: &str, resume: Option<&Position>) -> Result<String, ConnectError> {
+    url_with(url, resume, None)
+}
+
+/// [`session_url`], with the subscription's parameters after the resume position's.
+fn url_with(
+    url: &str,
+    resume: Option<&Position>,
+    subscription: Option<&Subscription>,
+) -> Result<String, ConnectError> {
     let invalid = |reason: &str| ConnectError::InvalidUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -269,15 +390,21 @@ pub fn session_url(url: &str, resume: Option<&Position>) -> Result<String, Conne
             session.push_str(&format!("&epoch={}", epoch.as_str()));
         }
     }
+    if let Some(subscription) = subscription {
+        let query = subscription.query()?;
+        if !query.is_empty() {
+            session.push(if resume.is_some() { '&' } else { '?' });
+            session.push_str(&query);
+        }
+    }
     Ok(session)
 }
 
 fn request(
     url: &str,
-    token: Option<&str>,
-    resume: Option<&Position>,
+    options: &ConnectOptions<'_>,
 ) -> Result<tungstenite::handshake::client::Request, ConnectError> {
-    let session = session_url(url, resume)?;
+    let session = url_with(url, options.resume, options.subscription)?;
     let mut request =
         session
             .as_str()
@@ -286,7 +413,7 @@ fn request(
                 url: url.to_owned(),
                 reason: error.to_string(),
             })?;
-    if let Some(token) = token {
+    if let Some(token) = options.token {
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             ConnectError::InvalidUrl {
                 url: url.to_owned(),
@@ -299,91 +426,28 @@ fn request(
 }
 
 /// An upgrade the worker answered with a status becomes [`ConnectError::Refused`] with the
-/// reason from its `{"error"}` body.
+/// reason and the place from its `{"error","field"}` body.
 fn refused(error: tungstenite::Error) -> ConnectError {
     match error {
         tungstenite::Error::Http(response) => {
             let status = response.status().as_u16();
-            let error = response
+            let body = response
                 .body()
                 .as_deref()
-                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
-                .and_then(|body| body.get("error")?.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            ConnectError::Refused { status, error }
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok());
+            let text = |name: &str| {
+                body.as_ref()
+                    .and_then(|body| body.get(name)?.as_str().map(str::to_owned))
+            };
+            ConnectError::Refused {
+                status,
+                error: text("error").unwrap_or_default(),
+                field: text("field"),
+            }
         }
         other => ConnectError::Transport(other),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn position(epoch: Option<&str>) -> Position {
-        Position {
-            id: LogId::new(1_764_380_000_456, 0),
-            epoch: epoch.map(|e| LogEpoch::new(e).unwrap_or_else(|e| panic!("{e}"))),
-        }
-    }
-
-    fn url(base: &str, resume: Option<&Position>) -> String {
-        session_url(base, resume).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn buffers_set_only_the_buffer_sizes() {
-        let library = WebSocketConfig::default();
-        let small = Buffers::SMALL.config();
-        assert_eq!(
-            (small.read_buffer_size, small.write_buffer_size),
-            (8 * 1024, 0)
-        );
-        assert_eq!(small.max_write_buffer_size, library.max_write_buffer_size);
-        assert_eq!(small.max_message_size, library.max_message_size);
-        assert_eq!(small.max_frame_size, library.max_frame_size);
-        let default = Buffers::default().config();
-        assert_eq!(
-            (default.read_buffer_size, default.write_buffer_size),
-            (library.read_buffer_size, library.write_buffer_size)
-        );
-    }
-
-    #[test]
-    fn a_worker_address_gets_the_route() {
-        assert_eq!(
-            url("ws://127.0.0.1:8080", None),
-            "ws://127.0.0.1:8080/ws/performance"
-        );
-        assert_eq!(
-            url("ws://127.0.0.1:8080/", None),
-            "ws://127.0.0.1:8080/ws/performance"
-        );
-        assert_eq!(
-            url("wss://example.com/ws/performance", None),
-            "wss://example.com/ws/performance"
-        );
-    }
-
-    #[test]
-    fn a_resume_passes_the_id_and_the_epoch() {
-        assert_eq!(
-            url("ws://h:1", Some(&position(Some("3f9a0c1e5b7d2468")))),
-            "ws://h:1/ws/performance?last_alert_id=1764380000456-0&epoch=3f9a0c1e5b7d2468"
-        );
-        assert_eq!(
-            url("ws://h:1", Some(&position(None))),
-            "ws://h:1/ws/performance?last_alert_id=1764380000456-0"
-        );
-    }
-
-    #[test]
-    fn urls_that_are_not_websocket_urls_are_refused() {
-        for bad in ["http://h:1", "h:1", "ws://h:1/?x=1"] {
-            assert!(
-                matches!(session_url(bad, None), Err(ConnectError::InvalidUrl { .. })),
-                "{bad}"
-            );
-        }
-    }
-}
+mod tests;

@@ -4,7 +4,8 @@
 //! `metrics` and `alert` frames are the bus envelope's wire form, so they are decoded by the
 //! domain's own [`Envelope::from_json`], with the same validation the server applies: a frame
 //! that decodes holds valid [`Metric`]s and [`Alert`]s. The control frames (`hello`, `snapshot`,
-//! `resume`) are plain structs here. Unknown fields are ignored, so a newer server's additions do
+//! `resume`) and the answers to a client's requests (`subscribed`, `unsubscribed`, `error`) are
+//! plain structs here. Unknown fields are ignored, so a newer server's additions do
 //! not break an older client; an unknown `type` is an error the caller sees.
 
 use fanout_domain::{
@@ -26,6 +27,15 @@ pub enum ServerFrame {
     Metrics(MetricsFrame),
     /// One alert: live, or replayed after a `Resume`.
     Alert(AlertFrame),
+    /// The answer to a `subscribe` request: the subscription with this id is in place. A
+    /// `Snapshot` of the series it matches follows; every live frame after this one follows the
+    /// connection's new set of subscriptions.
+    Subscribed(String),
+    /// The answer to an `unsubscribe` request: the subscription with this id is removed.
+    Unsubscribed(String),
+    /// The answer to a request that could not be carried out; the connection stays open and its
+    /// subscriptions are unchanged.
+    Error(ErrorFrame),
 }
 
 /// `hello`: sent once the worker's bus subscription is live; from then on every message
@@ -115,10 +125,24 @@ pub struct AlertFrame {
     pub alert: Alert,
 }
 
+/// `error`: why a request (`subscribe`, `unsubscribe`, or a frame that is none of them) could not
+/// be carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The `id` of the request at fault; `None` when it had none or was not JSON.
+    pub id: Option<String>,
+    /// The worker's reason (`pattern "a**" …`).
+    pub error: String,
+    /// The request field at fault (`metrics[0]`, `where[1]`, `interval`); `None` when the frame
+    /// as a whole is.
+    pub field: Option<String>,
+}
+
 /// Why a text frame is not a frame of the protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// Not JSON, no `type`, or a `hello`, `snapshot` or `resume` frame of the wrong shape.
+    /// Not JSON, no `type`, or a control frame (`hello`, `snapshot`, `resume`, `subscribed`,
+    /// `unsubscribed`, `error`) of the wrong shape.
     #[error("frame is not the JSON of a protocol frame: {0}")]
     Json(#[from] serde_json::Error),
     /// A `type` this client does not know (a newer server's frame, say).
@@ -139,6 +163,12 @@ struct Tag {
 #[derive(Deserialize)]
 struct SnapshotWire {
     data: Vec<Metric>,
+}
+
+/// `subscribed` and `unsubscribed`.
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    id: String,
 }
 
 #[derive(Serialize)]
@@ -174,6 +204,9 @@ impl ServerFrame {
                 Channel::Alerts,
                 text.as_bytes(),
             )?)),
+            "subscribed" => Ok(Self::Subscribed(serde_json::from_str::<Answer>(text)?.id)),
+            "unsubscribed" => Ok(Self::Unsubscribed(serde_json::from_str::<Answer>(text)?.id)),
+            "error" => Ok(Self::Error(serde_json::from_str(text)?)),
             _ => Err(FrameError::UnknownType(tag.kind)),
         }
     }
@@ -217,6 +250,18 @@ impl ServerFrame {
             }),
             Self::Metrics(frame) => return frame.envelope().to_json(),
             Self::Alert(frame) => return frame.envelope().to_json(),
+            Self::Subscribed(id) => serde_json::to_string(&Tagged {
+                kind: "subscribed",
+                frame: &Answer { id: id.clone() },
+            }),
+            Self::Unsubscribed(id) => serde_json::to_string(&Tagged {
+                kind: "unsubscribed",
+                frame: &Answer { id: id.clone() },
+            }),
+            Self::Error(error) => serde_json::to_string(&Tagged {
+                kind: "error",
+                frame: error,
+            }),
         };
         text.unwrap_or_default()
     }
@@ -229,6 +274,9 @@ impl ServerFrame {
             Self::Resume(_) => "resume",
             Self::Metrics(_) => "metrics",
             Self::Alert(_) => "alert",
+            Self::Subscribed(_) => "subscribed",
+            Self::Unsubscribed(_) => "unsubscribed",
+            Self::Error(_) => "error",
         }
     }
 }
@@ -281,6 +329,11 @@ mod tests {
  "data":{"id":"web-3-4250-4","severity":"critical","message":"host.cpu_percent is 97% (> 90%) for 3 samples",
          "metric":"host.cpu_percent","value":97.0,"threshold":90.0,"labels":{},"timestamp":1764380000456,
          "source":"web-3-4250"}}"#;
+    const SUBSCRIBED: &str = r#"{"type":"subscribed","id":"s1"}"#;
+    const UNSUBSCRIBED: &str = r#"{"type":"unsubscribed","id":"s1"}"#;
+    // Verbatim too, the reason elided with "…" as the documentation has it.
+    const ERROR: &str =
+        r#"{"type":"error","id":"s1","error":"pattern \"a**\" …","field":"metrics[0]"}"#;
 
     #[test]
     fn the_documented_hello_decodes() {
@@ -363,7 +416,16 @@ mod tests {
 
     #[test]
     fn every_documented_frame_encodes_back_to_the_same_frame() {
-        for text in [HELLO, SNAPSHOT, RESUME, METRICS, ALERT] {
+        for text in [
+            HELLO,
+            SNAPSHOT,
+            RESUME,
+            METRICS,
+            ALERT,
+            SUBSCRIBED,
+            UNSUBSCRIBED,
+            ERROR,
+        ] {
             let frame = decode(text);
             assert_eq!(decode(&frame.to_json()), frame, "{text}");
         }
@@ -372,13 +434,63 @@ mod tests {
     #[test]
     fn documented_frames_encode_back_to_the_same_json() {
         // Not the alert example: it shows `"labels":{}`, which the server leaves out.
-        for text in [HELLO, SNAPSHOT, RESUME, METRICS] {
+        for text in [
+            HELLO,
+            SNAPSHOT,
+            RESUME,
+            METRICS,
+            SUBSCRIBED,
+            UNSUBSCRIBED,
+            ERROR,
+        ] {
             let expected: serde_json::Value =
                 serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"));
             let encoded: serde_json::Value =
                 serde_json::from_str(&decode(text).to_json()).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(encoded, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn the_documented_answers_decode() {
+        assert_eq!(decode(SUBSCRIBED), ServerFrame::Subscribed("s1".to_owned()));
+        assert_eq!(
+            decode(UNSUBSCRIBED),
+            ServerFrame::Unsubscribed("s1".to_owned())
+        );
+        assert_eq!(
+            decode(ERROR),
+            ServerFrame::Error(ErrorFrame {
+                id: Some("s1".to_owned()),
+                error: "pattern \"a**\" …".to_owned(),
+                field: Some("metrics[0]".to_owned()),
+            })
+        );
+    }
+
+    #[test]
+    fn an_error_about_a_request_without_an_id_or_a_field_decodes() {
+        let frame = decode(r#"{"type":"error","id":null,"error":"not JSON","field":null}"#);
+        assert_eq!(
+            frame,
+            ServerFrame::Error(ErrorFrame {
+                id: None,
+                error: "not JSON".to_owned(),
+                field: None,
+            })
+        );
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"error","id":null,"error":"not JSON","field":null}"#
+        );
+    }
+
+    #[test]
+    fn an_answer_without_its_id_is_refused() {
+        assert!(matches!(
+            ServerFrame::from_json(r#"{"type":"subscribed"}"#),
+            Err(FrameError::Json(_))
+        ));
     }
 
     #[test]

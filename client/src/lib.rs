@@ -3,12 +3,17 @@
 //! - [`ServerFrame`]: every frame a worker sends, decoded into the domain's validated types
 //!   ([`Metric`](fanout_domain::Metric), [`Alert`](fanout_domain::Alert),
 //!   [`LogId`](fanout_domain::LogId), [`LogEpoch`](fanout_domain::LogEpoch)), and [`CloseCode`].
-//! - [`Connection`]: one WebSocket session with one worker (token, resume position), no
-//!   reconnection; over a TCP stream the caller connected, with small [`Buffers`] for processes
-//!   holding many connections; frames decoded or as their raw [`Text`].
+//! - [`Connection`]: one WebSocket session with one worker (token, resume position,
+//!   subscription: [`ConnectOptions`]), no reconnection; over a TCP stream the caller connected,
+//!   with small [`Buffers`] for processes holding many connections; frames decoded or as their
+//!   raw [`Text`]; `subscribe` and `unsubscribe` requests sent on it, answered among the frames
+//!   ([`ServerFrame::Subscribed`], [`ServerFrame::Unsubscribed`], [`ServerFrame::Error`]).
+//! - [`Subscription`]: what a connection receives (metric name patterns, label matchers, a
+//!   minimum alert severity, an interval), as the connect-time query or a `subscribe` frame.
 //! - [`Watch`] → [`Events`]: a `Stream` of [`Event`]s that reconnects with a jittered
 //!   exponential [`Backoff`], rotating through several workers, and resumes after the last alert
-//!   received, reporting a resume that could not replay everything.
+//!   received, reporting a resume that could not replay everything; with a [`Subscription`]
+//!   given, every connection it opens asks for it.
 //! - [`Publisher`]: `POST /api/metrics` and `POST /api/alerts`, with a [`PublishError`] for
 //!   every documented status.
 //!
@@ -37,13 +42,18 @@ mod close;
 mod connection;
 mod frame;
 mod publish;
+mod subscribe;
 mod watch;
 
 pub use backoff::Backoff;
 pub use close::CloseCode;
 pub use connection::{
-    session_url, Buffers, ConnectError, Connection, Position, ReadError, Socket, Text,
+    session_url, Buffers, ConnectError, ConnectOptions, Connection, Position, ReadError, SendError,
+    Socket, Text,
 };
-pub use frame::{AlertFrame, BusReport, FrameError, Hello, MetricsFrame, Resume, ServerFrame};
+pub use frame::{
+    AlertFrame, BusReport, ErrorFrame, FrameError, Hello, MetricsFrame, Resume, ServerFrame,
+};
 pub use publish::{PublishError, Publisher, Receipt};
+pub use subscribe::{unsubscribe_frame, QueryError, Subscription};
 pub use watch::{Event, Events, Watch};

@@ -108,7 +108,7 @@ pub enum PublishError {
     InvalidReceipt(#[source] reqwest::Error),
 }
 
-fn at(field: &Option<String>) -> String {
+pub(crate) fn at(field: &Option<String>) -> String {
     field
         .as_ref()
         .map(|field| format!(" (at {field})"))

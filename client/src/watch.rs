@@ -7,6 +7,14 @@
 //! holds is lost or delivered twice. A resume that could not replay everything is reported as
 //! [`Event::ResumeIncomplete`].
 //!
+//! With [`Watch::subscription`], every connection it opens carries the subscription in its query
+//! (the connection's `default` subscription), so a reconnect, to any worker, keeps it; the
+//! snapshot and a resume's replay hold only what it matches. The stream sends no requests on the
+//! connection, so the answers to them (`subscribed`, `unsubscribed`, `error`) are not expected; a
+//! worker that sends one anyway is reported as [`Event::Unrequested`] and otherwise ignored. A
+//! subscription the worker refuses (400, naming the parameter) is a [`Event::ConnectFailed`]
+//! with [`ConnectError::Refused`], retried like any other refusal.
+//!
 //! The events go through a bounded channel of `buffer` events: a consumer that stops reading
 //! stops the task from reading its socket, and the worker then treats the client as any slow
 //! consumer (drops its oldest metrics, closes it with 4008 and the task resumes elsewhere). The
@@ -25,21 +33,23 @@ use tokio::task::JoinHandle;
 
 use crate::connection::session_url;
 use crate::{
-    AlertFrame, Backoff, CloseCode, ConnectError, Connection, FrameError, Hello, MetricsFrame,
-    Position, ReadError, Resume, ServerFrame,
+    AlertFrame, Backoff, CloseCode, ConnectError, ConnectOptions, Connection, FrameError, Hello,
+    MetricsFrame, Position, ReadError, Resume, ServerFrame, Subscription,
 };
 
 /// What happened on the stream: a frame, or a change of connection.
 #[derive(Debug)]
 pub enum Event {
-    /// A session is open and greeted: from now on every message published reaches it.
+    /// A session is open and greeted: from now on every message published (that the
+    /// subscription matches, when the watch has one) reaches it.
     Connected {
         /// The worker's URL, as given to [`Watch::new`].
         url: String,
         /// The worker's greeting.
         hello: Hello,
     },
-    /// The latest value of each metric series the worker has seen (after each `Connected`).
+    /// The latest value of each metric series the worker has seen (after each `Connected`; only
+    /// the series the subscription matches, when the watch has one).
     Snapshot(Vec<Metric>),
     /// A resume replayed every alert after the last one received; they follow as `Alert`s.
     Resumed(Resume),
@@ -50,6 +60,14 @@ pub enum Event {
     Metrics(MetricsFrame),
     /// One alert, live or replayed; the next resume starts after the last one with an `id`.
     Alert(AlertFrame),
+    /// A protocol frame the stream did not ask for: an answer (`subscribed`, `unsubscribed`,
+    /// `error`) to a request it never sends. Reported, not acted on; the session goes on.
+    Unrequested {
+        /// The worker that sent it.
+        url: String,
+        /// The frame.
+        frame: ServerFrame,
+    },
     /// A frame that is not a protocol frame, skipped; the session goes on.
     Malformed {
         /// The worker that sent it.
@@ -88,6 +106,7 @@ pub struct Watch {
     backoff: Backoff,
     connect_timeout: Duration,
     resume_from: Option<Position>,
+    subscription: Option<Subscription>,
     buffer: usize,
 }
 
@@ -105,6 +124,7 @@ impl Watch {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             resume_from: None,
+            subscription: None,
             buffer: 1024,
         }
     }
@@ -134,6 +154,14 @@ impl Watch {
         self
     }
 
+    /// Receives only what `subscription` matches: it is sent as query parameters on every
+    /// connection and reconnection (default: everything). [`Watch::start`] refuses one the query
+    /// cannot carry.
+    pub fn subscription(mut self, subscription: Subscription) -> Self {
+        self.subscription = Some(subscription);
+        self
+    }
+
     /// At most this many events wait for the consumer (default 1024, at least 1).
     pub fn buffer(mut self, events: usize) -> Self {
         self.buffer = events.max(1);
@@ -141,7 +169,8 @@ impl Watch {
     }
 
     /// Starts the task that connects and reconnects (on the current tokio runtime). Refuses an
-    /// empty list or a URL that is not `ws://` or `wss://`. Dropping the [`Events`] stops it.
+    /// empty list, a URL that is not `ws://` or `wss://`, or a subscription the query cannot
+    /// carry ([`ConnectError::Subscription`]). Dropping the [`Events`] stops it.
     pub fn start(self) -> Result<Events, ConnectError> {
         if self.urls.is_empty() {
             return Err(ConnectError::InvalidUrl {
@@ -151,6 +180,9 @@ impl Watch {
         }
         for url in &self.urls {
             session_url(url, None)?;
+        }
+        if let Some(subscription) = &self.subscription {
+            subscription.query()?;
         }
         let (sender, receiver) = mpsc::channel(self.buffer);
         let task = tokio::spawn(run(self, sender));
@@ -189,12 +221,19 @@ async fn run(watch: Watch, events: mpsc::Sender<Event>) {
         mut backoff,
         connect_timeout,
         resume_from,
+        subscription,
         ..
     } = watch;
     let mut rng = StdRng::from_os_rng();
     let mut position = resume_from;
     for url in urls.iter().cycle() {
-        let attempt = Connection::open(url, token.as_deref(), position.as_ref());
+        let options = ConnectOptions {
+            token: token.as_deref(),
+            resume: position.as_ref(),
+            subscription: subscription.as_ref(),
+            ..ConnectOptions::default()
+        };
+        let attempt = Connection::connect(url, &options);
         let event = match tokio::time::timeout(connect_timeout, attempt).await {
             Ok(Ok(connection)) => {
                 let Ok(error) =
@@ -273,6 +312,14 @@ async fn session(
                 }
                 Event::Alert(frame)
             }
+            Ok(
+                frame @ (ServerFrame::Subscribed(_)
+                | ServerFrame::Unsubscribed(_)
+                | ServerFrame::Error(_)),
+            ) => Event::Unrequested {
+                url: url.to_owned(),
+                frame,
+            },
             Err(ReadError::Malformed(error)) => Event::Malformed {
                 url: url.to_owned(),
                 error,
@@ -363,5 +410,107 @@ mod tests {
     async fn an_empty_list_of_workers_is_refused() {
         assert!(Watch::new(Vec::<String>::new()).start().is_err());
         assert!(Watch::new(["http://h:1"]).start().is_err());
+    }
+
+    /// Every wait on the loopback worker fails loudly after this.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Accepts one WebSocket connection, sends `frames`, closes it with 1001 and returns the
+    /// request's target (path and query).
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback returns its ErrorResponse by value"
+    )]
+    async fn serve_once(listener: &tokio::net::TcpListener, frames: &[&str]) -> String {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::Message;
+
+        let (tcp, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut target = String::new();
+        let callback = |request: &Request, response: Response| {
+            target = request.uri().to_string();
+            Ok::<_, ErrorResponse>(response)
+        };
+        let mut socket = tokio_tungstenite::accept_hdr_async(tcp, callback)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for frame in frames {
+            socket
+                .send(Message::text(*frame))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let close = CloseFrame {
+            code: Code::Away,
+            reason: "shutting down".into(),
+        };
+        // The client may be gone before it acknowledges the close: not this test's concern.
+        let _ = socket.close(Some(close)).await;
+        target
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_keeps_the_subscription_after_the_resume_position() {
+        use futures_util::StreamExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "ws://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let worker = tokio::spawn(async move {
+            let alert = r#"{"type":"alert","id":"1764380000456-0","epoch":"3f9a0c1e5b7d2468","origin":"w","seq":4,"published_at_us":1,"data":{"severity":"critical","message":"hot","source":"w"}}"#;
+            let error = r#"{"type":"error","id":null,"error":"not JSON","field":null}"#;
+            let first = serve_once(&listener, &[alert, error]).await;
+            let second = serve_once(&listener, &[]).await;
+            (first, second)
+        });
+        let mut events = Watch::new([url])
+            .backoff(Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            ))
+            .subscription(
+                Subscription::default()
+                    .metrics(["api.*"])
+                    .min_severity(fanout_domain::Severity::Critical),
+            )
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Each session ends with the worker's 1001: two disconnections, then it is done.
+        let mut unrequested = Vec::new();
+        let mut disconnections = 0;
+        tokio::time::timeout(WAIT, async {
+            while disconnections < 2 {
+                match events.next().await {
+                    Some(Event::Unrequested { frame, .. }) => unrequested.push(frame.kind()),
+                    Some(Event::Disconnected { .. }) => disconnections += 1,
+                    Some(_) => {}
+                    None => panic!("the stream ended"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the watch did not reconnect within {WAIT:?}"));
+        let (first, second) = worker.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, "/ws/performance?metrics=api.*&alerts=critical");
+        assert_eq!(
+            second,
+            "/ws/performance?last_alert_id=1764380000456-0&epoch=3f9a0c1e5b7d2468\
+             &metrics=api.*&alerts=critical"
+        );
+        assert_eq!(unrequested, ["error"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_the_query_cannot_carry_is_refused_at_start() {
+        let watch =
+            Watch::new(["ws://h:1"]).subscription(Subscription::default().matcher("note=a,b"));
+        assert!(matches!(watch.start(), Err(ConnectError::Subscription(_))));
     }
 }
