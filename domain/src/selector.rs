@@ -208,6 +208,9 @@ pub enum Names {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Selector {
     names: Names,
+    /// Whether metrics are delivered at all (not when the credential may not receive them); the
+    /// names still narrow alerts. Always false when `names` matches nothing.
+    metrics: bool,
     /// Sorted, without duplicates; all must hold.
     matchers: Vec<LabelMatcher>,
     /// `None`: no alerts.
@@ -226,6 +229,7 @@ impl Selector {
     pub fn everything() -> Self {
         Self {
             names: Names::All,
+            metrics: true,
             matchers: Vec::new(),
             min_severity: Some(Severity::Info),
         }
@@ -245,8 +249,10 @@ impl Selector {
                 }
             }
         };
+        let metrics = !matches!(&names, Names::Matching(patterns) if patterns.is_empty());
         let mut selector = Self {
             names,
+            metrics,
             matchers,
             min_severity,
         };
@@ -271,10 +277,11 @@ impl Selector {
         self
     }
 
-    /// This selector without the kinds the credential may not receive.
+    /// This selector without the kinds the credential may not receive (its name patterns still
+    /// narrow the alerts it takes).
     pub fn within_channels(mut self, metrics: bool, alerts: bool) -> Self {
         if !metrics {
-            self.names = Names::Matching(Vec::new());
+            self.metrics = false;
         }
         if !alerts {
             self.min_severity = None;
@@ -289,7 +296,7 @@ impl Selector {
 
     /// Whether it takes no metric at all.
     pub fn takes_no_metrics(&self) -> bool {
-        matches!(&self.names, Names::Matching(patterns) if patterns.is_empty())
+        !self.metrics
     }
 
     /// Whether it takes no alert at all.
@@ -310,7 +317,7 @@ impl Selector {
 
     /// Whether `metric` is taken: its name matches a pattern and its labels every matcher.
     pub fn matches_metric(&self, metric: &Metric) -> bool {
-        self.names_match(metric.name()) && self.labels_match(metric.labels())
+        self.metrics && self.names_match(metric.name()) && self.labels_match(metric.labels())
     }
 
     /// Whether `alert` is taken: severity at least the minimum, labels matching every matcher,

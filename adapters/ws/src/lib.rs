@@ -24,6 +24,8 @@ mod queue;
 mod registry;
 mod slots;
 mod snapshot;
+#[cfg(test)]
+mod subscriptions_model;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -523,24 +523,26 @@ impl LocalDelivery for ClientRegistry {
                 // once, whatever the number of groups taking it.
                 let mut whole = None;
                 let mut shares: HashMap<Vec<usize>, Frame> = HashMap::new();
-                let mut now = Vec::with_capacity(metrics.len());
+                let mut now = Vec::new();
                 for group in clients.groups.values() {
-                    now.clear();
                     if group.everything {
-                        now.extend(0..metrics.len());
-                    } else {
-                        for (index, metric) in metrics.iter().enumerate() {
-                            match group.filter.timing(metric) {
-                                Timing::Now => now.push(index),
-                                Timing::Every(interval) => {
-                                    if let Some(conflator) = group.conflator(interval) {
-                                        if !conflator.record(envelope, metric) {
-                                            unkept += 1;
-                                        }
-                                    }
-                                }
-                                Timing::Never => {}
+                        let frame = whole.get_or_insert_with(|| {
+                            Frame::for_envelope(FrameKind::Metrics, envelope)
+                        });
+                        tally.push_all(group.queues.values(), frame);
+                        continue;
+                    }
+                    now.clear();
+                    for (index, metric) in metrics.iter().enumerate() {
+                        match group.filter.timing(metric) {
+                            Timing::Now => now.push(index),
+                            Timing::Every(interval) => {
+                                let kept = group
+                                    .conflator(interval)
+                                    .is_some_and(|c| c.record(envelope, metric));
+                                unkept += u64::from(!kept);
                             }
+                            Timing::Never => {}
                         }
                     }
                     let frame = if now.is_empty() {
@@ -550,10 +552,12 @@ impl LocalDelivery for ClientRegistry {
                             Frame::for_envelope(FrameKind::Metrics, envelope)
                         })
                     } else {
-                        &*shares.entry(now.clone()).or_insert_with(|| {
+                        if !shares.contains_key(&now) {
                             let share: Vec<&Metric> = now.iter().map(|&i| &metrics[i]).collect();
-                            Frame::metrics(envelope.to_json_with_metrics(&share))
-                        })
+                            let frame = Frame::metrics(envelope.to_json_with_metrics(&share));
+                            shares.insert(now.clone(), frame);
+                        }
+                        &shares[&now]
                     };
                     tally.push_all(group.queues.values(), frame);
                 }
