@@ -137,6 +137,16 @@ impl WorkerReport for WorkerStatus {
             ConstCounter::new(stats.slow_consumers_closed),
         );
         registry.register(
+            "subscription_groups",
+            "Distinct subscription filters among the connected clients (one match and one encoding per message each)",
+            gauge(stats.groups),
+        );
+        registry.register(
+            "conflation_overflow",
+            "Conflated metric values not kept because their group already had 10,000 series pending",
+            ConstCounter::new(stats.conflation_overflow),
+        );
+        registry.register(
             "outbox_queued",
             "Rule alerts waiting for the bus",
             gauge(outbox_queued),
