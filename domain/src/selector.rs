@@ -448,6 +448,19 @@ impl RequestError {
 }
 
 impl ClientRequest {
+    /// The `id` of a request frame, when it has a usable one (for answering a request that is
+    /// not carried out).
+    pub fn id_of(text: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        serde_json::from_str::<Id>(text)
+            .ok()
+            .map(|request| request.id)
+            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES)
+    }
+
     /// Parses a text frame from a client: `{"type":"subscribe",…}` or `{"type":"unsubscribe",…}`.
     pub fn parse(text: &str, limits: &SelectorLimits) -> Result<Self, RequestError> {
         let object: Map<String, Value> = match serde_json::from_str(text) {
@@ -981,6 +994,16 @@ mod tests {
             request(r#"{"type":"unsubscribe","id":"s1"}"#).valid(),
             ClientRequest::Unsubscribe { id: "s1".into() }
         );
+    }
+
+    #[test]
+    fn the_id_of_a_request_is_read_without_parsing_the_rest() {
+        assert_eq!(
+            ClientRequest::id_of(r#"{"type":"subscribe","id":"s1","metrics":"bad"}"#),
+            Some("s1".to_owned())
+        );
+        assert_eq!(ClientRequest::id_of(r#"{"id":""}"#), None);
+        assert_eq!(ClientRequest::id_of("not json"), None);
     }
 
     #[test]

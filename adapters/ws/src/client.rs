@@ -18,7 +18,7 @@ use std::pin::Pin;
 use tokio::time::{Interval, Sleep};
 
 use crate::manager::{ConnectionManager, Registered};
-use crate::protocol::{CloseReason, Frame, FrameKind};
+use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
 use crate::queue::ClientQueue;
 use crate::slots::Slot;
 use crate::ClientLimits;
@@ -91,6 +91,7 @@ pub(crate) async fn serve(
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             Box::pin(tokio::time::sleep(left))
         }),
+        requests: (Instant::now(), 0),
     };
     let ending = connection.run(greeting, floor, early).await;
     manager.unregister(id, slot).await;
@@ -108,7 +109,10 @@ enum Waited {
     Gone,
 }
 
-/// Most requests kept from a client before its `hello`; later ones are answered with an error.
+/// Most `subscribe`/`unsubscribe` requests a connection may have carried out per second.
+const MAX_REQUESTS_PER_SECOND: u32 = 20;
+
+/// Most requests kept from a client before its `hello`; later ones are dropped unanswered.
 const MAX_EARLY_REQUESTS: usize = 64;
 
 /// Waits for the worker's bus subscription to be live, noticing meanwhile a client that leaves
@@ -162,6 +166,8 @@ struct Connection<'a> {
     ping: Interval,
     /// Fires when the client's credential expires.
     expiry: Option<Pin<Box<Sleep>>>,
+    /// Requests carried out in the current one-second window, and when it started.
+    requests: (Instant, u32),
 }
 
 impl Connection<'_> {
@@ -192,7 +198,7 @@ impl Connection<'_> {
                 return self.send_close(reason).await;
             }
             if let Some(request) = early.next() {
-                self.manager.request(self.id, &request, &mut batch);
+                self.request(&request, &mut batch);
                 continue;
             }
             tokio::select! {
@@ -202,7 +208,7 @@ impl Connection<'_> {
                     match incoming {
                         // A request: its answer, and what was queued before it, go out next.
                         Some(Ok(Message::Text(request))) => {
-                            self.manager.request(self.id, &request, &mut batch);
+                            self.request(&request, &mut batch);
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Binary(_))) => close = Some(CloseReason::UNSUPPORTED_DATA),
@@ -223,6 +229,28 @@ impl Connection<'_> {
                 }
             }
         }
+    }
+
+    /// Carries out a client's request, within [`MAX_REQUESTS_PER_SECOND`]: each request can move
+    /// the client between groups and take a snapshot under the registry's lock, so a client
+    /// cannot make the hot path wait by sending them without end. Beyond the budget a request is
+    /// answered with an error and changes nothing.
+    fn request(&mut self, text: &str, batch: &mut Vec<Frame>) {
+        let now = Instant::now();
+        if now.duration_since(self.requests.0) >= Duration::from_secs(1) {
+            self.requests = (now, 0);
+        }
+        self.requests.1 += 1;
+        if self.requests.1 > MAX_REQUESTS_PER_SECOND {
+            let id = fanout_domain::ClientRequest::id_of(text);
+            let error = fanout_domain::RequestError::whole(
+                id,
+                format!("too many requests: at most {MAX_REQUESTS_PER_SECOND} per second"),
+            );
+            batch.push(Answer::error(&error).frame());
+            return;
+        }
+        self.manager.request(self.id, text, batch);
     }
 
     /// Feeds every frame of `batch` and flushes once. A pending close interrupts a write the
