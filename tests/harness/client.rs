@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use fanout_client::{Connection, Position, ReadError};
+use fanout_client::{ConnectOptions, Connection, Position, ReadError, Subscription};
 use fanout_domain::{LogEpoch, LogId};
 use futures_util::SinkExt;
 use serde_json::Value;
@@ -36,7 +36,8 @@ fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}")
 }
 
-fn position(last_alert_id: &str, epoch: Option<&str>) -> Position {
+/// A resume position from an alert frame's `id` and `epoch`.
+pub fn position(last_alert_id: &str, epoch: Option<&str>) -> Position {
     Position {
         id: last_alert_id
             .parse::<LogId>()
@@ -91,6 +92,32 @@ impl Client {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         Self::greeted(connection, false).await
+    }
+
+    /// Connects as `options` say (token, resume position, connect-time subscription); waits for
+    /// `hello`, `snapshot` and, when resuming, `resume`.
+    pub async fn connect_with(addr: SocketAddr, options: &ConnectOptions<'_>) -> Client {
+        let connection = within(
+            "WebSocket connect",
+            Connection::connect(&url(addr), options),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Self::greeted(connection, options.resume.is_some()).await
+    }
+
+    /// Sends a `subscribe` request for `subscription` as `id`; the answer is read as frames.
+    pub async fn subscribe(&mut self, id: &str, subscription: &Subscription) {
+        within("subscribe", self.connection.subscribe(id, subscription))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Sends an `unsubscribe` request for `id`; the answer is read as frames.
+    pub async fn unsubscribe(&mut self, id: &str) {
+        within("unsubscribe", self.connection.unsubscribe(id))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     async fn open(addr: SocketAddr, token: Option<&str>, resume: Option<Position>) -> Client {
