@@ -135,17 +135,18 @@ impl LabelMatcher {
         }
     }
 
-    /// Parses `key=value`, `key!=value`, `key=a|b` or `key!=a|b`.
+    /// Parses `key=value`, `key!=value`, `key=a|b` or `key!=a|b`: the key ends at the first `=`
+    /// (a `!` right before it makes the matcher negated), so a value may hold `=` or `!=`.
     pub fn parse(text: &str, limits: &SelectorLimits, field: &str) -> Result<Self, SelectorError> {
-        let (key, negated, values) = if let Some((key, values)) = text.split_once("!=") {
-            (key, true, values)
-        } else if let Some((key, values)) = text.split_once('=') {
-            (key, false, values)
-        } else {
+        let Some((key, values)) = text.split_once('=') else {
             return Err(SelectorError::new(
                 field,
                 format!("{text:?} is not key=value, key!=value or key=a|b"),
             ));
+        };
+        let (key, negated) = match key.strip_suffix('!') {
+            Some(key) => (key, true),
+            None => (key, false),
         };
         Self::from_parts(key, negated, values, limits, field)
     }
@@ -842,6 +843,13 @@ mod tests {
         assert!(parse("region=us|eu").matches(&eu));
         assert!(!parse("region!=us|eu").matches(&eu));
         assert!(parse("region=").matches(&labels(&[("region", "")])));
+        let odd = labels(&[("env", "a!=b"), ("k", "x=y")]);
+        assert!(
+            parse("env=a!=b").matches(&odd),
+            "the key ends at the first ="
+        );
+        assert!(parse("k=x=y").matches(&odd));
+        assert!(parse("k!=x=z").matches(&odd));
     }
 
     #[test]

@@ -39,13 +39,14 @@ const PATTERNS: [&str; 8] = [
     "x",
     "*x*",
 ];
-const MATCHERS: [&str; 6] = [
+const MATCHERS: [&str; 7] = [
     "tenant=a",
     "tenant!=a",
     "region=eu|us",
     "region!=eu",
     "tenant=b",
     "region=",
+    "env=a!=b",
 ];
 const IDS: [&str; 3] = ["default", "s1", "s2"];
 const MAX_SUBSCRIPTIONS: usize = 2;
@@ -159,14 +160,18 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
+/// A matcher's key (up to the first `=`, without a `!` right before it), whether it is negated,
+/// and its values.
+fn split_matcher(matcher: &str) -> (&str, bool, &str) {
+    let (key, values) = matcher.split_once('=').unwrap_or((matcher, ""));
+    match key.strip_suffix('!') {
+        Some(key) => (key, true, values),
+        None => (key, false, values),
+    }
+}
+
 fn matcher_holds(matcher: &str, labels: &BTreeMap<String, String>) -> bool {
-    let (key, negated, values) = match matcher.split_once("!=") {
-        Some((key, values)) => (key, true, values),
-        None => {
-            let (key, values) = matcher.split_once('=').unwrap_or((matcher, ""));
-            (key, false, values)
-        }
-    };
+    let (key, negated, values) = split_matcher(matcher);
     let found = labels
         .get(key)
         .is_some_and(|value| values.split('|').any(|v| v == value));
@@ -272,13 +277,8 @@ impl ModelClient {
 }
 
 fn canonical_matcher(matcher: &str) -> String {
-    let (key, op, values) = match matcher.split_once("!=") {
-        Some((key, values)) => (key, "!=", values),
-        None => {
-            let (key, values) = matcher.split_once('=').unwrap_or((matcher, ""));
-            (key, "==", values)
-        }
-    };
+    let (key, negated, values) = split_matcher(matcher);
+    let op = if negated { "!=" } else { "==" };
     let values: BTreeSet<&str> = values.split('|').collect();
     format!("{key}{op}{values:?}")
 }
