@@ -19,6 +19,7 @@ use crate::snapshot::MAX_SNAPSHOT_SERIES;
 /// A series, per origin: the origin, the name and the labels.
 type SeriesKey = (WorkerId, String, BTreeMap<String, String>);
 
+#[derive(Clone)]
 struct Latest {
     metric: Metric,
     seq: u64,
@@ -67,6 +68,25 @@ impl Conflator {
         }
         pending.insert(key, latest);
         true
+    }
+
+    /// Copies into this conflator the values `from` holds for series that `keep` takes and this
+    /// one has none pending for (a pending value here is as new: both record the same stream).
+    /// A client moving to another group keeps the latest values still owed to it.
+    pub(crate) fn adopt(&self, from: &Conflator, keep: impl Fn(&Metric) -> bool) {
+        let owed: Vec<(SeriesKey, Latest)> = from
+            .lock()
+            .iter()
+            .filter(|(_, latest)| keep(&latest.metric))
+            .map(|(key, latest)| (key.clone(), latest.clone()))
+            .collect();
+        let mut pending = self.lock();
+        for (key, latest) in owed {
+            if pending.len() >= MAX_SNAPSHOT_SERIES {
+                break;
+            }
+            pending.entry(key).or_insert(latest);
+        }
     }
 
     /// Takes every pending value, encoded: one `metrics` frame per origin, with the newest `seq`
@@ -150,6 +170,29 @@ mod tests {
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].value(), 100.0);
         assert!(conflator.take_frames().is_empty(), "nothing twice");
+    }
+
+    #[test]
+    fn a_moving_client_keeps_what_is_owed_without_replacing_newer_values() {
+        let old = Conflator::new(Duration::from_secs(1));
+        let new = Conflator::new(Duration::from_secs(1));
+        let message = envelope("w1", 1, Vec::new());
+        old.record(&message, &metric("cpu", 1.0));
+        old.record(&message, &metric("mem", 1.0));
+        old.record(&message, &metric("disk", 1.0));
+        new.record(&envelope("w1", 2, Vec::new()), &metric("mem", 2.0));
+        new.adopt(&old, |m| m.name() != "disk");
+        let frames = decoded(&new.take_frames());
+        let Payload::Metrics(sent) = &frames[0].payload else {
+            panic!("not metrics")
+        };
+        let sent: Vec<(&str, f64)> = sent.iter().map(|m| (m.name(), m.value())).collect();
+        assert_eq!(sent, [("cpu", 1.0), ("mem", 2.0)]);
+        assert_eq!(
+            old.take_frames().len(),
+            1,
+            "the old group's members still get theirs"
+        );
     }
 
     #[test]

@@ -372,8 +372,24 @@ impl ClientRegistry {
         if filter != *member.filter {
             let old = Arc::clone(&member.filter);
             let queue = Arc::clone(&member.queue);
+            let owed: Vec<Arc<Conflator>> = clients
+                .groups
+                .get(&*old)
+                .map(|group| group.conflators.clone())
+                .unwrap_or_default();
             Self::leave_group(&mut clients, id, &old);
             let key = self.enter_group(&mut clients, id, &queue, filter);
+            // Conflated values recorded but not yet sent are still owed to this client when its
+            // new filter conflates their series too (a series it now takes at once, or newly,
+            // is in the new subscription's snapshot).
+            if let Some(group) = clients.groups.get(&key) {
+                for from in &owed {
+                    for to in &group.conflators {
+                        let every = Timing::Every(to.interval());
+                        to.adopt(from, |m| key.timing(m) == every);
+                    }
+                }
+            }
             if let Some(member) = clients.members.get_mut(&id) {
                 member.filter = key;
             }
@@ -869,6 +885,31 @@ mod tests {
         assert_eq!(apply("s2"), Err(Some("id".to_owned())), "default + s1 = 2");
         assert_eq!(apply("s1"), Ok(()), "replacing one held is fine");
         assert_eq!(apply("default"), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_owed_by_conflation_still_arrives_after_the_client_changes_group() {
+        let registry = ClientRegistry::new();
+        let client = queue(64);
+        let first = subscribe("default", "cpu", Some("1s"));
+        registry.add(1, Arc::clone(&client), open(), first);
+        // Let the group's timer start, then record a value it owes.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        registry.deliver(&metrics(7.0));
+        let mut before = Vec::new();
+        let request = ClientRequest::Subscribe(subscribe("mem", "mem", None));
+        assert!(registry.apply(1, request, 16, &mut before).is_ok());
+        assert_eq!(registry.stats().groups, 1, "the old group is gone");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let frames = taken(&client);
+        assert_eq!(frames.len(), 1, "the owed value, once");
+        let decoded =
+            Envelope::from_json(fanout_domain::Channel::Metrics, frames[0].text.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        let Payload::Metrics(sent) = decoded.payload else {
+            panic!("not metrics");
+        };
+        assert_eq!(sent[0].value(), 7.0);
     }
 
     #[tokio::test(start_paused = true)]
