@@ -987,3 +987,64 @@ async fn a_pattern_of_many_stars_is_matched_against_long_names_at_once() {
     let frame = client.next_frame().await;
     assert_eq!(names(&frame), [matching.as_str()], "{frame}");
 }
+
+/// Found by an outside tester: a metric name with a multi-byte character, matched by a pattern
+/// whose literal tail is as long as a cut inside that character, ended the worker's bus listener
+/// (no client got anything more, `/healthz` stayed green) and dropped new connections whose
+/// snapshot held such a name, without unregistering them. Repeated 20 times, with new clients
+/// each round: every client keeps getting what it asked for, and the count comes back.
+#[tokio::test]
+async fn multi_byte_names_never_stop_delivery_nor_leak_connections() {
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
+    let mut everything = Client::connect(worker.addr).await;
+    for round in 0..20 {
+        // "P.üabcd": its last 5 bytes start inside `ü`, as long as the tail of `*vwxyz`.
+        let poison = format!("P{round}.üabcd");
+        publish(
+            worker.addr,
+            "/api/metrics",
+            &json!([metric(&poison, 1.0, json!({}))]),
+        )
+        .await;
+        let patterns = ["*vwxyz", "P*", "*abcd", "*üabcd", "*.ü*"];
+        let mut clients = Vec::new();
+        for pattern in patterns {
+            // Connected after the poison: each snapshot is matched against it too.
+            let subscription = Subscription::default().metrics([pattern, "marker"]);
+            clients
+                .push(Client::connect_with(worker.addr, &with_subscription(&subscription)).await);
+        }
+        let marker = format!("marker.{round}");
+        publish(
+            worker.addr,
+            "/api/metrics",
+            &json!([
+                metric(&poison, 2.0, json!({})),
+                metric("marker", 0.0, json!({"round": marker}))
+            ]),
+        )
+        .await;
+        for (pattern, client) in patterns.iter().zip(&mut clients) {
+            let frames = frames_until(client, "the marker", |f| is_metrics_with(f, "marker")).await;
+            let poisoned = metrics_frames(&frames)
+                .iter()
+                .flatten()
+                .any(|name| *name == poison);
+            assert_eq!(poisoned, *pattern != "*vwxyz", "{pattern}: {frames:?}");
+        }
+        frames_until(&mut everything, "the marker", |f| {
+            is_metrics_with(f, "marker")
+        })
+        .await;
+        for client in clients {
+            client.close().await;
+        }
+    }
+    let health = harness::http::health(worker.addr).await;
+    assert_eq!(health["delivery"]["internal_errors"], 0, "{health}");
+    harness::wait_until("the closed clients are unregistered", || async {
+        harness::http::health(worker.addr).await["connections"] == 1
+    })
+    .await;
+}

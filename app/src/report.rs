@@ -147,6 +147,11 @@ impl WorkerReport for WorkerStatus {
             ConstCounter::new(stats.conflation_overflow),
         );
         registry.register(
+            "internal_errors",
+            "Messages whose hand-over to the clients failed on a bug (contained; please report)",
+            ConstCounter::new(stats.internal_errors),
+        );
+        registry.register(
             "outbox_queued",
             "Rule alerts waiting for the bus",
             gauge(outbox_queued),

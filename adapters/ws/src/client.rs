@@ -12,11 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use fanout_domain::{Grant, LogPosition, Subscribe};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use tokio::time::{Interval, Sleep};
 
+use crate::filter::Filter;
 use crate::manager::{ConnectionManager, Registered};
 use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
 use crate::queue::ClientQueue;
@@ -50,24 +52,60 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // Whatever happens to the connection from here, a panic included (a bug), the client is
+    // unregistered and its slot given back: a connection that ended never stays counted.
+    let served = AssertUnwindSafe(serve_registered(
+        &manager,
+        socket,
+        resume_from,
+        &grant,
+        id,
+        &queue,
+        snapshot,
+        &filter,
+    ))
+    .catch_unwind()
+    .await;
+    manager.unregister(id, slot).await;
+    match served {
+        Ok(Some(mut closed)) => linger(&mut closed).await,
+        Ok(None) => {}
+        Err(_) => tracing::error!(
+            client = id,
+            "the connection ended on a bug (please report it); the client was unregistered"
+        ),
+    }
+}
+
+/// Greets, resumes and then serves a registered client until the connection is over for
+/// delivery; the caller unregisters it. Returns the socket when the server sent a close frame,
+/// for the closing handshake.
+#[allow(clippy::too_many_arguments)]
+async fn serve_registered(
+    manager: &Arc<ConnectionManager>,
+    mut socket: WebSocket,
+    resume_from: Option<LogPosition>,
+    grant: &Grant,
+    id: u64,
+    queue: &ClientQueue,
+    snapshot: Frame,
+    filter: &Filter,
+) -> Option<WebSocket> {
     // `hello` promises that every message published from now on reaches the client: it waits
     // for the bus subscription to be live.
     let mut greeting = Vec::new();
     // Requests sent before `hello` are carried out after the greeting (and the replay).
     let mut early = Vec::new();
-    match until_live(&manager, &mut socket, &queue, &mut early).await {
+    match until_live(manager, &mut socket, queue, &mut early).await {
         Waited::Live => greeting.extend([manager.hello(), snapshot]),
         Waited::Closing => {}
-        Waited::Gone => {
-            manager.unregister(id, slot).await;
-            return;
-        }
+        Waited::Gone => return None,
     }
     // Live frames queue up while the missed alerts are read; the greeting and the replay go
     // first, then the queue without the replayed ids.
     let mut floor = None;
     if let Some(from) = resume_from.filter(|_| grant.alerts && !greeting.is_empty()) {
-        match manager.replay(&from, &filter).await {
+        match manager.replay(&from, filter).await {
             Ok(replay) => {
                 greeting.extend(replay.frames);
                 floor = replay.floor;
@@ -81,8 +119,8 @@ pub(crate) async fn serve(
     let mut connection = Connection {
         id,
         socket,
-        queue: &queue,
-        manager: &manager,
+        queue,
+        manager,
         limits: *manager.limits(),
         last_heard: Instant::now(),
         ping: ping_interval(manager.limits().ping_interval),
@@ -93,10 +131,9 @@ pub(crate) async fn serve(
         }),
         requests: (Instant::now(), 0),
     };
-    let ending = connection.run(greeting, floor, early).await;
-    manager.unregister(id, slot).await;
-    if let Ending::CloseSent = ending {
-        connection.linger().await;
+    match connection.run(greeting, floor, early).await {
+        Ending::CloseSent => Some(connection.socket),
+        Ending::Gone => None,
     }
 }
 
@@ -293,18 +330,18 @@ impl Connection<'_> {
             _ => Ending::Gone,
         }
     }
+}
 
-    /// The closing handshake: reads until the client answers the close frame, briefly.
-    async fn linger(&mut self) {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(message)) = self.socket.next().await {
-                if let Message::Close(_) = message {
-                    return;
-                }
+/// The closing handshake: reads until the client answers the close frame, briefly.
+async fn linger(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Close(_) = message {
+                return;
             }
-        })
-        .await;
-    }
+        }
+    })
+    .await;
 }
 
 /// Resolves when the credential expires; never without one.

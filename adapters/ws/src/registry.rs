@@ -47,6 +47,9 @@ pub struct DeliveryStats {
     /// Conflated metric values not kept because their group already had the most series pending
     /// (10,000).
     pub conflation_overflow: u64,
+    /// Messages whose hand-over to the clients failed on a bug (contained: the bus listener goes
+    /// on); anything but 0 is worth a bug report.
+    pub internal_errors: u64,
 }
 
 /// Publication-to-fan-out times beyond this (a minute) are not observed: they are replays or
@@ -66,6 +69,8 @@ pub(crate) struct ClientRegistry {
     slow_consumers_closed: AtomicU64,
     /// Conflated series not kept because a group already had the most pending.
     conflation_overflow: AtomicU64,
+    /// Messages whose fan-out panicked (a bug), contained so that the bus listener goes on.
+    internal_errors: AtomicU64,
     /// The latest value of each metric series this worker has seen, for new clients' snapshot.
     latest: Mutex<LatestMetrics>,
     /// Seconds from a message's publication to its fan-out on this worker (observed once per
@@ -159,6 +164,7 @@ impl ClientRegistry {
             dropped_metrics: AtomicU64::new(0),
             slow_consumers_closed: AtomicU64::new(0),
             conflation_overflow: AtomicU64::new(0),
+            internal_errors: AtomicU64::new(0),
             latest: Mutex::new(LatestMetrics::default()),
             fanout_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             me: me.clone(),
@@ -198,13 +204,15 @@ impl ClientRegistry {
     ) -> Added {
         let added = {
             let mut clients = self.lock();
-            let filter = self.join(&mut clients, id, queue, bounds, first);
-            let snapshot = if filter.takes_metrics() {
+            // The snapshot before the client joins: nothing that could fail follows the join.
+            let wanted = Filter::new([&first], &bounds);
+            let snapshot = if wanted.takes_metrics() {
                 self.latest()
-                    .snapshot_of(|m| filter.timing(m) != Timing::Never)
+                    .snapshot_of(|m| wanted.timing(m) != Timing::Never)
             } else {
                 Vec::new()
             };
+            let filter = self.join(&mut clients, id, queue, bounds, first);
             Added {
                 connections: clients.members.len(),
                 snapshot,
@@ -483,6 +491,7 @@ impl ClientRegistry {
             dropped_metrics: self.dropped_metrics.load(Ordering::Relaxed),
             slow_consumers_closed: self.slow_consumers_closed.load(Ordering::Relaxed),
             conflation_overflow: self.conflation_overflow.load(Ordering::Relaxed),
+            internal_errors: self.internal_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -508,7 +517,26 @@ impl ClientRegistry {
 }
 
 impl LocalDelivery for ClientRegistry {
+    /// Hands `envelope` to the clients. A panic in doing so (a bug) is contained here, counted
+    /// (`internal_errors`) and logged, so that it can never end the bus listener that called.
     fn deliver(&self, envelope: &Envelope) {
+        let fanned_out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.fan_out(envelope);
+        }));
+        if fanned_out.is_err() {
+            self.internal_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                origin = %envelope.origin,
+                seq = envelope.seq,
+                "a message could not be handed to the clients (a bug: please report it); \
+                 the listener goes on"
+            );
+        }
+    }
+}
+
+impl ClientRegistry {
+    fn fan_out(&self, envelope: &Envelope) {
         if let Payload::Metrics(metrics) = &envelope.payload {
             let mut latest = self.latest();
             for metric in metrics {

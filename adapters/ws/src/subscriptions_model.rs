@@ -28,7 +28,15 @@ use crate::protocol::{Frame, FrameKind};
 use crate::queue::{ClientQueue, QueueLimits};
 use crate::registry::{Applied, ClientRegistry};
 
-const NAMES: [&str; 6] = ["api.a", "api.b", "db.a", "web.latency_ms", "api.x.p99", "x"];
+const NAMES: [&str; 7] = [
+    "api.a",
+    "api.b",
+    "db.a",
+    "web.latency_ms",
+    "api.x.p99",
+    "x",
+    "api.üa",
+];
 const PATTERNS: [&str; 8] = [
     "api.*",
     "*.a",
