@@ -170,7 +170,7 @@ impl LabelMatcher {
                 return Err(SelectorError::new(
                     field,
                     format!(
-                        "a label value is longer than {} bytes",
+                        "a label value is longer than {} bytes (--max-pattern-bytes)",
                         limits.max_pattern_bytes
                     ),
                 ));
@@ -695,7 +695,7 @@ fn parse_min_severity(text: &str, field: &str) -> Result<Option<Severity>, Selec
     })
 }
 
-/// `0` (off), or a number of `ms` or `s` between [`MIN_INTERVAL`] and [`MAX_INTERVAL`].
+/// `0` (off, also `0ms`, `0s`), or a number of `ms` or `s` between [`MIN_INTERVAL`] and [`MAX_INTERVAL`].
 fn parse_interval(text: &str, field: &str) -> Result<Option<Duration>, SelectorError> {
     if text == "0" {
         return Ok(None);
@@ -717,6 +717,9 @@ fn parse_interval(text: &str, field: &str) -> Result<Option<Duration>, SelectorE
         return Err(invalid());
     }
     let seconds = number.parse::<f64>().map_err(|_| invalid())? * scale;
+    if seconds == 0.0 {
+        return Ok(None);
+    }
     if !(MIN_INTERVAL.as_secs_f64()..=MAX_INTERVAL.as_secs_f64()).contains(&seconds) {
         return Err(SelectorError::new(
             field,
@@ -960,6 +963,8 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(interval("0").valid().interval, None);
+        assert_eq!(interval("0ms").valid().interval, None);
+        assert_eq!(interval("0.0s").valid().interval, None);
         for bad in ["5ms", "61s", "1m", "ms", "-1s", "1e3ms", ""] {
             assert_eq!(
                 interval(bad).map(|_| ()).map_err(|e| e.field),

@@ -60,6 +60,14 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, reason)
     }
 
+    /// 403 about one field of the body (a label outside the token's scope).
+    pub fn forbidden_at(field: String, reason: String) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::forbidden(reason)
+        }
+    }
+
     /// 429 with `Retry-After: seconds`.
     pub fn too_many(retry_after_seconds: u64) -> Self {
         Self {

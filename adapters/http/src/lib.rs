@@ -163,7 +163,9 @@ async fn publish_metrics(
         metrics.push(fields.validate(&path).map_err(invalid)?);
     }
     // The whole batch or nothing: it is published as one message.
-    grant.check_metrics(&metrics).map_err(out_of_scope)?;
+    grant
+        .check_metrics(&metrics)
+        .map_err(|violation| out_of_scope(violation, is_array))?;
     let count = metrics.len();
     let receipt = state
         .service
@@ -188,7 +190,9 @@ async fn publish_alert(
         return Err(ApiError::unprocessable("source", SOURCE_IS_THE_SERVERS));
     }
     let alert = fields.validate("").map_err(invalid)?;
-    grant.check_alert(&alert).map_err(out_of_scope)?;
+    grant
+        .check_alert(&alert)
+        .map_err(|violation| out_of_scope(violation, false))?;
     let receipt = state.service.send_alert(alert).await.map_err(unavailable)?;
     state
         .publish_latency
@@ -272,8 +276,16 @@ fn invalid(error: InvalidMessage) -> ApiError {
     ApiError::unprocessable(error.field(), error.reason())
 }
 
-fn out_of_scope(violation: ScopeViolation) -> ApiError {
-    ApiError::forbidden(violation.to_string())
+/// 403 naming the label at fault (`[1].labels.tenant`, or `labels.tenant` in a single metric or
+/// an alert).
+fn out_of_scope(violation: ScopeViolation, in_array: bool) -> ApiError {
+    let field = match &violation {
+        ScopeViolation::Metric { index, key, .. } if in_array => format!("[{index}].labels.{key}"),
+        ScopeViolation::Metric { key, .. } | ScopeViolation::Alert { key, .. } => {
+            format!("labels.{key}")
+        }
+    };
+    ApiError::forbidden_at(field, violation.to_string())
 }
 
 fn unavailable(error: PublishError) -> ApiError {

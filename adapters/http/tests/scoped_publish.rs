@@ -133,7 +133,10 @@ async fn a_batch_with_one_metric_outside_the_scope_is_refused_whole() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         answer,
-        serde_json::json!({"error": "metric 1 (api.latency_ms) lacks label tenant=acme"})
+        serde_json::json!({
+            "error": "metric 1 (api.latency_ms) lacks label tenant=acme",
+            "field": "[1].labels.tenant"
+        })
     );
     assert!(bus.published().is_empty());
 }
@@ -146,7 +149,10 @@ async fn a_single_metric_without_the_label_is_metric_0() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         answer,
-        serde_json::json!({"error": "metric 0 (api.latency_ms) lacks label tenant=acme"})
+        serde_json::json!({
+            "error": "metric 0 (api.latency_ms) lacks label tenant=acme",
+            "field": "labels.tenant"
+        })
     );
     assert!(bus.published().is_empty());
 }
@@ -174,7 +180,7 @@ async fn an_alert_outside_the_scope_is_refused_and_one_inside_is_published() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         answer,
-        serde_json::json!({"error": "alert lacks label tenant=acme"})
+        serde_json::json!({"error": "alert lacks label tenant=acme", "field": "labels.tenant"})
     );
     assert!(bus.published().is_empty());
 

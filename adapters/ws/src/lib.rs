@@ -30,16 +30,14 @@ mod subscriptions_model;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use fanout_domain::SelectorLimits;
-use serde::Deserialize;
 
 use crate::admission::{Admitted, UpgradeRequest};
 
@@ -97,7 +95,7 @@ pub fn router(manager: Arc<ConnectionManager>) -> Router {
 }
 
 /// Query parameters of the upgrade request.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct ConnectParams {
     /// The last alert-log id the client saw: it is sent every retained alert after it first.
     last_alert_id: Option<String>,
@@ -108,12 +106,35 @@ struct ConnectParams {
     /// The first subscription's metric name patterns, comma-separated.
     metrics: Option<String>,
     /// The first subscription's label matchers, comma-separated.
-    #[serde(rename = "where")]
     where_: Option<String>,
     /// The first subscription's minimum alert severity, or `none`.
     alerts: Option<String>,
     /// The first subscription's conflation interval.
     interval: Option<String>,
+}
+
+impl ConnectParams {
+    /// Reads the query string; a parameter given twice is refused, naming it. Unknown
+    /// parameters are ignored (an older server ignores a newer client's).
+    fn parse(query: Option<&str>) -> Result<Self, (String, &'static str)> {
+        let mut params = Self::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let (slot, name) = match key.as_ref() {
+                "last_alert_id" => (&mut params.last_alert_id, "last_alert_id"),
+                "epoch" => (&mut params.epoch, "epoch"),
+                "token" => (&mut params.token, "token"),
+                "metrics" => (&mut params.metrics, "metrics"),
+                "where" => (&mut params.where_, "where"),
+                "alerts" => (&mut params.alerts, "alerts"),
+                "interval" => (&mut params.interval, "interval"),
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err((format!("the parameter {name} is given twice"), name));
+            }
+        }
+        Ok(params)
+    }
 }
 
 /// The bearer token of a request: `Authorization: Bearer …`, else the `token` query parameter.
@@ -129,18 +150,21 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) ->
 /// Admits the request (see `admission`), then upgrades it; the connection task owns its slot.
 async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
-    params: Result<Query<ConnectParams>, QueryRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // Every refusal has a JSON body, including the extractors' own (a duplicated parameter, a
-    // request that is not a WebSocket upgrade).
+    // Every refusal has a JSON body, including the extractor's own (a request that is not a
+    // WebSocket upgrade).
     let refuse = |status: axum::http::StatusCode, reason: String| {
         (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
     };
-    let Query(params) = match params {
+    let params = match ConnectParams::parse(query.as_deref()) {
         Ok(params) => params,
-        Err(rejection) => return refuse(rejection.status(), rejection.body_text()),
+        Err((reason, field)) => {
+            let body = serde_json::json!({ "error": reason, "field": field });
+            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -173,6 +197,25 @@ async fn upgrade(
         .max_message_size(limits.max_incoming_message)
         .max_frame_size(limits.max_incoming_message)
         .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, first, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectParams;
+
+    #[test]
+    fn query_parameters_are_decoded_and_a_repeated_one_is_named() {
+        let params = ConnectParams::parse(Some("metrics=api.*%2Chost.cpu&where=k%3Da%7Cb&x=1"))
+            .unwrap_or_else(|(reason, _)| panic!("{reason}"));
+        assert_eq!(params.metrics.as_deref(), Some("api.*,host.cpu"));
+        assert_eq!(params.where_.as_deref(), Some("k=a|b"));
+        assert!(ConnectParams::parse(None).is_ok());
+        let Err((reason, field)) = ConnectParams::parse(Some("where=a%3Db&where=c%3Dd")) else {
+            panic!("a repeated parameter was accepted");
+        };
+        assert_eq!(field, "where");
+        assert_eq!(reason, "the parameter where is given twice");
+    }
 }
 
 /// The fan-out hot path without sockets, for the Criterion benchmarks. Not a public API.
