@@ -2,7 +2,9 @@
 //! "Scoped tokens"), tried the way a user who read only that page would: selectors in the connect
 //! query and in `subscribe` frames, batches split, conflation, tenants kept apart by their tokens
 //! on every route (live, snapshot, resume, subscribe), and every malformed selector answered with
-//! its field. Real `fanout` processes on one real Redis (testcontainers), real WebSocket clients.
+//! its field; and a property: on 2 workers, what each client receives is a naive reference filter
+//! (written here from PROTOCOL.md's grammar) applied to a random stream. Real `fanout` processes
+//! on one real Redis (testcontainers), real WebSocket clients.
 //!
 //! Absence is proven with a marker: something the client must receive is published after what it
 //! must not, and the client reads until the marker. No test sleeps to let something happen.
@@ -12,6 +14,7 @@
 
 mod harness;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,8 @@ use harness::http::publish;
 use harness::redis::RedisServer;
 use harness::{start_worker, within, Client, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -1047,4 +1052,414 @@ async fn multi_byte_names_never_stop_delivery_nor_leak_connections() {
         harness::http::health(worker.addr).await["connections"] == 1
     })
     .await;
+}
+
+// The property: what each client receives is the reference filter applied to the stream.
+
+const NAMES: [&str; 5] = ["api.a", "api.b", "db.a", "web.latency_ms", "P.üabcd"];
+const PATTERNS: [&str; 7] = ["api.*", "*.a", "*", "*abcd", "db.a", "P.üabcd", "*ü*"];
+const MATCHERS: [&str; 6] = [
+    "tenant=a",
+    "tenant!=a",
+    "tenant=",
+    "region=eu|us",
+    "region!=eu|us",
+    "region=ap|",
+];
+const TENANTS: [Option<&str>; 4] = [None, Some("a"), Some("b"), Some("")];
+const REGIONS: [Option<&str>; 4] = [None, Some("eu"), Some("us"), Some("ap")];
+
+/// A selector drawn from the small alphabets above; `patterns: None` is "every metric",
+/// `min_severity: None` is `alerts=none`.
+#[derive(Clone, Debug)]
+struct Selector {
+    patterns: Option<Vec<&'static str>>,
+    matchers: Vec<&'static str>,
+    min_severity: Option<Severity>,
+}
+
+/// One client: its connect-time selector, and the selector of an extra `subscribe` frame.
+#[derive(Clone, Debug)]
+struct Watcher {
+    default: Selector,
+    extra: Option<Selector>,
+}
+
+#[derive(Clone, Debug)]
+struct Labels {
+    tenant: Option<&'static str>,
+    region: Option<&'static str>,
+}
+
+#[derive(Clone, Debug)]
+enum Publication {
+    /// One `POST /api/metrics` batch: (name, labels) of each metric.
+    Metrics(Vec<(&'static str, Labels)>),
+    Alert {
+        severity: Severity,
+        metric: Option<&'static str>,
+        labels: Labels,
+    },
+}
+
+/// What a client received (or should have), told apart by `value`, unique within a case.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Metric {
+        name: String,
+        value: u64,
+        labels: BTreeMap<String, String>,
+    },
+    Alert {
+        severity: Severity,
+        metric: Option<String>,
+        value: u64,
+        labels: BTreeMap<String, String>,
+    },
+}
+
+fn severity() -> impl Strategy<Value = Severity> {
+    prop_oneof![
+        Just(Severity::Info),
+        Just(Severity::Warning),
+        Just(Severity::Critical)
+    ]
+}
+
+fn selector() -> impl Strategy<Value = Selector> {
+    let patterns = prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Vec::new())),
+        4 => proptest::collection::vec(proptest::sample::select(PATTERNS.to_vec()), 1..=3).prop_map(Some),
+    ];
+    let matchers = proptest::collection::vec(proptest::sample::select(MATCHERS.to_vec()), 0..=2);
+    let min_severity = proptest::option::weighted(0.8, severity());
+    (patterns, matchers, min_severity).prop_map(|(patterns, matchers, min_severity)| Selector {
+        patterns,
+        matchers,
+        min_severity,
+    })
+}
+
+fn watchers() -> impl Strategy<Value = Vec<Watcher>> {
+    let watcher = (selector(), proptest::option::weighted(0.4, selector()))
+        .prop_map(|(default, extra)| Watcher { default, extra });
+    proptest::collection::vec(watcher, 4..=6)
+}
+
+fn labels() -> impl Strategy<Value = Labels> {
+    (
+        proptest::sample::select(TENANTS.to_vec()),
+        proptest::sample::select(REGIONS.to_vec()),
+    )
+        .prop_map(|(tenant, region)| Labels { tenant, region })
+}
+
+fn publications() -> impl Strategy<Value = Vec<Publication>> {
+    let name = proptest::sample::select(NAMES.to_vec());
+    let publication = prop_oneof![
+        3 => proptest::collection::vec((name.clone(), labels()), 1..=4).prop_map(Publication::Metrics),
+        2 => (severity(), proptest::option::of(name), labels()).prop_map(
+            |(severity, metric, labels)| Publication::Alert { severity, metric, labels }
+        ),
+    ];
+    proptest::collection::vec(publication, 1..=24)
+}
+
+fn label_map(labels: &Labels) -> BTreeMap<String, String> {
+    [("tenant", labels.tenant), ("region", labels.region)]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
+        .collect()
+}
+
+fn subscription(selector: &Selector) -> Subscription {
+    let mut subscription = Subscription::default();
+    if let Some(patterns) = &selector.patterns {
+        subscription = subscription.metrics(patterns.iter().copied());
+    }
+    for matcher in &selector.matchers {
+        subscription = subscription.matcher(*matcher);
+    }
+    match selector.min_severity {
+        Some(severity) => subscription.min_severity(severity),
+        None => subscription.no_alerts(),
+    }
+}
+
+// The reference filter: PROTOCOL.md's grammar, written as plainly as possible.
+
+/// `*` stands for any run of characters; every other character stands for itself.
+fn reference_glob(pattern: &[char], name: &[char]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some(('*', rest)) => (0..=name.len()).any(|skip| reference_glob(rest, &name[skip..])),
+        Some((literal, rest)) => name.first() == Some(literal) && reference_glob(rest, &name[1..]),
+    }
+}
+
+fn reference_name_matches(pattern: &str, name: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    reference_glob(&pattern, &name)
+}
+
+/// The key ends at the first `=`; a `!` right before it negates; `|` separates alternatives.
+fn reference_matcher(matcher: &str, labels: &BTreeMap<String, String>) -> bool {
+    let (key, values) = matcher
+        .split_once('=')
+        .unwrap_or_else(|| panic!("a matcher has an `=`: {matcher}"));
+    let (key, negated) = match key.strip_suffix('!') {
+        Some(key) => (key, true),
+        None => (key, false),
+    };
+    let one_of = labels
+        .get(key)
+        .is_some_and(|label| values.split('|').any(|value| value == label));
+    one_of != negated
+}
+
+/// PROTOCOL.md: a metric matches when its name matches any pattern (none listed: every metric)
+/// and its labels satisfy every matcher; an alert when its severity is at least the minimum, its
+/// labels satisfy every matcher and, when it names a metric and the selector lists patterns, that
+/// name matches one.
+fn reference_takes(selector: &Selector, item: &Item) -> bool {
+    let labels_pass = |labels: &BTreeMap<String, String>| {
+        selector
+            .matchers
+            .iter()
+            .all(|matcher| reference_matcher(matcher, labels))
+    };
+    let name_passes = |name: &str| match &selector.patterns {
+        None => true,
+        Some(patterns) => patterns
+            .iter()
+            .any(|pattern| reference_name_matches(pattern, name)),
+    };
+    match item {
+        Item::Metric { name, labels, .. } => name_passes(name) && labels_pass(labels),
+        Item::Alert {
+            severity,
+            metric,
+            labels,
+            ..
+        } => {
+            let listed = selector.patterns.as_ref().is_some_and(|p| !p.is_empty());
+            selector.min_severity.is_some_and(|min| *severity >= min)
+                && labels_pass(labels)
+                && (!listed || metric.as_deref().is_none_or(name_passes))
+        }
+    }
+}
+
+/// The items of a metrics or alert frame, but the markers (labelled `marker`).
+fn received_items(frame: &Value) -> Vec<Item> {
+    let labels = |value: &Value| -> BTreeMap<String, String> {
+        serde_json::from_value(value["labels"].clone()).unwrap_or_default()
+    };
+    let value = |item: &Value| item["value"].as_f64().map_or(u64::MAX, |v| v as u64);
+    let items = match frame["type"].as_str() {
+        Some("metrics") => frame["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|metric| Item::Metric {
+                name: metric["name"].as_str().unwrap_or_default().to_owned(),
+                value: value(metric),
+                labels: labels(metric),
+            })
+            .collect(),
+        Some("alert") => {
+            let alert = &frame["data"];
+            vec![Item::Alert {
+                severity: serde_json::from_value(alert["severity"].clone())
+                    .unwrap_or_else(|e| panic!("{e}: {frame}")),
+                metric: alert["metric"].as_str().map(str::to_owned),
+                value: value(alert),
+                labels: labels(alert),
+            }]
+        }
+        _ => panic!("neither metrics nor an alert: {frame}"),
+    };
+    items
+        .into_iter()
+        .filter(|item| {
+            let (Item::Metric { labels, .. } | Item::Alert { labels, .. }) = item;
+            !labels.contains_key("marker")
+        })
+        .collect()
+}
+
+/// Publishes `publication` through `worker`, numbering its items from `next_value`; returns the
+/// items as published.
+async fn publish_numbered(
+    worker: &harness::process::WorkerProcess,
+    case: usize,
+    publication: &Publication,
+    next_value: &mut u64,
+) -> Vec<Item> {
+    let mut numbered = || {
+        *next_value += 1;
+        *next_value
+    };
+    match publication {
+        Publication::Metrics(batch) => {
+            let items: Vec<Item> = batch
+                .iter()
+                .map(|(name, labels)| Item::Metric {
+                    name: (*name).to_owned(),
+                    value: numbered(),
+                    labels: label_map(labels),
+                })
+                .collect();
+            let body: Vec<Value> = items
+                .iter()
+                .map(|item| match item {
+                    Item::Metric {
+                        name,
+                        value,
+                        labels,
+                    } => json!({"name": name, "value": value, "labels": labels}),
+                    Item::Alert { .. } => unreachable!("a batch holds metrics"),
+                })
+                .collect();
+            publish(worker.addr, "/api/metrics", &json!(body)).await;
+            items
+        }
+        Publication::Alert {
+            severity,
+            metric,
+            labels,
+        } => {
+            let value = numbered();
+            let mut body = json!({
+                "severity": severity,
+                "message": format!("case {case} alert {value}"),
+                "value": value,
+                "labels": label_map(labels),
+            });
+            if let Some(metric) = metric {
+                body["metric"] = json!(metric);
+            }
+            publish(worker.addr, "/api/alerts", &body).await;
+            vec![Item::Alert {
+                severity: *severity,
+                metric: metric.map(str::to_owned),
+                value,
+                labels: label_map(labels),
+            }]
+        }
+    }
+}
+
+/// Property: on 2 real workers, each of ~6 clients (a connect-time selector, for some a second
+/// one by `subscribe`) receives exactly the reference filter of the stream published round-robin
+/// through both workers: every item it selects, once, and nothing else. Small alphabets, so
+/// that patterns, matchers (negated, alternatives, the empty value), severities and multi-byte
+/// names meet often. Each client also holds a `marker` subscription that takes only the case's
+/// markers (a label no published item carries), read to prove absence.
+#[test]
+fn each_client_receives_the_reference_filter_of_the_published_stream() {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let (redis, workers) = runtime.block_on(async {
+        let redis = RedisServer::start().await;
+        let mut workers = Vec::new();
+        for name in ["f1", "f2"] {
+            workers.push(start_worker::<Process>(name, On::Redis(&redis.url()), &[]).await);
+        }
+        (redis, workers)
+    });
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        max_shrink_iters: 64,
+        ..Config::default()
+    });
+    let result = runner.run(&(watchers(), publications()), |(watchers, stream)| {
+        let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (published, received) = runtime.block_on(async {
+            let marker = Subscription::default()
+                .metrics(["marker"])
+                .matcher(format!("marker={case}"));
+            let mut clients = Vec::new();
+            for (index, watcher) in watchers.iter().enumerate() {
+                let default = subscription(&watcher.default);
+                let worker = &workers[index % 2];
+                let mut client =
+                    Client::connect_with(worker.addr, &with_subscription(&default)).await;
+                if let Some(extra) = &watcher.extra {
+                    client.subscribe("extra", &subscription(extra)).await;
+                    expect_subscribed(&mut client, "extra").await;
+                }
+                client.subscribe("marker", &marker).await;
+                expect_subscribed(&mut client, "marker").await;
+                clients.push(client);
+            }
+            let mut published = Vec::new();
+            let mut next_value = 0;
+            for (index, publication) in stream.iter().enumerate() {
+                let worker = &workers[index % 2];
+                published
+                    .extend(publish_numbered(worker, case, publication, &mut next_value).await);
+            }
+            let marked = json!({"marker": case.to_string()});
+            publish(
+                workers[0].addr,
+                "/api/metrics",
+                &json!([metric("marker", 0.0, marked.clone())]),
+            )
+            .await;
+            publish(
+                workers[1].addr,
+                "/api/alerts",
+                &alert("info", "marker", marked.clone()),
+            )
+            .await;
+            let mut received = Vec::new();
+            for mut client in clients {
+                let (mut metric_seen, mut alert_seen) = (false, false);
+                let frames = frames_until(&mut client, "the markers", |frame| {
+                    let marks = |item: &Value| item["labels"] == marked;
+                    metric_seen |= frame["type"] == "metrics"
+                        && frame["data"]
+                            .as_array()
+                            .is_some_and(|d| d.iter().any(marks));
+                    alert_seen |= frame["type"] == "alert" && marks(&frame["data"]);
+                    metric_seen && alert_seen
+                })
+                .await;
+                client.close().await;
+                let mut items: Vec<Item> = frames.iter().flat_map(received_items).collect();
+                items.sort();
+                received.push(items);
+            }
+            (published, received)
+        });
+        for ((index, watcher), got) in watchers.iter().enumerate().zip(received) {
+            let mut expected: Vec<Item> = published
+                .iter()
+                .filter(|item| {
+                    std::iter::once(&watcher.default)
+                        .chain(&watcher.extra)
+                        .any(|selector| reference_takes(selector, item))
+                })
+                .cloned()
+                .collect();
+            expected.sort();
+            prop_assert_eq!(
+                got,
+                expected,
+                "received (left) and the reference (right) of client {} on worker {}: {:?}",
+                index,
+                workers[index % 2].id,
+                watcher
+            );
+        }
+        Ok(())
+    });
+    // The container and the processes are dropped inside the runtime they were started on.
+    runtime.block_on(async move { drop((workers, redis)) });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
 }
