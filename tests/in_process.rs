@@ -310,6 +310,13 @@ async fn a_client_sending_garbage_is_closed_with_the_proper_code_and_nobody_else
         a.connections() == 2
     })
     .await;
+    // Text that is not a request is answered with an error frame, and the client stays.
+    let answer = chatty.next_frame().await;
+    assert_eq!(
+        (&answer["type"], &answer["id"], &answer["field"]),
+        (&json!("error"), &Value::Null, &Value::Null),
+        "{answer}"
+    );
     publish(a.addr(), "/api/metrics", &metric("still-here", 1.0)).await;
     expect_metric(&mut bystander, "still-here").await;
     expect_metric(&mut chatty, "still-here").await;
