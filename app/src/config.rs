@@ -87,6 +87,44 @@ pub struct WorkerConfig {
     )]
     pub redis_url: String,
 
+    /// Find the Redis master through these sentinels (HOST:PORT, comma-separated) instead of at
+    /// --redis-url's address, and follow its failovers; --redis-url then gives only the scheme
+    /// (TLS), credentials and database of the master.
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_sentinel_master",
+        global = true
+    )]
+    pub redis_sentinel: Vec<String>,
+
+    /// The name the sentinels monitor the master under (with --redis-sentinel).
+    #[arg(long, env = "FANOUT_REDIS_SENTINEL_MASTER", global = true)]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Username for the sentinels (ACL), if they need one.
+    #[arg(long, env = "FANOUT_REDIS_SENTINEL_USERNAME", global = true)]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Password for the sentinels, if they need one.
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Talk TLS to the sentinels.
+    #[arg(long, env = "FANOUT_REDIS_SENTINEL_TLS", global = true)]
+    pub redis_sentinel_tls: bool,
+
+    /// Replicas that must hold an alert before its publish is answered 202 (WAIT after the log
+    /// write; 503 when fewer do within half of --redis-timeout). 0: do not wait.
+    #[arg(long, env = "FANOUT_ALERT_MIN_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16), global = true)]
+    pub alert_min_replicas: u32,
+
     /// Most pooled Redis connections used for publishing, per worker.
     #[arg(long, env = "FANOUT_REDIS_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub redis_pool_size: u16,

@@ -77,7 +77,7 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
             .map(|v| v.to_string_lossy())
             .collect::<Vec<_>>()
             .join(", ");
-        let shown = if id.contains("secret") {
+        let shown = if id.contains("secret") || id.contains("password") {
             "***".to_owned()
         } else if id == "redis_url" {
             fanout_redis::redact_url(&joined)

@@ -17,7 +17,7 @@ use fanout_auth::{JwtAccess, Key};
 use fanout_domain::{AccessControl, OpenAccess};
 use fanout_http::ApiConfig;
 use fanout_memory::{MemoryBus, MemoryQuota};
-use fanout_redis::{RedisBus, RedisConfig, RedisQuota};
+use fanout_redis::{RedisBus, RedisConfig, RedisQuota, SentinelConfig};
 use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits, SubscriptionLimits};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
@@ -33,7 +33,7 @@ use crate::{monitor, outbox};
 #[derive(Clone)]
 pub enum Bus {
     Memory(MemoryBus),
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 impl Bus {
@@ -51,25 +51,39 @@ impl Bus {
                 // within --redis-timeout.
                 redis.ping_interval = config.redis_timeout / 2;
                 redis.alert_retention = config.alert_retention as usize;
+                redis.alert_min_replicas = config.alert_min_replicas;
+                if !config.redis_sentinel.is_empty() {
+                    redis.sentinel = Some(SentinelConfig {
+                        sentinels: config.redis_sentinel.clone(),
+                        master_name: config
+                            .redis_sentinel_master
+                            .clone()
+                            .context("--redis-sentinel needs --redis-sentinel-master")?,
+                        username: config.redis_sentinel_username.clone(),
+                        password: config.redis_sentinel_password.clone(),
+                        tls: config.redis_sentinel_tls,
+                    });
+                }
                 redis.validate().with_context(|| {
                     format!(
                         "invalid --redis-url {}",
                         fanout_redis::redact_url(&redis.url)
                     )
                 })?;
-                Bus::Redis(redis)
+                Bus::Redis(Box::new(redis))
             }
         })
     }
 
+    #[allow(clippy::type_complexity)]
     fn ports(
         &self,
-    ) -> (
+    ) -> anyhow::Result<(
         Arc<dyn Broadcaster>,
         Arc<dyn BusSubscriber>,
         Arc<dyn AlertLog>,
-    ) {
-        match self {
+    )> {
+        Ok(match self {
             Bus::Memory(bus) => (
                 Arc::new(bus.clone()),
                 Arc::new(bus.subscriber()),
@@ -78,19 +92,19 @@ impl Bus {
             Bus::Redis(config) => {
                 // One publisher (and its pool) serves publishing and reading the alert log; it
                 // shares the subscriber's view of the bus's health.
-                let bus = RedisBus::new(config.clone());
+                let bus = RedisBus::new(RedisConfig::clone(config))?;
                 (bus.publisher.clone(), bus.subscriber, bus.publisher)
             }
-        }
+        })
     }
 
     /// Where `--publish-rate` is counted: in Redis, so that the rate holds per credential across
     /// every worker on it; in this worker for the in-memory bus.
-    fn publish_quota(&self, rate: NonZeroU32) -> Arc<dyn PublishQuota> {
-        match self {
+    fn publish_quota(&self, rate: NonZeroU32) -> anyhow::Result<Arc<dyn PublishQuota>> {
+        Ok(match self {
             Bus::Memory(_) => Arc::new(MemoryQuota::new(rate)),
-            Bus::Redis(config) => Arc::new(RedisQuota::new(config.clone(), rate)),
-        }
+            Bus::Redis(config) => Arc::new(RedisQuota::new(RedisConfig::clone(config), rate)?),
+        })
     }
 }
 
@@ -183,7 +197,7 @@ impl RunningWorker {
 pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWorker> {
     config.validate().map_err(anyhow::Error::msg)?;
     let worker = config.worker_id.clone().unwrap_or_else(default_worker_id);
-    let (broadcaster, subscriber, history) = bus.ports();
+    let (broadcaster, subscriber, history) = bus.ports()?;
     let service = Arc::new(PerformanceService::new(
         worker.clone(),
         broadcaster,
@@ -233,7 +247,8 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         publish_quota: config
             .publish_rate
             .and_then(NonZeroU32::new)
-            .map(|rate| bus.publish_quota(rate)),
+            .map(|rate| bus.publish_quota(rate))
+            .transpose()?,
         publish_latency,
     };
     let app = fanout_http::router(Arc::clone(&service), report, access, api)
@@ -257,7 +272,14 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
     tokio::spawn(outbox::run(Arc::clone(&service), stop.clone()));
     let bus_name = match bus {
         Bus::Memory(_) => "memory".to_owned(),
-        Bus::Redis(redis) => format!("redis {}", fanout_redis::redact_url(&redis.url)),
+        Bus::Redis(redis) => match &redis.sentinel {
+            Some(sentinel) => format!(
+                "redis through sentinels {} (master {})",
+                sentinel.sentinels.join(","),
+                sentinel.master_name
+            ),
+            None => format!("redis {}", fanout_redis::redact_url(&redis.url)),
+        },
     };
     tracing::info!(%addr, bus = %bus_name, "worker listening");
 

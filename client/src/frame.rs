@@ -75,6 +75,10 @@ pub struct BusReport {
     pub lost: u64,
     /// Alerts on the bus whose `id` the alert log did not assign (delivered without it).
     pub foreign_ids: u64,
+    /// The Redis the worker subscribed on, `HOST:PORT` (with Sentinel, the master it was
+    /// named); absent for the in-memory bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
 }
 
 /// `resume`: what the worker could replay after the position the client resumed from.

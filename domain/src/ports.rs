@@ -106,6 +106,10 @@ pub struct BusStatus {
     pub lost: u64,
     /// Alerts on the channel whose `id` the alert log did not assign: delivered without it.
     pub foreign_ids: u64,
+    /// The Redis the subscriber last subscribed on, `HOST:PORT` (the master the sentinels named,
+    /// with Sentinel); `None` for the in-memory bus or before the first subscribe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
 }
 
 /// The time, as the domain sees it. Reading the clock is I/O; tests use a fixed one.

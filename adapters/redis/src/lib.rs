@@ -18,6 +18,7 @@
 mod backoff;
 mod connect;
 mod log;
+mod master;
 mod publisher;
 mod quota;
 mod status;
@@ -27,10 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backoff::Backoff;
+pub use master::SentinelConfig;
 pub use publisher::RedisPublisher;
 pub use quota::RedisQuota;
 pub use subscriber::RedisSubscriber;
 
+use master::Resolver;
 use status::SharedStatus;
 
 /// One worker's Redis bus: the publisher (also the alert-log reader) and the subscriber, sharing
@@ -45,21 +48,34 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Connects nothing yet: the pool is created on the first publish, the subscriber's
-    /// connection on the first subscribe.
-    pub fn new(config: RedisConfig) -> Self {
+    /// connection on the first subscribe. Refused when the URL or the sentinels' addresses are
+    /// malformed.
+    pub fn new(config: RedisConfig) -> Result<Self, redis::RedisError> {
         let status = Arc::new(SharedStatus::new());
-        Self {
-            publisher: Arc::new(RedisPublisher::new(config.clone(), Arc::clone(&status))),
-            subscriber: Arc::new(RedisSubscriber::new(config, status)),
-        }
+        let resolver = Arc::new(Resolver::new(&config)?);
+        Ok(Self {
+            publisher: Arc::new(RedisPublisher::new(
+                config.clone(),
+                Arc::clone(&resolver),
+                Arc::clone(&status),
+            )),
+            subscriber: Arc::new(RedisSubscriber::new(config, resolver, status)),
+        })
     }
 }
 
 /// How a worker talks to Redis.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS. With [`RedisConfig::sentinel`]
+    /// its host and port are not used: it gives the scheme (TLS), the credentials and the
+    /// database of every connection to the master.
     pub url: String,
+    /// Find the master through these sentinels instead of at the URL's address.
+    pub sentinel: Option<SentinelConfig>,
+    /// Replicas that must hold an alert before its publish is acknowledged (`WAIT`): 0 does not
+    /// wait.
+    pub alert_min_replicas: u32,
     /// Most pooled publish connections of this worker.
     pub pool_size: usize,
     /// Bound on connecting, and on each publish or ping.
@@ -84,6 +100,8 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            sentinel: None,
+            alert_min_replicas: 0,
             pool_size: 10,
             command_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
@@ -97,9 +115,10 @@ impl RedisConfig {
     /// Connects nothing yet: connections are made when a caller asks for one.
     pub(crate) fn create_pool(
         &self,
+        master: redis::ConnectionInfo,
         purpose: &'static str,
     ) -> Result<deadpool_redis::Pool, deadpool_redis::CreatePoolError> {
-        let mut config = deadpool_redis::Config::from_url(self.url.as_str());
+        let mut config = deadpool_redis::Config::from_connection_info(master);
         let mut pool = deadpool_redis::PoolConfig::new(self.pool_size);
         pool.timeouts = deadpool_redis::Timeouts {
             wait: Some(self.command_timeout),
@@ -116,9 +135,11 @@ impl RedisConfig {
         Ok(pool)
     }
 
-    /// Checks the URL without connecting: a wrong scheme or host fails at start-up, not later.
+    /// Checks the URL (and the sentinels' addresses) without connecting: a wrong scheme or host
+    /// fails at start-up, not later.
     pub fn validate(&self) -> Result<(), redis::RedisError> {
-        redis::Client::open(self.url.as_str()).map(|_| ())
+        redis::Client::open(self.url.as_str())?;
+        Resolver::new(self).map(drop)
     }
 }
 

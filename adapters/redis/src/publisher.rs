@@ -2,17 +2,16 @@
 
 use std::sync::Arc;
 
+use crate::log::{AppendScript, LogKeys, ReadScript};
+use crate::master::{MasterPool, Resolver};
+use crate::status::SharedStatus;
+use crate::RedisConfig;
 use async_trait::async_trait;
 use deadpool_redis::Pool;
 use fanout_domain::{
     AlertHistory, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogId, LogPosition,
     Payload, PublishError, SubscriberState,
 };
-use tokio::sync::OnceCell;
-
-use crate::log::{AppendScript, LogKeys, ReadScript};
-use crate::status::SharedStatus;
-use crate::RedisConfig;
 
 /// `PUBLISH`es metrics; appends alerts to the alert log and publishes them in one atomic script.
 /// Also reads the alert log back ([`AlertLog`]).
@@ -22,8 +21,9 @@ use crate::RedisConfig;
 /// subscriber and waits for it (within the command timeout).
 pub struct RedisPublisher {
     config: RedisConfig,
-    /// Created on the first publish, then shared by every publish of this worker.
-    pool: OnceCell<Pool>,
+    /// Created on the first publish, then shared by every publish of this worker; made again
+    /// for the new master after a failover (Sentinel).
+    pool: MasterPool,
     keys: LogKeys,
     append: AppendScript,
     read: ReadScript,
@@ -31,11 +31,15 @@ pub struct RedisPublisher {
 }
 
 impl RedisPublisher {
-    pub(crate) fn new(config: RedisConfig, status: Arc<SharedStatus>) -> Self {
+    pub(crate) fn new(
+        config: RedisConfig,
+        resolver: Arc<Resolver>,
+        status: Arc<SharedStatus>,
+    ) -> Self {
         Self {
             keys: LogKeys::new(&config.alert_log_key),
+            pool: MasterPool::new(config.clone(), resolver, "publishing"),
             config,
-            pool: OnceCell::new(),
             append: AppendScript::new(),
             read: ReadScript::new(),
             status,
@@ -76,22 +80,16 @@ impl RedisPublisher {
             })
     }
 
-    async fn pool(&self) -> Result<&Pool, PublishError> {
-        self.pool
-            .get_or_try_init(|| async {
-                self.config
-                    .create_pool("publishing")
-                    .map_err(|error| PublishError::caused_by("cannot create the Redis pool", error))
-            })
-            .await
+    async fn pool(&self) -> Result<(String, Pool), PublishError> {
+        self.pool.get().await.map_err(PublishError::unavailable)
     }
 }
 
 #[async_trait]
 impl Broadcaster for RedisPublisher {
     async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
-        let pool = self.pool().await?;
-        self.subscriber_ready(pool).await?;
+        let (master, pool) = self.pool().await?;
+        self.subscriber_ready(&pool).await?;
         let payload = envelope.to_json();
         let attempt = async {
             let mut connection = pool
@@ -116,20 +114,33 @@ impl Broadcaster for RedisPublisher {
                     .await
                     .map(|(id, _epoch)| Some(id)),
             };
-            published.map_err(|error| {
+            let published = match published {
+                // WAIT counts the writes of this connection: it runs right after the script.
+                Ok(Some(id)) if self.config.alert_min_replicas > 0 => {
+                    self.replicated(&mut *connection).await.map(|()| Some(id))
+                }
+                Ok(published) => Ok(published),
+                Err(error) => Err(PublishError::caused_by("publish failed", error)),
+            };
+            if published.is_err() {
                 // A failed command may leave the connection broken: drop it from the pool
                 // rather than hand it to the next publish.
                 drop(deadpool_redis::Connection::take(connection));
-                PublishError::caused_by("publish failed", error)
-            })
+            }
+            published
         };
-        match tokio::time::timeout(self.config.command_timeout, attempt).await {
+        let outcome = match tokio::time::timeout(self.config.command_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::unavailable(format!(
                 "publish took longer than {:?}",
                 self.config.command_timeout
             ))),
+        };
+        if outcome.is_err() {
+            // Perhaps a failover: the next publish asks the sentinels for the master again.
+            self.pool.failed(&master);
         }
+        outcome
     }
 }
 
@@ -155,14 +166,38 @@ impl AlertLog for RedisPublisher {
 }
 
 impl RedisPublisher {
+    /// `WAIT`s for `--alert-min-replicas` replicas to hold this connection's last write (the
+    /// alert just appended), within the command timeout; refused when fewer did.
+    async fn replicated(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+    ) -> Result<(), PublishError> {
+        let wanted = self.config.alert_min_replicas;
+        let within_ms = self.config.command_timeout.as_millis() as u64 / 2;
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(within_ms.max(1))
+            .query_async(connection)
+            .await
+            .map_err(|error| PublishError::caused_by("WAIT for replicas failed", error))?;
+        if acknowledged < wanted {
+            return Err(PublishError::unavailable(format!(
+                "the alert reached {acknowledged} of the {wanted} replicas \
+                 --alert-min-replicas asks for within {within_ms} ms; it may still be delivered"
+            )));
+        }
+        Ok(())
+    }
+
     async fn log_connection(&self) -> Result<deadpool_redis::Connection, HistoryError> {
-        let pool = self
+        let (master, pool) = self
             .pool()
             .await
             .map_err(|error| HistoryError::caused_by("no Redis pool", error))?;
-        pool.get()
-            .await
-            .map_err(|error| HistoryError::caused_by("no Redis connection", error))
+        pool.get().await.map_err(|error| {
+            self.pool.failed(&master);
+            HistoryError::caused_by("no Redis connection", error)
+        })
     }
 
     async fn bounded<T>(

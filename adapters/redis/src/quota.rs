@@ -8,14 +8,14 @@
 //! its transcription (tests/limits.rs checks it across worker processes).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use fanout_domain::{PublishQuota, PublishRate, QuotaDecision, QuotaError};
 use redis::Script;
-use tokio::sync::OnceCell;
 
+use crate::master::{MasterPool, Resolver};
 use crate::RedisConfig;
 
 /// Prefix of each credential's key.
@@ -48,38 +48,30 @@ pub struct RedisQuota {
     config: RedisConfig,
     rate: PublishRate,
     /// Created on the first check; at most `pool_size` connections, like the publisher's (every
-    /// publish makes one check, so it sees the publisher's concurrency).
-    pool: OnceCell<Pool>,
+    /// publish makes one check, so it sees the publisher's concurrency). Follows a failover.
+    pool: MasterPool,
     script: Script,
 }
 
 impl RedisQuota {
     /// `rate` publishes per second per credential (a burst of `rate`), counted in the Redis at
-    /// `config.url` so that every worker on it shares one count. Connects on the first check.
-    pub fn new(config: RedisConfig, rate: NonZeroU32) -> Self {
-        Self {
+    /// `config.url` (or the master the sentinels name) so that every worker on it shares one
+    /// count. Connects on the first check; refused when the addresses are malformed.
+    pub fn new(config: RedisConfig, rate: NonZeroU32) -> Result<Self, redis::RedisError> {
+        let resolver = Arc::new(Resolver::new(&config)?);
+        Ok(Self {
+            pool: MasterPool::new(config.clone(), resolver, "publish quota"),
             config,
             rate: PublishRate::per_second(rate),
-            pool: OnceCell::new(),
             script: Script::new(GCRA_SCRIPT),
-        }
-    }
-
-    async fn pool(&self) -> Result<&Pool, QuotaError> {
-        self.pool
-            .get_or_try_init(|| async {
-                self.config
-                    .create_pool("publish quota")
-                    .map_err(|error| QuotaError::caused_by("cannot create the Redis pool", error))
-            })
-            .await
+        })
     }
 }
 
 #[async_trait]
 impl PublishQuota for RedisQuota {
     async fn check(&self, credential: &str) -> Result<QuotaDecision, QuotaError> {
-        let pool = self.pool().await?;
+        let (master, pool) = self.pool.get().await.map_err(QuotaError::unavailable)?;
         let attempt = async {
             let mut connection = pool
                 .get()
@@ -97,14 +89,19 @@ impl PublishQuota for RedisQuota {
                     QuotaError::caused_by("the quota check failed", error)
                 })
         };
-        let retry_after_us = tokio::time::timeout(self.config.command_timeout, attempt)
+        let checked = tokio::time::timeout(self.config.command_timeout, attempt)
             .await
             .map_err(|_| {
                 QuotaError::unavailable(format!(
                     "the quota check took longer than {:?}",
                     self.config.command_timeout
                 ))
-            })??;
+            })
+            .and_then(|checked| checked);
+        if checked.is_err() {
+            self.pool.failed(&master);
+        }
+        let retry_after_us = checked?;
         Ok(match retry_after_us {
             0 => QuotaDecision::Allowed,
             micros => QuotaDecision::Limited {

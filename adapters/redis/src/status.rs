@@ -15,6 +15,8 @@ pub(crate) struct SharedStatus {
     /// watch it.
     state: watch::Sender<SubscriberState>,
     last_error: Mutex<Option<String>>,
+    /// The master the subscriber last subscribed on (`HOST:PORT`).
+    master: Mutex<Option<String>>,
     /// Publisher → subscriber: Redis answered; stop waiting out the backoff.
     pub(crate) redis_answered: Notify,
     /// Recoveries: subscribed again after losing the connection.
@@ -34,6 +36,7 @@ impl SharedStatus {
         Self {
             state: watch::Sender::new(SubscriberState::Idle),
             last_error: Mutex::new(None),
+            master: Mutex::new(None),
             redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -60,6 +63,10 @@ impl SharedStatus {
         self.set_state(SubscriberState::Reconnecting);
     }
 
+    pub(crate) fn set_master(&self, master: String) {
+        *self.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(master);
+    }
+
     /// Resolves once the state satisfies `ready`.
     pub(crate) async fn until(&self, ready: impl Fn(SubscriberState) -> bool) {
         let mut state = self.state.subscribe();
@@ -82,6 +89,11 @@ impl SharedStatus {
             malformed: self.malformed.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             foreign_ids: self.foreign_ids.load(Ordering::Relaxed),
+            master: self
+                .master
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connect::hedged;
 use crate::log::{LogKeys, ReadScript};
+use crate::master::Resolver;
 use crate::status::{RateLimitedLog, SharedStatus};
 use crate::RedisConfig;
 
@@ -37,12 +38,21 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Made by [`crate::RedisBus::new`], which shares its status with the publisher.
 pub struct RedisSubscriber {
     config: RedisConfig,
+    resolver: Arc<Resolver>,
     status: Arc<SharedStatus>,
 }
 
 impl RedisSubscriber {
-    pub(crate) fn new(config: RedisConfig, status: Arc<SharedStatus>) -> Self {
-        Self { config, status }
+    pub(crate) fn new(
+        config: RedisConfig,
+        resolver: Arc<Resolver>,
+        status: Arc<SharedStatus>,
+    ) -> Self {
+        Self {
+            config,
+            resolver,
+            status,
+        }
     }
 }
 
@@ -66,6 +76,7 @@ impl BusSubscriber for RedisSubscriber {
         let listener = Listener {
             keys: LogKeys::new(&self.config.alert_log_key),
             config: self.config.clone(),
+            resolver: Arc::clone(&self.resolver),
             status: Arc::clone(&self.status),
             delivery,
             malformed_log: RateLimitedLog::new(LOG_INTERVAL),
@@ -97,6 +108,8 @@ impl BusSubscriber for RedisSubscriber {
 
 struct Listener {
     config: RedisConfig,
+    /// Where the master is (asked at every session start).
+    resolver: Arc<Resolver>,
     keys: LogKeys,
     status: Arc<SharedStatus>,
     delivery: Arc<dyn LocalDelivery>,
@@ -162,7 +175,15 @@ impl Listener {
         first_outcome: &mut Option<oneshot::Sender<()>>,
     ) -> Result<std::convert::Infallible, SessionError> {
         let timeout = self.config.command_timeout;
-        let client = redis::Client::open(self.config.url.as_str()).map_err(SessionError::before)?;
+        // With Sentinel, each session asks for the master anew: a reconnect follows a failover.
+        let master = tokio::time::timeout(timeout, self.resolver.master())
+            .await
+            .map_err(|_| {
+                SessionError::before(format!("finding the master took longer than {timeout:?}"))
+            })?
+            .map_err(SessionError::before)?;
+        let address = master.addr().to_string();
+        let client = redis::Client::open(master).map_err(SessionError::before)?;
         let pubsub = tokio::time::timeout(timeout, hedged(|| client.get_async_pubsub()))
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
@@ -203,6 +224,7 @@ impl Listener {
             },
         };
         self.report_gap(caught);
+        self.status.set_master(address.clone());
         self.status.set_state(SubscriberState::Subscribed);
         if std::mem::take(&mut self.recovering) {
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +232,7 @@ impl Listener {
         let status = self.status.snapshot();
         tracing::info!(
             channels = ?channels,
+            master = %address,
             replayed = caught.delivered,
             reconnects = status.reconnects,
             failed_attempts = status.failed_attempts,

@@ -285,6 +285,7 @@ mod tests {
             malformed: 0,
             lost: 0,
             foreign_ids: 0,
+            master: None,
         };
         let worker = worker();
         let frame = Hello::new(&worker, 12, bus).frame();

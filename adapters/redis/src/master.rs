@@ -1,0 +1,190 @@
+//! Where the master is, and a pool of connections to it that follows a failover.
+//!
+//! With one Redis (`--redis-url`) the master is that URL. With Sentinel (`--redis-sentinel`,
+//! `--redis-sentinel-master`) it is asked of the sentinels each time a connection to it is made
+//! (redis-rs's `Sentinel`, which also checks that the answer says `ROLE` master); the URL then
+//! gives only what every connection to the master shares: TLS, credentials, database.
+//!
+//! A [`MasterPool`] is a deadpool pool bound to one master address. A command that fails in a
+//! way a failover explains (the connection lost, `READONLY` from a demoted master, a timeout)
+//! drops the pool, so the next command asks the sentinels again. It must never hold a lock across
+//! a command, only across finding the master and creating the pool.
+
+use std::sync::{Mutex, PoisonError};
+
+use deadpool_redis::Pool;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsMode};
+
+use crate::RedisConfig;
+
+/// How to find the master through Redis Sentinel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels, `HOST:PORT` each; asked in turn.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// The username for the sentinels (ACL), if they need one.
+    pub username: Option<String>,
+    /// The password for the sentinels, if they need one.
+    pub password: Option<String>,
+    /// Whether the sentinels speak TLS.
+    pub tls: bool,
+}
+
+/// Finds the master: the URL's, or the one the sentinels name.
+pub(crate) struct Resolver {
+    template: ConnectionInfo,
+    sentinel: Option<SentinelResolver>,
+}
+
+struct SentinelResolver {
+    /// redis-rs's client of the sentinels: it asks them in turn and checks the answer's `ROLE`.
+    sentinels: tokio::sync::Mutex<Sentinel>,
+    master_name: String,
+    node: SentinelNodeConnectionInfo,
+}
+
+impl Resolver {
+    /// Checks the configuration without connecting.
+    pub(crate) fn new(config: &RedisConfig) -> RedisResult<Self> {
+        let template = config.url.as_str().into_connection_info()?;
+        let sentinel = match &config.sentinel {
+            None => None,
+            Some(sentinel) => {
+                let scheme = if sentinel.tls { "rediss" } else { "redis" };
+                let mut nodes = Vec::with_capacity(sentinel.sentinels.len());
+                for address in &sentinel.sentinels {
+                    let mut settings = redis::RedisConnectionInfo::default();
+                    if let Some(username) = &sentinel.username {
+                        settings = settings.set_username(username);
+                    }
+                    if let Some(password) = &sentinel.password {
+                        settings = settings.set_password(password);
+                    }
+                    let node = format!("{scheme}://{address}")
+                        .as_str()
+                        .into_connection_info()?
+                        .set_redis_settings(settings);
+                    nodes.push(node);
+                }
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(template.redis_settings().clone());
+                if let ConnectionAddr::TcpTls { insecure, .. } = template.addr() {
+                    node = node.set_tls_mode(if *insecure {
+                        TlsMode::Insecure
+                    } else {
+                        TlsMode::Secure
+                    });
+                }
+                Some(SentinelResolver {
+                    sentinels: tokio::sync::Mutex::new(Sentinel::build(nodes)?),
+                    master_name: sentinel.master_name.clone(),
+                    node,
+                })
+            }
+        };
+        Ok(Self { template, sentinel })
+    }
+
+    /// Whether the master can move (Sentinel): then a failed command is worth asking again.
+    pub(crate) fn follows_failover(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
+    /// Where to connect now. With Sentinel this asks the sentinels (and checks the master's
+    /// `ROLE`), so it can fail while a failover is under way.
+    pub(crate) async fn master(&self) -> RedisResult<ConnectionInfo> {
+        match &self.sentinel {
+            None => Ok(self.template.clone()),
+            Some(resolver) => {
+                let client = resolver
+                    .sentinels
+                    .lock()
+                    .await
+                    .async_master_for(&resolver.master_name, Some(&resolver.node))
+                    .await?;
+                Ok(client.get_connection_info().clone())
+            }
+        }
+    }
+}
+
+/// A pool of connections to the current master, created on first use and again after a failure
+/// a failover explains.
+pub(crate) struct MasterPool {
+    config: RedisConfig,
+    resolver: std::sync::Arc<Resolver>,
+    purpose: &'static str,
+    /// The pool and the master address it connects to.
+    current: Mutex<Option<(String, Pool)>>,
+    /// Held while a pool is being made, so that a failover makes one pool, not one per request.
+    making: tokio::sync::Mutex<()>,
+}
+
+impl MasterPool {
+    pub(crate) fn new(
+        config: RedisConfig,
+        resolver: std::sync::Arc<Resolver>,
+        purpose: &'static str,
+    ) -> Self {
+        Self {
+            config,
+            resolver,
+            purpose,
+            current: Mutex::new(None),
+            making: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<(String, Pool)> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The pool of the current master, and its address.
+    pub(crate) async fn get(&self) -> Result<(String, Pool), String> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let _making = self.making.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let master = tokio::time::timeout(self.config.command_timeout, self.resolver.master())
+            .await
+            .map_err(|_| {
+                format!(
+                    "finding the Redis master took longer than {:?}",
+                    self.config.command_timeout
+                )
+            })?
+            .map_err(|error| format!("cannot find the Redis master: {error}"))?;
+        let address = master.addr().to_string();
+        let pool = self
+            .config
+            .create_pool(master, self.purpose)
+            .map_err(|error| format!("cannot create the Redis pool: {error}"))?;
+        if self.resolver.follows_failover() {
+            tracing::info!(master = %address, purpose = self.purpose, "Redis master found through Sentinel");
+        }
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((address.clone(), pool.clone()));
+        Ok((address, pool))
+    }
+
+    /// After a command on `address` failed: with Sentinel, the next command asks for the master
+    /// again (the failure may be a failover: the connection lost, `READONLY`, a timeout).
+    pub(crate) fn failed(&self, address: &str) {
+        if !self.resolver.follows_failover() {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|(at, _)| at == address) {
+            *current = None;
+        }
+    }
+}
