@@ -70,11 +70,9 @@ impl Sink {
         })
     }
 
-    /// Publishes bench message `sequence`; true when it was accepted.
-    async fn send(&self, workload: &Workload, sequence: u64) -> bool {
-        let Ok(metrics) = message::batch(workload, sequence) else {
-            return false;
-        };
+    /// Publishes bench message `sequence`; why not, when it was not accepted.
+    async fn send(&self, workload: &Workload, sequence: u64) -> Result<(), String> {
+        let metrics = message::batch(workload, sequence).map_err(|e| e.to_string())?;
         match self {
             Sink::Http { client, urls } => {
                 let url = &urls[sequence as usize % urls.len()];
@@ -83,8 +81,11 @@ impl Sink {
                     [metric] => client.post(url).json(metric),
                     _ => client.post(url).json(&metrics),
                 };
-                let sent = request.send().await;
-                sent.is_ok_and(|response| response.status().is_success())
+                let response = request.send().await.map_err(|e| e.to_string())?;
+                match response.status() {
+                    status if status.is_success() => Ok(()),
+                    status => Err(format!("HTTP {status}")),
+                }
             }
             Sink::Redis { connection, origin } => {
                 let envelope = message::envelope(origin, sequence, metrics);
@@ -94,7 +95,8 @@ impl Sink {
                     .arg(envelope.to_json())
                     .query_async::<i64>(&mut connection)
                     .await
-                    .is_ok()
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -139,13 +141,17 @@ pub async fn run(
             );
             let sequence = sent;
             tokio::spawn(async move {
-                if sink.send(&workload, sequence).await {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    refused
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(sequence);
+                match sink.send(&workload, sequence).await {
+                    Ok(()) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(reason) => {
+                        let mut refused = refused.lock().unwrap_or_else(PoisonError::into_inner);
+                        if refused.is_empty() {
+                            eprintln!("bench: publish {sequence} refused: {reason}");
+                        }
+                        refused.push(sequence);
+                    }
                 }
                 drop(permit);
             });
