@@ -1,5 +1,5 @@
-//! The load tool's WebSocket clients: connect with a bounded ramp, then read every frame and hand
-//! the bench messages to a [`Tally`].
+//! The load tool's WebSocket clients: connect with a bounded ramp, each with its selector's
+//! subscription (see [`Workload`]), then read every frame and hand the bench items to a [`Tally`].
 //!
 //! A client is a [`fanout_client::Connection`], the project's own client, opened over a TCP stream
 //! bound to one of the source addresses, with [`Buffers::SMALL`]. This is the only module that
@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_client::{Buffers, Connection};
+use fanout_client::{Buffers, ConnectOptions, Connection, Subscription};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::message::{now_us, Sighting};
-use crate::tally::{Recorded, Tally};
+use crate::tally::{Recorded, Taken, Tally};
+use crate::workload::Workload;
 
 /// How the clients connect.
 pub struct Ramp {
@@ -32,6 +33,8 @@ pub struct Ramp {
 struct Shared {
     received: AtomicU64,
     connected: AtomicUsize,
+    /// Clients connected now, by selector (one entry without selectors).
+    connected_by_selector: Vec<AtomicUsize>,
     epoch: Instant,
     first_ns: AtomicU64,
     last_ns: AtomicU64,
@@ -39,22 +42,28 @@ struct Shared {
 
 /// The clients, each a task that runs until the stop signal or its connection ends.
 pub struct Pool {
-    tasks: Vec<JoinHandle<Option<Tally>>>,
+    /// Each client's selector and, once it ends, what it saw (`None`: it never connected).
+    tasks: Vec<(usize, JoinHandle<Option<Tally>>)>,
     shared: Arc<Shared>,
     connected_at_start: usize,
 }
 
-/// Opens `count` clients over `targets` (round-robin), at most `ramp.concurrency` connecting at
-/// once; returns once every attempt succeeded or failed.
+/// Opens `count` clients over `targets` (round-robin), client `i` with the subscription of
+/// `workload`'s selector for it, at most `ramp.concurrency` connecting at once; returns once every
+/// attempt succeeded or failed.
 pub async fn connect_all(
     targets: &[SocketAddr],
     count: usize,
     ramp: &Ramp,
+    workload: &Arc<Workload>,
     stop: watch::Receiver<bool>,
 ) -> Pool {
     let shared = Arc::new(Shared {
         received: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
+        connected_by_selector: (0..workload.selectors().max(1))
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
         epoch: Instant::now(),
         first_ns: AtomicU64::new(u64::MAX),
         last_ns: AtomicU64::new(0),
@@ -73,23 +82,31 @@ pub async fn connect_all(
             0,
             1 + (index % source_addresses) as u8,
         ));
-        let (connecting, shared, attempted_tx, stop) = (
+        let selector = workload.selector_of(index);
+        let (connecting, shared, attempted_tx, stop, workload) = (
             Arc::clone(&connecting),
             Arc::clone(&shared),
             attempted_tx.clone(),
             stop.clone(),
+            Arc::clone(workload),
         );
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.ok();
-            let connected = connect(source, target).await;
+            let subscription = workload.subscription(selector);
+            let connected = connect(source, target, subscription.as_ref()).await;
             drop(permit);
             let _ = attempted_tx.send(connected.is_ok());
             drop(attempted_tx);
             match connected {
                 Ok(connection) => {
-                    shared.connected.fetch_add(1, Ordering::Relaxed);
-                    let tally = receive(connection, &shared, stop).await;
-                    shared.connected.fetch_sub(1, Ordering::Relaxed);
+                    let reader = Reader {
+                        shared: &shared,
+                        workload: &workload,
+                        selector,
+                    };
+                    reader.join();
+                    let tally = reader.receive(connection, stop).await;
+                    reader.leave();
                     Some(tally)
                 }
                 Err(error) => {
@@ -97,7 +114,8 @@ pub async fn connect_all(
                     None
                 }
             }
-        }));
+        });
+        tasks.push((selector, task));
     }
     drop(attempted_tx);
     let mut connected_at_start = 0;
@@ -117,46 +135,89 @@ pub async fn connect_all(
 /// How long a stopping client waits for the server to acknowledge its close.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-async fn connect(source: IpAddr, target: SocketAddr) -> anyhow::Result<Connection> {
+async fn connect(
+    source: IpAddr,
+    target: SocketAddr,
+    subscription: Option<&Subscription>,
+) -> anyhow::Result<Connection> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
     // Small buffers: the tool holds tens of thousands of these. No token, no resume.
-    let url = format!("ws://{target}");
-    Ok(Connection::open_over_with(tcp, &url, None, None, Buffers::SMALL).await?)
+    let options = ConnectOptions {
+        subscription,
+        buffers: Buffers::SMALL,
+        ..ConnectOptions::default()
+    };
+    Ok(Connection::connect_over(tcp, &format!("ws://{target}"), &options).await?)
 }
 
-async fn receive(
-    mut connection: Connection,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> Tally {
-    let mut tally = Tally::new();
-    loop {
-        let read = tokio::select! {
-            read = connection.next_text() => read,
-            _ = stop.changed() => break,
-        };
-        let text = match read {
-            Ok(text) => text,
-            Err(error) if error.is_disconnect() => break,
-            // A binary frame: not ours, and the connection is still open.
-            Err(_) => continue,
-        };
-        let Some(sighting) = Sighting::in_frame(&text) else {
-            continue;
-        };
-        if tally.record(sighting, now_us()) == Recorded::Duplicate {
-            continue;
-        }
-        shared.received.fetch_add(1, Ordering::Relaxed);
-        let at = shared.epoch.elapsed().as_nanos() as u64;
-        shared.first_ns.fetch_min(at, Ordering::Relaxed);
-        shared.last_ns.fetch_max(at, Ordering::Relaxed);
+/// One connected client's reading: what its selector takes, and the counters it bumps.
+struct Reader<'a> {
+    shared: &'a Shared,
+    workload: &'a Workload,
+    selector: usize,
+}
+
+impl Reader<'_> {
+    /// Counts this client among the connected ones.
+    fn join(&self) {
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        self.by_selector().fetch_add(1, Ordering::Relaxed);
     }
-    connection.close(CLOSE_WAIT).await;
-    tally
+
+    fn leave(&self) {
+        self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        self.by_selector().fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn by_selector(&self) -> &AtomicUsize {
+        // `selector_of` is below `selectors().max(1)`, the vector's length.
+        &self.shared.connected_by_selector[self.selector]
+    }
+
+    async fn receive(&self, mut connection: Connection, mut stop: watch::Receiver<bool>) -> Tally {
+        let mut tally = Tally::new();
+        loop {
+            let read = tokio::select! {
+                read = connection.next_text() => read,
+                _ = stop.changed() => break,
+            };
+            let text = match read {
+                Ok(text) => text,
+                Err(error) if error.is_disconnect() => break,
+                // A binary frame: not ours, and the connection is still open.
+                Err(_) => continue,
+            };
+            let Some(sighting) = Sighting::in_frame(&text) else {
+                continue;
+            };
+            tally.frame();
+            let now = now_us();
+            let mut first = 0;
+            for item in sighting.items() {
+                let taken = if self.workload.takes(self.selector, item) {
+                    Taken::Yes
+                } else {
+                    Taken::No
+                };
+                if tally.record(item, taken, sighting.published_at_us, now) == Recorded::First {
+                    first += 1;
+                }
+            }
+            if first == 0 {
+                continue;
+            }
+            let shared = self.shared;
+            shared.received.fetch_add(first, Ordering::Relaxed);
+            let at = shared.epoch.elapsed().as_nanos() as u64;
+            shared.first_ns.fetch_min(at, Ordering::Relaxed);
+            shared.last_ns.fetch_max(at, Ordering::Relaxed);
+        }
+        connection.close(CLOSE_WAIT).await;
+        tally
+    }
 }
 
 impl Pool {
@@ -169,8 +230,18 @@ impl Pool {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Waits until `expected` deliveries arrived, or nothing arrived for `quiet`.
-    pub async fn drain(&self, expected: u64, quiet: Duration) {
+    /// Clients of `selector` connected now.
+    pub fn connected_with(&self, selector: usize) -> usize {
+        self.shared
+            .connected_by_selector
+            .get(selector)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+
+    /// Waits until `expected` items arrived (`None`: no count to wait for), or nothing arrived
+    /// for `quiet`.
+    pub async fn drain(&self, expected: Option<u64>, quiet: Duration) {
+        let expected = expected.unwrap_or(u64::MAX);
         let mut last = self.shared.received.load(Ordering::Relaxed);
         let mut quiet_since = Instant::now();
         while last < expected && quiet_since.elapsed() < quiet {
@@ -190,11 +261,13 @@ impl Pool {
         Duration::from_nanos(last.saturating_sub(first))
     }
 
-    /// Waits for every client to end (after the stop signal) and sums what they saw.
-    pub async fn finish(self) -> Tally {
+    /// Waits for every client to end (after the stop signal), settles each against what a
+    /// client of its selector was owed (`owed[selector]`; nothing without an entry) and sums them.
+    pub async fn finish(self, owed: &[Vec<u64>]) -> Tally {
         let mut total = Tally::new();
-        for task in self.tasks {
-            if let Ok(Some(tally)) = task.await {
+        for (selector, task) in self.tasks {
+            if let Ok(Some(mut tally)) = task.await {
+                tally.settle(owed.get(selector).map_or(&[], Vec::as_slice));
                 total.add(&tally);
             }
         }

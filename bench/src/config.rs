@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::workload::{parse_interval, Workload};
+
 /// fanout-bench: the load tool of fanout. Opens WebSocket clients against running workers,
 /// publishes at a fixed rate, and reports deliveries, loss, duplicates and latency.
 #[derive(Clone, Debug, Parser)]
@@ -53,6 +55,27 @@ pub struct BenchConfig {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
 
+    /// Spread the clients round-robin over K distinct selectors, each taking 10% of the series
+    /// (10 globs `bench.sXY*`); needs `--series` a power of ten ≥ 100 (default 1000). At most 100.
+    /// 0: no selectors, every client takes everything.
+    #[arg(long, default_value_t = 0)]
+    pub selectors: u64,
+
+    /// Publish N series, `bench.s0…` (zero-padded), consecutive items 11+ series apart; without
+    /// it (and without `--selectors`) the single metric `bench.load`.
+    #[arg(long)]
+    pub series: Option<u64>,
+
+    /// Metrics per published message (one `POST /api/metrics` array); more than 1 needs
+    /// `--series`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+
+    /// Clients conflate: they subscribe with this interval (milliseconds, or `1s`, `250ms`) and
+    /// are checked for the latest value of each series they take, not every item.
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
     /// Local addresses 127.0.0.1 … 127.0.0.N to connect from (each gives ~28k ports).
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
@@ -75,6 +98,11 @@ impl BenchConfig {
     /// The WebSocket addresses behind the worker base URLs.
     pub fn targets(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.urls.iter().map(|url| websocket_addr(url)).collect()
+    }
+
+    /// What is published and subscribed to, checked.
+    pub fn workload(&self) -> anyhow::Result<Workload> {
+        Workload::new(self.series, self.batch, self.selectors, self.interval)
     }
 }
 
@@ -149,6 +177,31 @@ mod tests {
                 SocketAddr::from(([127, 0, 0, 1], 8081))
             ]
         );
+    }
+
+    #[test]
+    fn the_subscription_flags_make_a_workload() {
+        let config = BenchConfig::try_parse_from([
+            "fanout-bench",
+            "--selectors",
+            "100",
+            "--batch",
+            "10",
+            "--interval",
+            "1000",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let workload = config.workload().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (workload.selectors(), workload.series(), workload.batch()),
+            (100, 1_000, 10)
+        );
+        assert_eq!(workload.interval(), Some(Duration::from_secs(1)));
+        let broadcast = BenchConfig::try_parse_from(["fanout-bench"])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .workload()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((broadcast.selectors(), broadcast.series()), (0, 1));
     }
 
     #[test]

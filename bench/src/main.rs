@@ -12,7 +12,9 @@
 //! channels), the domain's types and the project's client (`fanout-client`); it must never depend
 //! on the server crate, and the server must never depend on it.
 //!
-//! Modules: `config` (the flags), `message` (the bench message, published and recognized),
+//! Modules: `config` (the flags), `workload` (the series published and the selectors clients
+//! subscribe with, and so what each client is owed), `message` (the bench message, published
+//! and recognized),
 //! `clients` (the WebSocket clients, `fanout_client::Connection`s; the one module that knows
 //! them), `tally`
 //! (counting what a client saw), `publisher` (the steady rate), `report` (table and JSON).
@@ -24,7 +26,9 @@ mod message;
 mod publisher;
 mod report;
 mod tally;
+mod workload;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,6 +38,11 @@ use tokio::sync::watch;
 use crate::clients::Ramp;
 use crate::config::BenchConfig;
 use crate::report::Report;
+use crate::workload::Owed;
+
+/// How long the drain waits for more when nothing arrives (at least; conflating clients wait two
+/// intervals more).
+const QUIET: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let config = BenchConfig::parse();
@@ -48,6 +57,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let open_files = limits::raise_open_files();
     let targets = config.targets()?;
+    let workload = Arc::new(config.workload()?);
     let clients = config.idle.unwrap_or(config.clients);
     eprintln!("bench: opening {clients} clients to {targets:?} (open files limit {open_files})");
     let (stop_tx, stop) = watch::channel(false);
@@ -56,33 +66,52 @@ async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         source_addresses: config.source_addresses,
     };
     let started = Instant::now();
-    let pool = clients::connect_all(&targets, clients, &ramp, stop).await;
+    let pool = clients::connect_all(&targets, clients, &ramp, &workload, stop).await;
     let connect_time = started.elapsed();
     eprintln!(
         "bench: {} of {clients} connected in {connect_time:.2?}",
         pool.connected()
     );
 
-    let mut report = Report::new(&config, clients, pool.connected(), connect_time);
+    let mut report = Report::new(&config, &workload, clients, pool.connected(), connect_time);
+    // What a client of each selector is owed; nothing in idle mode.
+    let mut owed: Vec<Vec<u64>> = Vec::new();
     if config.idle.is_some() {
         eprintln!("bench: holding them for {:?}", config.hold);
         tokio::time::sleep(config.hold).await;
         report.still_connected = pool.still_connected();
     } else {
-        let published = publisher::run(&config, &targets).await?;
+        let published = publisher::run(&config, &workload, &targets).await?;
         report.published = published.accepted;
-        report.refused = published.refused;
+        report.refused = published.refused.len() as u64;
         report.publish_seconds = published.elapsed.as_secs_f64();
-        let connected = pool.still_connected() as u64;
-        let expected = published.accepted * connected;
-        // Let what is in flight arrive: until every expected delivery is in, or 5 s of silence.
-        pool.drain(expected, Duration::from_secs(5)).await;
-        report.still_connected = connected as usize;
-        report.expected = expected;
+        owed = (0..workload.selectors().max(1) as usize)
+            .map(|selector| workload.owed_items(selector, published.total, &published.refused))
+            .collect();
+        report.still_connected = pool.still_connected();
+        // Let what is in flight arrive: until every item owed to a connected client is in (when
+        // clients are owed every item and nothing was refused: a refused publish may still have
+        // been delivered, and its items would fill the count early), or a quiet spell.
+        let (target, quiet) = match workload.owed() {
+            Owed::EveryItem if published.refused.is_empty() => {
+                let items = owed.iter().enumerate();
+                let target = items
+                    .map(|(selector, items)| (pool.connected_with(selector) * items.len()) as u64);
+                (Some(target.sum()), QUIET)
+            }
+            Owed::EveryItem => (None, QUIET),
+            Owed::LatestValues => {
+                let interval = workload.interval().unwrap_or_default();
+                (None, QUIET.max(interval * 2 + Duration::from_secs(1)))
+            }
+        };
+        pool.drain(target, quiet).await;
+        // `scripts/bench` reads the workers' CPU at this line and at `bench: publishing`.
+        eprintln!("bench: drained");
         report.first_to_last = pool.first_to_last();
     }
     let _ = stop_tx.send(true);
-    let totals = pool.finish().await;
+    let totals = pool.finish(&owed).await;
     report.absorb(&totals);
     report.print();
     if let Some(path) = &config.json {

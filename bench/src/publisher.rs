@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{BenchConfig, PublishVia};
 use crate::message;
+use crate::workload::Workload;
 
 /// Publishes in flight at most (a slow server makes the tool queue, not the rate drift).
 const IN_FLIGHT: usize = 512;
@@ -27,8 +28,11 @@ const ORIGIN: &str = "bench";
 
 /// What the publishing phase did.
 pub struct Published {
+    /// Messages scheduled (numbered `0..total`).
+    pub total: u64,
     pub accepted: u64,
-    pub refused: u64,
+    /// The numbers of the messages not accepted, sorted.
+    pub refused: Vec<u64>,
     pub elapsed: Duration,
 }
 
@@ -66,28 +70,33 @@ impl Sink {
         })
     }
 
-    /// Publishes bench message `sequence`; true when it was accepted.
-    async fn send(&self, sequence: u64) -> bool {
+    /// Publishes bench message `sequence`; why not, when it was not accepted.
+    async fn send(&self, workload: &Workload, sequence: u64) -> Result<(), String> {
+        let metrics = message::batch(workload, sequence).map_err(|e| e.to_string())?;
         match self {
             Sink::Http { client, urls } => {
-                let Ok(metric) = message::metric(sequence) else {
-                    return false;
-                };
                 let url = &urls[sequence as usize % urls.len()];
-                let sent = client.post(url).json(&metric).send().await;
-                sent.is_ok_and(|response| response.status().is_success())
+                // One metric as an object, as the tool always sent it; a batch as an array.
+                let request = match metrics.as_slice() {
+                    [metric] => client.post(url).json(metric),
+                    _ => client.post(url).json(&metrics),
+                };
+                let response = request.send().await.map_err(|e| e.to_string())?;
+                match response.status() {
+                    status if status.is_success() => Ok(()),
+                    status => Err(format!("HTTP {status}")),
+                }
             }
             Sink::Redis { connection, origin } => {
-                let Ok(envelope) = message::envelope(origin, sequence) else {
-                    return false;
-                };
+                let envelope = message::envelope(origin, sequence, metrics);
                 let mut connection = connection.clone();
                 redis::cmd("PUBLISH")
                     .arg(envelope.channel().name())
                     .arg(envelope.to_json())
                     .query_async::<i64>(&mut connection)
                     .await
-                    .is_ok()
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -99,9 +108,13 @@ fn messages_in(rate: u32, duration: Duration) -> u64 {
 }
 
 /// Publishes `rate` messages per second for `duration`, then waits for the ones in flight.
-pub async fn run(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result<Published> {
+pub async fn run(
+    config: &BenchConfig,
+    workload: &Arc<Workload>,
+    targets: &[SocketAddr],
+) -> anyhow::Result<Published> {
     // Fails here, before any load, if the bench message is not valid for the domain.
-    message::metric(0).context("the bench message")?;
+    message::batch(workload, 0).context("the bench message")?;
     let sink = Arc::new(Sink::open(config, targets).await?);
     let total = messages_in(config.rate, config.duration);
     eprintln!(
@@ -109,7 +122,8 @@ pub async fn run(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result
         config.rate, config.duration, config.publish
     );
     let accepted = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
+    // Normally empty; a refused publish is pushed once.
+    let refused = Arc::new(Mutex::new(Vec::new()));
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let started = Instant::now();
     let mut sent = 0u64;
@@ -119,19 +133,26 @@ pub async fn run(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result
         let due = ((started.elapsed().as_secs_f64() * f64::from(config.rate)) as u64).min(total);
         while sent < due {
             let permit = Arc::clone(&in_flight).acquire_owned().await?;
-            let (sink, accepted, refused) = (
+            let (sink, accepted, refused, workload) = (
                 Arc::clone(&sink),
                 Arc::clone(&accepted),
                 Arc::clone(&refused),
+                Arc::clone(workload),
             );
             let sequence = sent;
             tokio::spawn(async move {
-                let counter = if sink.send(sequence).await {
-                    accepted
-                } else {
-                    refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                match sink.send(&workload, sequence).await {
+                    Ok(()) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(reason) => {
+                        let mut refused = refused.lock().unwrap_or_else(PoisonError::into_inner);
+                        if refused.is_empty() {
+                            eprintln!("bench: publish {sequence} refused: {reason}");
+                        }
+                        refused.push(sequence);
+                    }
+                }
                 drop(permit);
             });
             sent += 1;
@@ -139,9 +160,12 @@ pub async fn run(config: &BenchConfig, targets: &[SocketAddr]) -> anyhow::Result
     }
     // Wait for the publishes still in flight.
     let _all = in_flight.acquire_many(IN_FLIGHT as u32).await?;
+    let mut refused = std::mem::take(&mut *refused.lock().unwrap_or_else(PoisonError::into_inner));
+    refused.sort_unstable();
     Ok(Published {
+        total,
         accepted: accepted.load(Ordering::Relaxed),
-        refused: refused.load(Ordering::Relaxed),
+        refused,
         elapsed: started.elapsed(),
     })
 }

@@ -7,11 +7,23 @@ use serde::Serialize;
 
 use crate::config::BenchConfig;
 use crate::tally::Tally;
+use crate::workload::{Owed, Workload};
 
 /// What a run did and saw.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub clients: usize,
+    /// Distinct selectors the clients were spread over (0: none, broadcast).
+    pub selectors: u64,
+    /// Series published (1: the single `bench.load`).
+    pub series: u64,
+    /// Metrics per message.
+    pub batch: u64,
+    /// The clients' conflation interval, when they conflate.
+    pub interval_ms: Option<u64>,
+    /// What clients were owed: `every item` their selector takes, or with conflation the
+    /// `latest value per series`; `expected` and `lost` count those.
+    pub owed: &'static str,
     pub connected: usize,
     pub connect_seconds: f64,
     pub still_connected: usize,
@@ -21,10 +33,18 @@ pub struct Report {
     pub published: u64,
     pub refused: u64,
     pub expected: u64,
+    /// Items received that the client's selector takes, each counted once per client.
     pub received: u64,
+    /// Frames holding bench items (one per item unless batches or conflation group them).
+    pub frames: u64,
+    /// Items a client received that its selector does not take.
+    pub unexpected: u64,
+    /// Owed items (`expected`) that never arrived, summed per client.
     pub lost: u64,
     pub duplicated: u64,
+    /// Items received per second.
     pub deliveries_per_second: f64,
+    pub frames_per_second: f64,
     pub latency_ms: Latency,
     #[serde(skip)]
     pub first_to_last: Duration,
@@ -43,12 +63,21 @@ pub struct Latency {
 impl Report {
     pub fn new(
         config: &BenchConfig,
+        workload: &Workload,
         clients: usize,
         connected: usize,
         connect_time: Duration,
     ) -> Self {
         Self {
             clients,
+            selectors: workload.selectors(),
+            series: workload.series(),
+            batch: workload.batch(),
+            interval_ms: workload.interval().map(|i| i.as_millis() as u64),
+            owed: match workload.owed() {
+                Owed::EveryItem => "every item",
+                Owed::LatestValues => "latest value per series",
+            },
             connected,
             connect_seconds: connect_time.as_secs_f64(),
             rate: config.rate,
@@ -57,22 +86,23 @@ impl Report {
         }
     }
 
-    /// Takes in what the clients saw. Loss is counted against `expected`; deliveries per second
-    /// over the longer of the publishing time and the first-to-last receipt (at least 1 ms).
+    /// Takes in what the clients saw, each settled against what it was owed; deliveries per
+    /// second over the longer of the publishing time and the first-to-last receipt (at least
+    /// 1 ms).
     pub fn absorb(&mut self, totals: &Tally) {
+        self.expected = totals.expected;
         self.received = totals.received;
+        self.frames = totals.frames;
+        self.unexpected = totals.unexpected;
+        self.lost = totals.lost;
         self.duplicated = totals.duplicates;
-        self.lost = self.expected.saturating_sub(self.received);
         let window = self
             .first_to_last
             .as_secs_f64()
             .max(self.publish_seconds)
             .max(1e-3);
-        self.deliveries_per_second = if self.received > 0 {
-            self.received as f64 / window
-        } else {
-            0.0
-        };
+        self.deliveries_per_second = self.received as f64 / window;
+        self.frames_per_second = self.frames as f64 / window;
         let h = &totals.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;
         if !h.is_empty() {
@@ -103,11 +133,34 @@ impl Report {
                     self.published, self.refused, self.rate, self.publish_seconds
                 ),
             ),
-            ("expected deliveries", self.expected.to_string()),
-            ("received", self.received.to_string()),
+            (
+                "workload",
+                format!(
+                    "{} selectors, {} series, {} per message, interval {}",
+                    self.selectors,
+                    self.series,
+                    self.batch,
+                    self.interval_ms
+                        .map_or("off".to_owned(), |ms| format!("{ms} ms"))
+                ),
+            ),
+            ("expected", format!("{} ({})", self.expected, self.owed)),
+            (
+                "received",
+                format!(
+                    "{} items in {} frames ({} unexpected)",
+                    self.received, self.frames, self.unexpected
+                ),
+            ),
             ("lost", self.lost.to_string()),
             ("duplicated", self.duplicated.to_string()),
-            ("deliveries/s", format!("{:.0}", self.deliveries_per_second)),
+            (
+                "deliveries/s",
+                format!(
+                    "{:.0} items, {:.0} frames",
+                    self.deliveries_per_second, self.frames_per_second
+                ),
+            ),
             (
                 "latency ms",
                 format!(
@@ -130,40 +183,38 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Sighting;
+    use crate::tally::Taken;
 
+    /// `received` items owed to one client, each in its own frame.
     fn totals(received: u64, latency_us: u64) -> Tally {
         let mut tally = Tally::new();
-        for sequence in 0..received {
-            tally.record(
-                Sighting {
-                    sequence,
-                    published_at_us: 1_000_000,
-                },
-                1_000_000 + latency_us,
-            );
+        for item in 0..received {
+            tally.frame();
+            tally.record(item, Taken::Yes, 1_000_000, 1_000_000 + latency_us);
         }
         tally
     }
 
     #[test]
-    fn loss_is_what_was_expected_and_not_received() {
+    fn loss_and_expectations_are_the_settled_tallies() {
+        let mut tally = totals(990, 500);
+        tally.record(5_000, Taken::No, 0, 1);
+        tally.settle(&(0..1_000).collect::<Vec<_>>());
         let mut report = Report {
-            expected: 1_000,
             publish_seconds: 1.0,
             ..Report::default()
         };
-        report.absorb(&totals(990, 500));
+        report.absorb(&tally);
         assert_eq!(
-            (report.received, report.lost, report.duplicated),
-            (990, 10, 0)
+            (
+                report.expected,
+                report.received,
+                report.lost,
+                report.unexpected
+            ),
+            (1_000, 990, 10, 1)
         );
-        let mut report = Report {
-            expected: 10,
-            ..Report::default()
-        };
-        report.absorb(&totals(12, 500));
-        assert_eq!(report.lost, 0, "more than expected is not negative loss");
+        assert_eq!(report.frames, 990);
     }
 
     #[test]
@@ -175,6 +226,7 @@ mod tests {
         };
         report.absorb(&totals(1_000, 500));
         assert_eq!(report.deliveries_per_second, 250.0);
+        assert_eq!(report.frames_per_second, 250.0);
         let mut report = Report {
             publish_seconds: 2.0,
             first_to_last: Duration::from_secs(1),

@@ -1,12 +1,11 @@
-//! What one client saw of the bench messages, and the sum over all clients: counts, duplicates
-//! (by sequence number) and end-to-end latency.
+//! What one client saw of the bench items, and the sum over all clients: counts, items its
+//! selector does not take, duplicates (by item number), end-to-end latency, and — once the run is
+//! over and what it was owed is known — how many of those it missed.
 //!
 //! Plain arithmetic, no I/O: the WebSocket client feeds it what it reads, so the client can be
 //! replaced without touching how deliveries are counted.
 
 use hdrhistogram::Histogram;
-
-use crate::message::Sighting;
 
 /// Latencies are kept in microseconds, 1 µs to 60 s, with two significant digits.
 pub fn new_histogram() -> Histogram<u32> {
@@ -18,34 +17,72 @@ pub fn new_histogram() -> Histogram<u32> {
 
 /// What one client, or all of them, saw.
 pub struct Tally {
+    /// Frames holding at least one bench item.
+    pub frames: u64,
+    /// Items its selector takes, each counted once.
     pub received: u64,
+    /// Items its selector does not take (the server should not have sent them).
+    pub unexpected: u64,
     pub duplicates: u64,
+    /// What it was owed ([`Tally::settle`]).
+    pub expected: u64,
+    /// What it was owed and never got.
+    pub lost: u64,
     pub latency_us: Histogram<u32>,
-    /// One bit per sequence number seen (bench messages are numbered from 0).
+    /// One bit per item number seen (items are numbered from 0).
     seen: Vec<u64>,
 }
 
-/// What [`Tally::record`] made of a sighting.
+/// What [`Tally::record`] made of an item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
     First,
     Duplicate,
+    /// Not the client's: its selector does not take it.
+    NotTaken,
+}
+
+/// Whether the client's selector takes an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    Yes,
+    No,
 }
 
 impl Tally {
     pub fn new() -> Self {
         Self {
+            frames: 0,
             received: 0,
+            unexpected: 0,
             duplicates: 0,
+            expected: 0,
+            lost: 0,
             latency_us: new_histogram(),
             seen: Vec::new(),
         }
     }
 
-    /// Counts a bench message received at `now_us`: once per sequence number, later copies as
-    /// duplicates (without latency).
-    pub fn record(&mut self, sighting: Sighting, now_us: u64) -> Recorded {
-        let (word, bit) = ((sighting.sequence / 64) as usize, sighting.sequence % 64);
+    /// Counts a frame that held bench items.
+    pub fn frame(&mut self) {
+        self.frames += 1;
+    }
+
+    /// Counts item `item`, published at `published_at_us`, received at `now_us`: once per item
+    /// number, later copies as duplicates (without latency); an item the selector does not take
+    /// only as unexpected.
+    pub fn record(
+        &mut self,
+        item: u64,
+        taken: Taken,
+        published_at_us: u64,
+        now_us: u64,
+    ) -> Recorded {
+        if taken == Taken::No {
+            self.unexpected += 1;
+            return Recorded::NotTaken;
+        }
+        let (word, bit) = ((item / 64) as usize, item % 64);
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
         }
@@ -58,14 +95,30 @@ impl Tally {
         // Out of range only past 60 s; such a sample is dropped rather than clamped.
         let _ = self
             .latency_us
-            .record(now_us.saturating_sub(sighting.published_at_us).max(1));
+            .record(now_us.saturating_sub(published_at_us).max(1));
         Recorded::First
     }
 
-    /// Adds another client's counts (each client de-duplicates its own stream).
+    fn saw(&self, item: u64) -> bool {
+        self.seen
+            .get((item / 64) as usize)
+            .is_some_and(|word| word & (1 << (item % 64)) != 0)
+    }
+
+    /// Sets what this client was owed, and counts what of it never arrived.
+    pub fn settle(&mut self, owed: &[u64]) {
+        self.expected = owed.len() as u64;
+        self.lost = owed.iter().filter(|&&item| !self.saw(item)).count() as u64;
+    }
+
+    /// Adds another client's counts (each client de-duplicates and settles its own stream).
     pub fn add(&mut self, other: &Tally) {
+        self.frames += other.frames;
         self.received += other.received;
+        self.unexpected += other.unexpected;
         self.duplicates += other.duplicates;
+        self.expected += other.expected;
+        self.lost += other.lost;
         // Same bounds on both sides (`new_histogram`), so adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
     }
@@ -75,20 +128,13 @@ impl Tally {
 mod tests {
     use super::*;
 
-    fn sighting(sequence: u64, published_at_us: u64) -> Sighting {
-        Sighting {
-            sequence,
-            published_at_us,
-        }
-    }
-
     #[test]
-    fn a_second_copy_of_a_sequence_number_is_a_duplicate() {
+    fn a_second_copy_of_an_item_is_a_duplicate() {
         let mut tally = Tally::new();
-        assert_eq!(tally.record(sighting(0, 1_000), 1_500), Recorded::First);
-        assert_eq!(tally.record(sighting(130, 1_000), 1_500), Recorded::First);
+        assert_eq!(tally.record(0, Taken::Yes, 1_000, 1_500), Recorded::First);
+        assert_eq!(tally.record(130, Taken::Yes, 1_000, 1_500), Recorded::First);
         assert_eq!(
-            tally.record(sighting(130, 1_000), 9_000),
+            tally.record(130, Taken::Yes, 1_000, 9_000),
             Recorded::Duplicate
         );
         assert_eq!((tally.received, tally.duplicates), (2, 1));
@@ -96,11 +142,34 @@ mod tests {
     }
 
     #[test]
+    fn an_item_the_selector_does_not_take_is_unexpected_and_not_received() {
+        let mut tally = Tally::new();
+        assert_eq!(tally.record(5, Taken::No, 0, 1), Recorded::NotTaken);
+        assert_eq!((tally.received, tally.unexpected), (0, 1));
+        tally.settle(&[5]);
+        assert_eq!(
+            tally.lost, 1,
+            "an unexpected item does not pay for an owed one"
+        );
+    }
+
+    #[test]
+    fn loss_is_what_was_owed_and_never_seen() {
+        let mut tally = Tally::new();
+        for item in [1, 2, 3, 200] {
+            tally.record(item, Taken::Yes, 0, 1);
+        }
+        tally.settle(&[1, 3, 4, 199, 200, 100_000]);
+        assert_eq!((tally.expected, tally.lost), (6, 3));
+    }
+
+    #[test]
     fn latency_is_from_publish_to_receipt_and_never_below_one_microsecond() {
         let mut tally = Tally::new();
-        tally.record(sighting(1, 10_000), 12_000);
-        tally.record(sighting(2, 10_000), 9_000); // clocks of two processes: never negative
-                                                  // Two significant digits: compare within the histogram's resolution.
+        tally.record(1, Taken::Yes, 10_000, 12_000);
+        // Clocks of two processes: never negative.
+        tally.record(2, Taken::Yes, 10_000, 9_000);
+        // Two significant digits: compare within the histogram's resolution.
         assert!(tally.latency_us.equivalent(tally.latency_us.max(), 2_000));
         assert_eq!(tally.latency_us.min(), 1);
     }
@@ -108,13 +177,17 @@ mod tests {
     #[test]
     fn adding_tallies_sums_counts_and_merges_latencies() {
         let (mut one, mut two) = (Tally::new(), Tally::new());
-        one.record(sighting(1, 0), 1_000);
-        two.record(sighting(1, 0), 3_000);
-        two.record(sighting(1, 0), 3_000);
+        one.record(1, Taken::Yes, 0, 1_000);
+        one.settle(&[1, 2]);
+        two.frame();
+        two.record(1, Taken::Yes, 0, 3_000);
+        two.record(1, Taken::Yes, 0, 3_000);
+        two.settle(&[1]);
         let mut total = Tally::new();
         total.add(&one);
         total.add(&two);
-        assert_eq!((total.received, total.duplicates), (2, 1));
+        assert_eq!((total.received, total.duplicates, total.frames), (2, 1, 1));
+        assert_eq!((total.expected, total.lost), (3, 1));
         assert_eq!(total.latency_us.len(), 2);
         assert!(total.latency_us.equivalent(total.latency_us.max(), 3_000));
         assert!(total.latency_us.equivalent(total.latency_us.min(), 1_000));
