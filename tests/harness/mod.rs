@@ -9,6 +9,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod worker;
 
 pub use client::Client;
