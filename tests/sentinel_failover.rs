@@ -71,7 +71,7 @@ async fn publish_load(addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, published: 
         } else {
             published.refused.fetch_add(1, Ordering::Relaxed);
         }
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let message = format!("a{n}");
             let alert = json!({ "severity": "warning", "message": message });
             let (status, _) =
