@@ -4,7 +4,8 @@
 //!
 //! Each scenario checks what issue 13 asks and prints the figures RELIABILITY.md reports: delivery
 //! resumes on every client after the promotion (how long after it), every alert acknowledged with
-//! 202 reaches every client exactly once and in log order, `/readyz` goes 503 and back to 200,
+//! 202 reaches every client exactly once and in log order, every metric a worker acknowledged
+//! reaches that worker's clients, `/readyz` goes 503 and back to 200,
 //! `/healthz` names the new master, and a client that resumes across the failover is told
 //! `complete: true` and gets exactly what it missed.
 
@@ -26,6 +27,8 @@ const WORKERS: [&str; 3] = ["s1", "s2", "s3"];
 const CLIENTS_PER_WORKER: usize = 10;
 /// 100 metrics a second across the workers; every 10th tick an alert.
 const TICK: Duration = Duration::from_millis(10);
+/// Metrics (ticks) on either side of a fault's instant that may miss their clients: 100 ms.
+const FAULT_WINDOW: u64 = 10;
 
 async fn workers(topology: &SentinelTopology) -> Vec<WorkerProcess> {
     let sentinels = topology.sentinel_flag();
@@ -47,12 +50,16 @@ async fn workers(topology: &SentinelTopology) -> Vec<WorkerProcess> {
     workers
 }
 
-/// What the publisher saw: the alerts acknowledged with 202, and the refusals.
+/// What the publisher saw: the alerts and metrics acknowledged with 202, and the refusals.
 #[derive(Default)]
 struct Published {
     acknowledged_alerts: Mutex<Vec<String>>,
+    /// (index of the worker that answered 202, the metric's value).
+    acknowledged_metrics: Mutex<Vec<(usize, u64)>>,
     refused: AtomicU64,
     metrics: AtomicU64,
+    /// The value of the latest metric published (acknowledged or not).
+    latest: AtomicU64,
 }
 
 /// Publishes a metric every tick (round-robin over the workers) and an alert every 10th, until
@@ -63,11 +70,18 @@ async fn publish_load(addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, published: 
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         n += 1;
-        let addr = addrs[(n as usize) % addrs.len()];
+        published.latest.store(n, Ordering::Relaxed);
+        let worker = (n as usize) % addrs.len();
+        let addr = addrs[worker];
         let metric = json!({ "name": "load", "value": n });
         let (status, _) = post(addr, "/api/metrics", "application/json", metric.to_string()).await;
         if status == 202 {
             published.metrics.fetch_add(1, Ordering::Relaxed);
+            published
+                .acknowledged_metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((worker, n));
         } else {
             published.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -96,6 +110,8 @@ struct Received {
     alerts: Vec<(String, String)>,
     /// When each metric frame arrived.
     metrics_at: Vec<Instant>,
+    /// The value of each `load` metric received.
+    values: HashSet<u64>,
 }
 
 async fn read_until_end(mut client: Client, seen: Arc<Mutex<Received>>) -> Client {
@@ -108,6 +124,10 @@ async fn read_until_end(mut client: Client, seen: Arc<Mutex<Received>>) -> Clien
                     return client;
                 }
                 seen.metrics_at.push(Instant::now());
+                // Values travel as JSON numbers written from an f64 (`3.0`).
+                if let Some(value) = frame["data"][0]["value"].as_f64() {
+                    seen.values.insert(value as u64);
+                }
             }
             Some("alert") => {
                 let message = frame["data"]["message"].as_str().unwrap_or_default();
@@ -151,9 +171,20 @@ async fn ready(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
-/// Kills the master `failovers` times (starting the killed one again in between, so that the
+/// How the master is taken away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// SIGKILL; started again (as a replica) before the next fault.
+    Kill,
+    /// Frozen until the sentinels promote the replica, then let go: it answers again, still as a
+    /// master, until the sentinels demote it.
+    Pause,
+}
+
+/// Takes the master away once per fault (the killed one started again in between, so that the
 /// last failover goes back to it) under load, then checks everything the module doc lists.
-async fn failover_under_load(failovers: usize) {
+async fn failover_under_load(faults: &[Fault]) {
+    let failovers = faults.len();
     let topology = SentinelTopology::start().await;
     let workers = workers(&topology).await;
     let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
@@ -205,10 +236,20 @@ async fn failover_under_load(failovers: usize) {
     .await;
 
     let not_ready_seen = Arc::new(Mutex::new(HashSet::new()));
+    // The metrics published while each fault was being struck (first, last).
+    let mut fault_values = Vec::new();
     let mut resumed_after = Vec::new();
-    for round in 0..failovers {
+    for (round, &fault) in faults.iter().enumerate() {
         let killed_at = Instant::now();
-        let killed = topology.kill_master().await;
+        let struck_from = published.latest.load(Ordering::Relaxed);
+        let killed = match fault {
+            Fault::Kill => topology.kill_master().await,
+            Fault::Pause => {
+                let master = topology.master_addr().await;
+                topology.pause(&master).await;
+                master
+            }
+        };
         // Watch /readyz of every worker during the failover.
         let watching = Arc::new(AtomicBool::new(true));
         let watcher = {
@@ -228,12 +269,18 @@ async fn failover_under_load(failovers: usize) {
                 }
             })
         };
+        // Docker takes a while to kill or freeze: the fault spans both ends of the call.
+        fault_values.push((struck_from, published.latest.load(Ordering::Relaxed)));
         let new_master = topology.wait_for_failover(&killed).await;
         let promoted_at = Instant::now();
         println!(
-            "failover {round}: {killed} killed, {new_master} promoted {:?} after the kill",
+            "failover {round}: {killed} {fault:?}, {new_master} promoted {:?} after it",
             promoted_at - killed_at
         );
+        if fault == Fault::Pause {
+            // The old master answers again, as a master, until the sentinels demote it.
+            topology.unpause(&killed).await;
+        }
         for addr in &addrs {
             let addr = *addr;
             wait_until("every worker is ready on the new master", || async {
@@ -267,7 +314,7 @@ async fn failover_under_load(failovers: usize) {
             "failover {round}: every client got metrics again within {resumed:?} of the promotion"
         );
         resumed_after.push(resumed);
-        if round + 1 < failovers {
+        if round + 1 < failovers && fault == Fault::Kill {
             // The killed master comes back as a replica; the next kill sends the master back.
             topology.start_again(&killed).await;
         }
@@ -341,6 +388,40 @@ async fn failover_under_load(failovers: usize) {
             .alerts
             .clone(),
     );
+    // A 202 means the worker's own clients get the metric, but at the instant of a fault.
+    let mut missed_at_faults = 0;
+    let acknowledged_metrics = published
+        .acknowledged_metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (index, seen) in received.iter().enumerate() {
+        let worker = index / CLIENTS_PER_WORKER;
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let missed: Vec<u64> = acknowledged_metrics
+            .iter()
+            .filter(|(by, value)| *by == worker && !seen.values.contains(value))
+            .map(|(_, value)| *value)
+            .collect();
+        // Redis answers a PUBLISH before it has written it to the subscribers: a metric
+        // acknowledged the instant the master dies or freezes can miss them (RELIABILITY.md).
+        // Within 100 ms of a fault at most 2 may; anywhere else none.
+        let at_a_fault = |value: u64| {
+            fault_values
+                .iter()
+                .any(|&(from, to)| value + FAULT_WINDOW >= from && value <= to + FAULT_WINDOW)
+        };
+        let (near, elsewhere): (Vec<u64>, Vec<u64>) = missed.iter().partition(|v| at_a_fault(**v));
+        assert!(
+            elsewhere.is_empty() && near.len() <= 2 * faults.len(),
+            "client {index} of worker {worker} missed metrics its worker acknowledged: \
+             {elsewhere:?} away from the faults ({fault_values:?}), {near:?} at them"
+        );
+        missed_at_faults = missed_at_faults.max(near.len());
+    }
+    println!(
+        "at most {missed_at_faults} acknowledged metric(s) per client missed at the fault instants"
+    );
     let mover_messages: HashSet<&str> = mover_alerts.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(
         mover_messages.len(),
@@ -363,10 +444,18 @@ async fn failover_under_load(failovers: usize) {
 
 #[tokio::test]
 async fn a_master_killed_under_load_loses_no_acknowledged_alert_and_delivery_resumes() {
-    failover_under_load(1).await;
+    failover_under_load(&[Fault::Kill]).await;
+}
+
+/// Found by an outside tester: a paused master that answers again after the promotion kept the
+/// publish pools of some workers while their subscribers had moved, and metrics acknowledged
+/// with 202 reached nobody.
+#[tokio::test]
+async fn a_paused_master_that_comes_back_never_takes_acknowledged_metrics_away() {
+    failover_under_load(&[Fault::Pause]).await;
 }
 
 #[tokio::test]
 async fn two_failovers_in_a_row_stall_nothing_and_duplicate_nothing() {
-    failover_under_load(2).await;
+    failover_under_load(&[Fault::Kill, Fault::Kill]).await;
 }

@@ -211,6 +211,26 @@ impl SentinelTopology {
         node.alive.store(false, Ordering::SeqCst);
     }
 
+    /// Freezes the container of the master or replica at `addr`: its connections stay open and
+    /// nothing is answered, as a hung or partitioned Redis.
+    pub async fn pause(&self, addr: &str) {
+        let node = self.data_node(addr);
+        node.container
+            .pause()
+            .await
+            .unwrap_or_else(|e| panic!("cannot pause the Redis at {addr}: {e}"));
+    }
+
+    /// Lets a paused node go on; an old master comes back still a master until the sentinels
+    /// turn it into a replica.
+    pub async fn unpause(&self, addr: &str) {
+        let node = self.data_node(addr);
+        node.container
+            .unpause()
+            .await
+            .unwrap_or_else(|e| panic!("cannot unpause the Redis at {addr}: {e}"));
+    }
+
     /// Starts a killed node again, on the same port and with its start-up configuration (and an
     /// empty dataset: there is no persistence), and waits until the sentinels have turned it into
     /// a replica of the current master and it is in sync. This takes some 10 s: Sentinel converts

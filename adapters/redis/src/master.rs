@@ -42,6 +42,10 @@ pub(crate) struct Resolver {
 struct SentinelResolver {
     /// redis-rs's client of the sentinels: it asks them in turn and checks the answer's `ROLE`.
     sentinels: tokio::sync::Mutex<Sentinel>,
+    /// The sentinels' addresses, for the light question "which master?" ([`Resolver::named_master`]).
+    nodes: Vec<ConnectionInfo>,
+    /// A connection to one of them, kept between questions.
+    asking: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     master_name: String,
     node: SentinelNodeConnectionInfo,
 }
@@ -79,7 +83,9 @@ impl Resolver {
                     });
                 }
                 Some(SentinelResolver {
-                    sentinels: tokio::sync::Mutex::new(Sentinel::build(nodes)?),
+                    sentinels: tokio::sync::Mutex::new(Sentinel::build(nodes.clone())?),
+                    nodes,
+                    asking: tokio::sync::Mutex::new(None),
                     master_name: sentinel.master_name.clone(),
                     node,
                 })
@@ -91,6 +97,38 @@ impl Resolver {
     /// Whether the master can move (Sentinel): then a failed command is worth asking again.
     pub(crate) fn follows_failover(&self) -> bool {
         self.sentinel.is_some()
+    }
+
+    /// The master the sentinels name now, `HOST:PORT`, without connecting to it (a cheap
+    /// question, asked often): `None` without Sentinel, or when no sentinel answers.
+    pub(crate) async fn named_master(&self) -> Option<String> {
+        let resolver = self.sentinel.as_ref()?;
+        let mut asking = resolver.asking.lock().await;
+        for _ in 0..=resolver.nodes.len() {
+            if asking.is_none() {
+                for node in &resolver.nodes {
+                    let Ok(client) = redis::Client::open(node.clone()) else {
+                        continue;
+                    };
+                    if let Ok(connection) = client.get_multiplexed_async_connection().await {
+                        *asking = Some(connection);
+                        break;
+                    }
+                }
+            }
+            let connection = asking.as_mut()?;
+            let answer: RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&resolver.master_name)
+                .query_async(connection)
+                .await;
+            match answer {
+                Ok(Some((host, port))) => return Some(format!("{host}:{port}")),
+                // This sentinel knows no master (or failed): ask another.
+                Ok(None) | Err(_) => *asking = None,
+            }
+        }
+        None
     }
 
     /// Where to connect now. With Sentinel this asks the sentinels (and checks the master's
@@ -174,6 +212,11 @@ impl MasterPool {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((address.clone(), pool.clone()));
         Ok((address, pool))
+    }
+
+    /// Whether the master can move (Sentinel).
+    pub(crate) fn follows_failover(&self) -> bool {
+        self.resolver.follows_failover()
     }
 
     /// After a command on `address` failed: with Sentinel, the next command asks for the master

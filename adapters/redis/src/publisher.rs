@@ -83,13 +83,40 @@ impl RedisPublisher {
     async fn pool(&self) -> Result<(String, Pool), PublishError> {
         self.pool.get().await.map_err(PublishError::unavailable)
     }
+
+    /// The pool to publish on: the master this worker's subscriber listens on, while it is live.
+    /// After a failover the two can disagree for a moment (a paused old master still answers as
+    /// master): a message published on the other one would reach none of this worker's clients,
+    /// so the pool is made again, and until both agree the publish is refused (503).
+    async fn on_the_subscribers_master(&self) -> Result<(String, Pool), PublishError> {
+        let (master, pool) = self.pool().await?;
+        if !self.pool.follows_failover() {
+            return Ok((master, pool));
+        }
+        let Some(listening) = self.status.live_master() else {
+            return Ok((master, pool));
+        };
+        if listening == master {
+            return Ok((master, pool));
+        }
+        self.pool.failed(&master);
+        let (master, pool) = self.pool().await?;
+        if listening == master {
+            return Ok((master, pool));
+        }
+        Err(PublishError::unavailable(format!(
+            "this worker's subscriber listens on {listening} while the master is {master}: \
+             it is moving, retry"
+        )))
+    }
 }
 
 #[async_trait]
 impl Broadcaster for RedisPublisher {
     async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
-        let (master, pool) = self.pool().await?;
+        let (master, pool) = self.on_the_subscribers_master().await?;
         self.subscriber_ready(&pool).await?;
+        let session = self.status.live_session();
         let payload = envelope.to_json();
         let attempt = async {
             let mut connection = pool
@@ -139,6 +166,19 @@ impl Broadcaster for RedisPublisher {
         if outcome.is_err() {
             // Perhaps a failover: the next publish asks the sentinels for the master again.
             self.pool.failed(&master);
+        }
+        // A 202 promises this worker's clients the message: the session that was live before the
+        // PUBLISH must still be live after it (a session that ends on purpose delivers what was
+        // published before it said so). Alerts need not: the log gives them to the next session.
+        if outcome.is_ok()
+            && session.is_some()
+            && matches!(envelope.payload, Payload::Metrics(_))
+            && self.status.live_session() != session
+        {
+            return Err(PublishError::unavailable(
+                "this worker's subscriber changed sessions while the message was published: \
+                 it may not reach this worker's clients (it may still reach others')",
+            ));
         }
         outcome
     }

@@ -17,6 +17,10 @@ pub(crate) struct SharedStatus {
     last_error: Mutex<Option<String>>,
     /// The master the subscriber last subscribed on (`HOST:PORT`).
     master: Mutex<Option<String>>,
+    /// Subscriber sessions that reached `subscribed` so far: a publisher that sees the same
+    /// number, and `subscribed`, before and after its PUBLISH published while one session was
+    /// live throughout.
+    sessions: AtomicU64,
     /// Publisher → subscriber: Redis answered; stop waiting out the backoff.
     pub(crate) redis_answered: Notify,
     /// Recoveries: subscribed again after losing the connection.
@@ -37,6 +41,7 @@ impl SharedStatus {
             state: watch::Sender::new(SubscriberState::Idle),
             last_error: Mutex::new(None),
             master: Mutex::new(None),
+            sessions: AtomicU64::new(0),
             redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -61,6 +66,29 @@ impl SharedStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(error);
         self.set_state(SubscriberState::Reconnecting);
+    }
+
+    /// A new session is subscribed.
+    pub(crate) fn subscribed_again(&self) {
+        self.sessions.fetch_add(1, Ordering::SeqCst);
+        self.set_state(SubscriberState::Subscribed);
+    }
+
+    /// The live session, if one is: its number (see `sessions`).
+    pub(crate) fn live_session(&self) -> Option<u64> {
+        let session = self.sessions.load(Ordering::SeqCst);
+        (self.state() == SubscriberState::Subscribed).then_some(session)
+    }
+
+    /// The master the subscriber listens on, while it is subscribed.
+    pub(crate) fn live_master(&self) -> Option<String> {
+        if self.state() != SubscriberState::Subscribed {
+            return None;
+        }
+        self.master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn set_master(&self, master: String) {

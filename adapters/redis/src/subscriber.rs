@@ -19,7 +19,7 @@ use fanout_domain::{
     HistoryError, LiveAlert, LocalDelivery, LogId, LogPosition, Payload, SubscriberState,
     Subscription,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -225,7 +225,7 @@ impl Listener {
         };
         self.report_gap(caught);
         self.status.set_master(address.clone());
-        self.status.set_state(SubscriberState::Subscribed);
+        self.status.subscribed_again();
         if std::mem::take(&mut self.recovering) {
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -265,6 +265,28 @@ impl Listener {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => return Err(SessionError::after(format!("PING failed: {error}"))),
                         Err(_) => return Err(SessionError::after(format!("no PONG within {pong_wait:?}: Redis hangs or the link is cut"))),
+                    }
+                    // With Sentinel: a master that was only paused still answers, as a master,
+                    // after another was promoted; follow the sentinels, not the old connection.
+                    let named = tokio::time::timeout(pong_wait, self.resolver.named_master()).await;
+                    if let Ok(Some(named)) = named {
+                        if named != address {
+                            let reason = format!(
+                                "the sentinels name {named} as master, not {address}: following"
+                            );
+                            // Publishers stop counting on this session first; then everything
+                            // published on it before a last PING is delivered, so that a 202
+                            // given while it was live is not lost with it.
+                            self.status.set_error(reason.clone());
+                            if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
+                                while let Some(Some(message)) = stream.next().now_or_never() {
+                                    self.handle(message.get_channel_name(), message.get_payload_bytes(), &log)
+                                        .await
+                                        .map_err(SessionError::after)?;
+                                }
+                            }
+                            return Err(SessionError::after(reason));
+                        }
                     }
                 }
             }
