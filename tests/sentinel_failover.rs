@@ -459,3 +459,95 @@ async fn a_paused_master_that_comes_back_never_takes_acknowledged_metrics_away()
 async fn two_failovers_in_a_row_stall_nothing_and_duplicate_nothing() {
     failover_under_load(&[Fault::Kill, Fault::Kill]).await;
 }
+
+/// Issue 13's proof of `--alert-min-replicas 1`: a burst of alerts, the master SIGKILLed the
+/// moment the answers are in. Every alert answered 202 is in the promoted master's log (read back
+/// through a resume from the start) and reached every client.
+#[tokio::test]
+async fn alerts_acknowledged_right_before_the_master_dies_are_all_in_the_new_masters_log() {
+    let topology = SentinelTopology::start().await;
+    let workers = workers(&topology).await;
+    let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
+    let mut readers = Vec::new();
+    let mut received = Vec::new();
+    for worker in &workers {
+        for client in clients(worker, CLIENTS_PER_WORKER).await {
+            let seen = Arc::new(Mutex::new(Received::default()));
+            received.push(Arc::clone(&seen));
+            readers.push(tokio::spawn(read_until_end(client, seen)));
+        }
+    }
+    let burst = (0..60).map(|n| {
+        let addr = addrs[n % addrs.len()];
+        async move {
+            let message = format!("burst{n}");
+            let alert = json!({ "severity": "critical", "message": message }).to_string();
+            let (status, _) = post(addr, "/api/alerts", "application/json", alert).await;
+            (status == 202).then_some(message)
+        }
+    });
+    let acknowledged: HashSet<String> = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let killed = topology.kill_master().await;
+    assert!(
+        !acknowledged.is_empty(),
+        "no alert of the burst was acknowledged"
+    );
+    let new_master = topology.wait_for_failover(&killed).await;
+    for addr in &addrs {
+        let addr = *addr;
+        wait_until("every worker is ready on the new master", || async {
+            ready(addr).await && health(addr).await["bus"]["master"] == new_master.as_str()
+        })
+        .await;
+    }
+    // The promoted master's log, read from its start.
+    let mut reader = Client::resume(addrs[1], "0-0").await;
+    let replayed = reader.resume["replayed"].as_u64().unwrap_or_default();
+    let mut logged = HashSet::new();
+    for _ in 0..replayed {
+        let frame = within("the replay", async {
+            loop {
+                let frame = reader.next_frame().await;
+                if frame["type"] == "alert" {
+                    return frame;
+                }
+            }
+        })
+        .await;
+        logged.insert(
+            frame["data"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let lost: Vec<&String> = acknowledged.difference(&logged).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not in the new master's log: {lost:?}"
+    );
+    publish_end(addrs[0]).await;
+    for reader in readers {
+        within("a client reads until the end metric", reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (index, seen) in received.iter().enumerate() {
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let got: HashSet<&str> = seen.alerts.iter().map(|(_, m)| m.as_str()).collect();
+        let missing: Vec<&String> = acknowledged
+            .iter()
+            .filter(|m| !got.contains(m.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "client {index} lost {missing:?}");
+    }
+    println!(
+        "burst: {} of 60 alerts acknowledged before the kill, all {} in the promoted master's log and at every client",
+        acknowledged.len(),
+        acknowledged.len()
+    );
+}

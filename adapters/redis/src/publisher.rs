@@ -187,21 +187,19 @@ impl Broadcaster for RedisPublisher {
 #[async_trait]
 impl AlertLog for RedisPublisher {
     async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
-        let read = async {
-            let mut connection = self.log_connection().await?;
+        self.reading(|mut connection| async move {
             self.read
                 .alerts_after(&mut *connection, &self.keys, after, limit)
                 .await
-        };
-        self.bounded(read).await
+        })
+        .await
     }
 
     async fn head(&self) -> Result<LogPosition, HistoryError> {
-        let read = async {
-            let mut connection = self.log_connection().await?;
-            self.read.head(&mut *connection, &self.keys).await
-        };
-        self.bounded(read).await
+        self.reading(
+            |mut connection| async move { self.read.head(&mut *connection, &self.keys).await },
+        )
+        .await
     }
 }
 
@@ -229,15 +227,35 @@ impl RedisPublisher {
         Ok(())
     }
 
-    async fn log_connection(&self) -> Result<deadpool_redis::Connection, HistoryError> {
-        let (master, pool) = self
-            .pool()
-            .await
-            .map_err(|error| HistoryError::caused_by("no Redis pool", error))?;
-        pool.get().await.map_err(|error| {
+    /// Runs a read of the alert log on a pooled connection, within the command timeout. With
+    /// Sentinel a failed read is tried once more on a pool made for the master named now: the
+    /// first read after a failover (a client resuming) would otherwise find the old master.
+    async fn reading<T, Read, Fut>(&self, read: Read) -> Result<T, HistoryError>
+    where
+        Read: Fn(deadpool_redis::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, HistoryError>>,
+    {
+        let attempts = if self.pool.follows_failover() { 2 } else { 1 };
+        let mut outcome = Err(HistoryError::unavailable("the alert log was not read"));
+        for _ in 0..attempts {
+            let (master, pool) = match self.pool().await {
+                Ok(pool) => pool,
+                Err(error) => return Err(HistoryError::caused_by("no Redis pool", error)),
+            };
+            let attempt = async {
+                let connection = pool
+                    .get()
+                    .await
+                    .map_err(|error| HistoryError::caused_by("no Redis connection", error))?;
+                read(connection).await
+            };
+            outcome = self.bounded(attempt).await;
+            if outcome.is_ok() {
+                break;
+            }
             self.pool.failed(&master);
-            HistoryError::caused_by("no Redis connection", error)
-        })
+        }
+        outcome
     }
 
     async fn bounded<T>(
