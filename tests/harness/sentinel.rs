@@ -43,7 +43,7 @@ const START_ATTEMPTS: usize = 3;
 
 /// Longest wait for a restarted node to be turned into a replica: Sentinel converts an old master
 /// only after it has reported itself master for 8 s (4 hello periods), then it must resync.
-const REJOIN_WAIT: Duration = Duration::from_secs(30);
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
 
 pub struct SentinelTopology {
     docker: Docker,
