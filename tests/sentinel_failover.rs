@@ -22,6 +22,7 @@ use harness::process::WorkerProcess;
 use harness::sentinel::{SentinelTopology, MASTER_NAME};
 use harness::{clients, start_worker, wait_until, within, Client, On, Process};
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 const WORKERS: [&str; 3] = ["s1", "s2", "s3"];
 const CLIENTS_PER_WORKER: usize = 10;
@@ -144,6 +145,23 @@ async fn read_until_end(mut client: Client, seen: Arc<Mutex<Received>>) -> Clien
     }
 }
 
+/// The clients of every worker (in worker order), each read until the `end` metric by a task of
+/// its own: the tasks, and what each client received.
+async fn readers(
+    workers: &[WorkerProcess],
+) -> (Vec<JoinHandle<Client>>, Vec<Arc<Mutex<Received>>>) {
+    let mut readers = Vec::new();
+    let mut received = Vec::new();
+    for worker in workers {
+        for client in clients(worker, CLIENTS_PER_WORKER).await {
+            let seen = Arc::new(Mutex::new(Received::default()));
+            received.push(Arc::clone(&seen));
+            readers.push(tokio::spawn(read_until_end(client, seen)));
+        }
+    }
+    (readers, received)
+}
+
 fn ids_in_order(alerts: &[(String, String)]) -> bool {
     let parse = |id: &str| {
         let (ms, seq) = id.split_once('-').unwrap_or(("0", "0"));
@@ -194,15 +212,7 @@ async fn failover_under_load(faults: &[Fault]) {
     let topology = SentinelTopology::start().await;
     let workers = workers(&topology).await;
     let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
-    let mut readers = Vec::new();
-    let mut received = Vec::new();
-    for worker in &workers {
-        for client in clients(worker, CLIENTS_PER_WORKER).await {
-            let seen = Arc::new(Mutex::new(Received::default()));
-            received.push(Arc::clone(&seen));
-            readers.push(tokio::spawn(read_until_end(client, seen)));
-        }
-    }
+    let (readers, received) = readers(&workers).await;
     // A client that leaves before the failover and resumes after it, on another worker.
     let mut mover = Client::connect(addrs[0]).await;
 
@@ -475,15 +485,7 @@ async fn alerts_acknowledged_right_before_the_master_dies_are_all_in_the_new_mas
     let topology = SentinelTopology::start().await;
     let workers = workers(&topology).await;
     let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
-    let mut readers = Vec::new();
-    let mut received = Vec::new();
-    for worker in &workers {
-        for client in clients(worker, CLIENTS_PER_WORKER).await {
-            let seen = Arc::new(Mutex::new(Received::default()));
-            received.push(Arc::clone(&seen));
-            readers.push(tokio::spawn(read_until_end(client, seen)));
-        }
-    }
+    let (readers, received) = readers(&workers).await;
     let burst = (0..60).map(|n| {
         let addr = addrs[n % addrs.len()];
         async move {
