@@ -57,3 +57,6 @@ pub use frame::{
 pub use publish::{PublishError, Publisher, Receipt};
 pub use subscribe::{unsubscribe_frame, QueryError, Subscription};
 pub use watch::{Event, Events, Watch};
+
+#[cfg(test)]
+mod test_server;

@@ -417,26 +417,13 @@ mod tests {
 
     /// Accepts one WebSocket connection, sends `frames`, closes it with 1001 and returns the
     /// request's target (path and query).
-    #[expect(
-        clippy::result_large_err,
-        reason = "tungstenite's handshake callback returns its ErrorResponse by value"
-    )]
     async fn serve_once(listener: &tokio::net::TcpListener, frames: &[&str]) -> String {
         use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
         use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
         use tokio_tungstenite::tungstenite::Message;
 
-        let (tcp, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
-        let mut target = String::new();
-        let callback = |request: &Request, response: Response| {
-            target = request.uri().to_string();
-            Ok::<_, ErrorResponse>(response)
-        };
-        let mut socket = tokio_tungstenite::accept_hdr_async(tcp, callback)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (mut socket, target) = crate::test_server::accept(listener).await;
         for frame in frames {
             socket
                 .send(Message::text(*frame))

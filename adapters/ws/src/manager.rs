@@ -183,11 +183,8 @@ impl ConnectionManager {
             tracing::info!(state = ?status.state, bus = status.bus, "first client: subscribed to the bus");
         }
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(ClientQueue::for_channels(
-            self.limits.queue,
-            grant.metrics,
-            grant.alerts,
-        ));
+        // Which channels the client may receive is part of its filter (`Bounds`), not the queue's.
+        let queue = Arc::new(ClientQueue::new(self.limits.queue));
         let added = self
             .registry
             .add(id, Arc::clone(&queue), Bounds::of(grant), first);

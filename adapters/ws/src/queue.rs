@@ -49,9 +49,6 @@ struct State {
 
 pub(crate) struct ClientQueue {
     limits: QueueLimits,
-    /// Which kinds of frame this client may receive (its credential's channels).
-    accepts_metrics: bool,
-    accepts_alerts: bool,
     /// Held only for a push or a drain: never across an await.
     state: Mutex<State>,
     /// Wakes the writer; a notification sent while it is busy is kept as a permit.
@@ -62,15 +59,8 @@ pub(crate) struct ClientQueue {
 
 impl ClientQueue {
     pub(crate) fn new(limits: QueueLimits) -> Self {
-        Self::for_channels(limits, true, true)
-    }
-
-    /// A queue that silently skips the channels the client may not receive.
-    pub(crate) fn for_channels(limits: QueueLimits, metrics: bool, alerts: bool) -> Self {
         Self {
             limits,
-            accepts_metrics: metrics,
-            accepts_alerts: alerts,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
@@ -87,19 +77,7 @@ impl ClientQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether this client receives frames of `kind` (its credential's channels).
-    pub(crate) fn accepts(&self, kind: FrameKind) -> bool {
-        match kind {
-            FrameKind::Metrics => self.accepts_metrics,
-            FrameKind::Alert => self.accepts_alerts,
-            FrameKind::Control => true,
-        }
-    }
-
     pub(crate) fn push(&self, frame: Frame) -> Pushed {
-        if !self.accepts(frame.kind) {
-            return Pushed::Queued { dropped: 0 };
-        }
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;

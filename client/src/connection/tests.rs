@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 use super::*;
 
@@ -190,22 +190,10 @@ async fn bound() -> (TcpListener, String) {
 }
 
 #[tokio::test]
-#[expect(
-    clippy::result_large_err,
-    reason = "tungstenite's handshake callback returns its ErrorResponse by value"
-)]
 async fn a_session_asks_for_its_subscription_and_sends_requests_in_order() {
     let (listener, url) = bound().await;
     let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
-        let mut target = String::new();
-        let callback = |request: &Request, response: Response| {
-            target = request.uri().to_string();
-            Ok::<_, ErrorResponse>(response)
-        };
-        let mut socket = tokio_tungstenite::accept_hdr_async(tcp, callback)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (mut socket, target) = crate::test_server::accept(&listener).await;
         let mut received = Vec::new();
         for _ in 0..2 {
             match socket.next().await {
