@@ -120,6 +120,24 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_REDIS_SENTINEL_TLS", global = true)]
     pub redis_sentinel_tls: bool,
 
+    /// Use this Redis Cluster (HOST:PORT of some of its nodes, comma-separated) instead of
+    /// --redis-url's address: metrics over sharded Pub/Sub in --redis-partitions channels, alerts
+    /// and their log in one slot. --redis-url then gives only the credentials. Redis 7 or later.
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel",
+        global = true
+    )]
+    pub redis_cluster: Vec<String>,
+
+    /// With --redis-cluster: sharded channels `performance:metrics:{0}` … `{P-1}` that metrics
+    /// spread over (a worker publishes on one, picked from its worker id). Every worker of a
+    /// deployment, and every outside publisher, must use the same P.
+    #[arg(long, env = "FANOUT_REDIS_PARTITIONS", default_value_t = fanout_redis::DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub redis_partitions: u16,
+
     /// Replicas that must hold an alert before its publish is answered 202 (WAIT after the log
     /// write; 503 when fewer do within half of --redis-timeout). 0: do not wait.
     #[arg(long, env = "FANOUT_ALERT_MIN_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16), global = true)]

@@ -17,7 +17,7 @@ use fanout_auth::{JwtAccess, Key};
 use fanout_domain::{AccessControl, OpenAccess};
 use fanout_http::ApiConfig;
 use fanout_memory::{MemoryBus, MemoryQuota};
-use fanout_redis::{RedisBus, RedisConfig, RedisQuota, SentinelConfig};
+use fanout_redis::{ClusterConfig, RedisBus, RedisConfig, RedisQuota, SentinelConfig};
 use fanout_ws::{Admission, ClientLimits, ConnectionManager, QueueLimits, SubscriptionLimits};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::TcpListener;
@@ -63,6 +63,14 @@ impl Bus {
                         password: config.redis_sentinel_password.clone(),
                         tls: config.redis_sentinel_tls,
                     });
+                }
+                if !config.redis_cluster.is_empty() {
+                    redis.cluster = Some(ClusterConfig {
+                        nodes: config.redis_cluster.clone(),
+                        partitions: config.redis_partitions,
+                    });
+                    // In the alert channel's slot, so that one script appends and publishes.
+                    redis.alert_log_key = "{performance:alerts}:log".to_owned();
                 }
                 redis.validate().with_context(|| {
                     format!(
@@ -272,13 +280,18 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
     tokio::spawn(outbox::run(Arc::clone(&service), stop.clone()));
     let bus_name = match bus {
         Bus::Memory(_) => "memory".to_owned(),
-        Bus::Redis(redis) => match &redis.sentinel {
-            Some(sentinel) => format!(
+        Bus::Redis(redis) => match (&redis.sentinel, &redis.cluster) {
+            (Some(sentinel), _) => format!(
                 "redis through sentinels {} (master {})",
                 sentinel.sentinels.join(","),
                 sentinel.master_name
             ),
-            None => format!("redis {}", fanout_redis::redact_url(&redis.url)),
+            (None, Some(cluster)) => format!(
+                "redis cluster {} ({} metrics partitions)",
+                cluster.nodes.join(","),
+                cluster.partitions
+            ),
+            (None, None) => format!("redis {}", fanout_redis::redact_url(&redis.url)),
         },
     };
     tracing::info!(%addr, bus = %bus_name, "worker listening");

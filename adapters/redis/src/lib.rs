@@ -16,11 +16,14 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod backoff;
+mod cluster;
 mod connect;
+mod inbox;
 mod log;
 mod master;
 mod publisher;
 mod quota;
+mod sharded;
 mod status;
 mod subscriber;
 
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backoff::Backoff;
+pub use cluster::{ClusterConfig, DEFAULT_PARTITIONS};
 pub use master::SentinelConfig;
 pub use publisher::RedisPublisher;
 pub use quota::RedisQuota;
@@ -58,7 +62,7 @@ impl RedisBus {
                 config.clone(),
                 Arc::clone(&resolver),
                 Arc::clone(&status),
-            )),
+            )?),
             subscriber: Arc::new(RedisSubscriber::new(config, resolver, status)),
         })
     }
@@ -73,6 +77,9 @@ pub struct RedisConfig {
     pub url: String,
     /// Find the master through these sentinels instead of at the URL's address.
     pub sentinel: Option<SentinelConfig>,
+    /// Use this Redis Cluster (sharded Pub/Sub) instead of the URL's address; the URL then gives
+    /// only the credentials.
+    pub cluster: Option<ClusterConfig>,
     /// Replicas that must hold an alert before its publish is acknowledged (`WAIT`): 0 does not
     /// wait.
     pub alert_min_replicas: u32,
@@ -101,6 +108,7 @@ impl RedisConfig {
         Self {
             url: url.into(),
             sentinel: None,
+            cluster: None,
             alert_min_replicas: 0,
             pool_size: 10,
             command_timeout: Duration::from_secs(2),
@@ -139,7 +147,35 @@ impl RedisConfig {
     /// fails at start-up, not later.
     pub fn validate(&self) -> Result<(), redis::RedisError> {
         redis::Client::open(self.url.as_str())?;
-        Resolver::new(self).map(drop)
+        Resolver::new(self)?;
+        if let Some(cluster) = &self.cluster {
+            let invalid = |reason: String| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "invalid Redis Cluster configuration",
+                    reason,
+                )))
+            };
+            if self.sentinel.is_some() {
+                return invalid("a Redis Cluster has no sentinels: give one or the other".into());
+            }
+            if self.url.starts_with("rediss://") {
+                return invalid("TLS to a Redis Cluster is not supported yet".into());
+            }
+            if cluster.nodes.is_empty() || cluster.partitions == 0 {
+                return invalid("it needs at least one node and one partition".into());
+            }
+            let alerts = cluster::slot(fanout_domain::Channel::Alerts.name());
+            if cluster::slot(&self.alert_log_key) != alerts {
+                return invalid(format!(
+                    "the alert log key {:?} must be in the alert channel's slot, so that one \
+                     script appends and publishes: give it the hash tag {{performance:alerts}}",
+                    self.alert_log_key
+                ));
+            }
+            cluster::ClusterCommands::new(self, cluster)?;
+        }
+        Ok(())
     }
 }
 

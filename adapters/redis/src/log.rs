@@ -48,13 +48,16 @@ fn fresh_epoch() -> String {
 /// Appends an alert and publishes it, atomically: `XADD`, trim the oldest beyond the retention
 /// with `XDEL`, then `PUBLISH` with the new id and the log's epoch spliced in after `type`.
 /// Every alert on the channel is in the log, and no subscriber sees a later id before an earlier.
+/// On a Redis Cluster it publishes with `SPUBLISH` on the alert channel, which is in the log's
+/// slot, so the script runs on one node.
 pub(crate) struct AppendScript(Script);
 
 /// The prefix every alert envelope starts with; the script splices id and epoch in after it.
 pub(crate) const ALERT_PREFIX: &str = r#"{"type":"alert","#;
 
 impl AppendScript {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(sharded: bool) -> Self {
+        let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
         Self(Script::new(&format!(
             r#"
 redis.call('SET', KEYS[2], ARGV[4], 'NX')
@@ -66,7 +69,7 @@ if excess > 0 then
     redis.call('XDEL', KEYS[1], entry[1])
   end
 end
-redis.call('PUBLISH', ARGV[3], '{{"type":"alert","id":"' .. id .. '","epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], {}))
+redis.call('{publish}', ARGV[3], '{{"type":"alert","id":"' .. id .. '","epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], {}))
 return {{id, epoch}}
 "#,
             ALERT_PREFIX.len() + 1

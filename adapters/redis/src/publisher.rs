@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::cluster::ClusterCommands;
 use crate::log::{AppendScript, LogKeys, ReadScript};
 use crate::master::{MasterPool, Resolver};
 use crate::status::SharedStatus;
@@ -24,6 +25,8 @@ pub struct RedisPublisher {
     /// Created on the first publish, then shared by every publish of this worker; made again
     /// for the new master after a failover (Sentinel).
     pool: MasterPool,
+    /// On a Redis Cluster, every command goes here instead of `pool`.
+    cluster: Option<ClusterCommands>,
     keys: LogKeys,
     append: AppendScript,
     read: ReadScript,
@@ -35,15 +38,20 @@ impl RedisPublisher {
         config: RedisConfig,
         resolver: Arc<Resolver>,
         status: Arc<SharedStatus>,
-    ) -> Self {
-        Self {
+    ) -> redis::RedisResult<Self> {
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(ClusterCommands::new(&config, cluster)?),
+            None => None,
+        };
+        Ok(Self {
             keys: LogKeys::new(&config.alert_log_key),
             pool: MasterPool::new(config.clone(), resolver, "publishing"),
+            append: AppendScript::new(cluster.is_some()),
+            cluster,
             config,
-            append: AppendScript::new(),
             read: ReadScript::new(),
             status,
-        }
+        })
     }
 
     /// Waits until this worker's subscriber is live (or idle: no clients to miss anything).
@@ -114,6 +122,9 @@ impl RedisPublisher {
 #[async_trait]
 impl Broadcaster for RedisPublisher {
     async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
+        if let Some(cluster) = &self.cluster {
+            return self.publish_sharded(cluster, envelope).await;
+        }
         let (master, pool) = self.on_the_subscribers_master().await?;
         self.subscriber_ready(&pool).await?;
         let session = self.status.live_session();
@@ -187,6 +198,18 @@ impl Broadcaster for RedisPublisher {
 #[async_trait]
 impl AlertLog for RedisPublisher {
     async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
+        if let Some(cluster) = &self.cluster {
+            return self
+                .bounded(async {
+                    let mut connection = cluster.connection().await.map_err(|error| {
+                        HistoryError::caused_by("no Redis Cluster connection", error)
+                    })?;
+                    self.read
+                        .alerts_after(&mut connection, &self.keys, after, limit)
+                        .await
+                })
+                .await;
+        }
         self.reading(|mut connection| async move {
             self.read
                 .alerts_after(&mut *connection, &self.keys, after, limit)
@@ -196,6 +219,16 @@ impl AlertLog for RedisPublisher {
     }
 
     async fn head(&self) -> Result<LogPosition, HistoryError> {
+        if let Some(cluster) = &self.cluster {
+            return self
+                .bounded(async {
+                    let mut connection = cluster.connection().await.map_err(|error| {
+                        HistoryError::caused_by("no Redis Cluster connection", error)
+                    })?;
+                    self.read.head(&mut connection, &self.keys).await
+                })
+                .await;
+        }
         self.reading(
             |mut connection| async move { self.read.head(&mut *connection, &self.keys).await },
         )
@@ -204,20 +237,119 @@ impl AlertLog for RedisPublisher {
 }
 
 impl RedisPublisher {
-    /// `WAIT`s for `--alert-min-replicas` replicas to hold this connection's last write (the
-    /// alert just appended), within the command timeout; refused when fewer did.
-    async fn replicated(
+    /// Publishes on a Redis Cluster: metrics with `SPUBLISH` on this worker's partition (one
+    /// channel for all of its metrics, so they keep their order), alerts with the append script
+    /// in the alert log's slot. As on one Redis, a `202` for metrics needs this worker's
+    /// subscription of that channel live before and after the publish.
+    async fn publish_sharded(
         &self,
-        connection: &mut impl redis::aio::ConnectionLike,
-    ) -> Result<(), PublishError> {
-        let wanted = self.config.alert_min_replicas;
-        let within_ms = self.config.command_timeout.as_millis() as u64 / 2;
-        let acknowledged: u32 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(within_ms.max(1))
-            .query_async(connection)
+        cluster: &ClusterCommands,
+        envelope: &Envelope,
+    ) -> Result<Option<LogId>, PublishError> {
+        let channel = match envelope.payload {
+            Payload::Metrics(_) => cluster.channels.partition_of(envelope.origin.as_str()),
+            Payload::Alert(_) => cluster.channels.alerts(),
+        };
+        self.channel_ready(cluster, channel).await?;
+        let session = self.status.channel_session(channel);
+        let payload = envelope.to_json();
+        let attempt = async {
+            let mut connection = cluster
+                .connection()
+                .await
+                .map_err(|error| PublishError::caused_by("no Redis Cluster connection", error))?;
+            match envelope.payload {
+                Payload::Metrics(_) => redis::cmd("SPUBLISH")
+                    .arg(cluster.channels.name(channel))
+                    .arg(&payload)
+                    .query_async::<i64>(&mut connection)
+                    .await
+                    .map(|_| None)
+                    .map_err(|error| PublishError::caused_by("publish failed", error)),
+                Payload::Alert(_) => {
+                    let (id, _epoch) = self
+                        .append
+                        .append(
+                            &mut connection,
+                            &self.keys,
+                            self.config.alert_retention,
+                            &payload,
+                        )
+                        .await
+                        .map_err(|error| PublishError::caused_by("publish failed", error))?;
+                    if self.config.alert_min_replicas > 0 {
+                        let within_ms = self.wait_ms();
+                        let acknowledged = ClusterCommands::wait_on_slot(
+                            &mut connection,
+                            cluster.channels.slot(channel),
+                            self.config.alert_min_replicas,
+                            within_ms,
+                        )
+                        .await
+                        .map_err(|error| {
+                            PublishError::caused_by("WAIT for replicas failed", error)
+                        })?;
+                        self.enough_replicas(acknowledged, within_ms)?;
+                    }
+                    Ok(Some(id))
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(self.config.command_timeout, attempt)
             .await
-            .map_err(|error| PublishError::caused_by("WAIT for replicas failed", error))?;
+            .unwrap_or_else(|_| {
+                Err(PublishError::unavailable(format!(
+                    "publish took longer than {:?}",
+                    self.config.command_timeout
+                )))
+            });
+        if outcome.is_ok()
+            && session.is_some()
+            && matches!(envelope.payload, Payload::Metrics(_))
+            && self.status.channel_session(channel) != session
+        {
+            return Err(PublishError::unavailable(format!(
+                "this worker's subscription of {} changed sessions while the message was \
+                 published: it may not reach this worker's clients (it may still reach others')",
+                cluster.channels.name(channel)
+            )));
+        }
+        outcome
+    }
+
+    /// Waits until this worker's subscriber is live on `channel` (or idle: no clients to miss
+    /// anything), within the command timeout.
+    async fn channel_ready(
+        &self,
+        cluster: &ClusterCommands,
+        channel: usize,
+    ) -> Result<(), PublishError> {
+        if self.status.state() == SubscriberState::Idle
+            || self.status.channel_session(channel).is_some()
+        {
+            return Ok(());
+        }
+        tokio::time::timeout(
+            self.config.command_timeout,
+            self.status.until_channel_live(channel),
+        )
+        .await
+        .map_err(|_| {
+            PublishError::unavailable(format!(
+                "this worker's subscription of {} is not live again yet (its master is failing \
+                 over, or unreachable)",
+                cluster.channels.name(channel)
+            ))
+        })
+    }
+
+    /// How long `WAIT` may take: half the command timeout, so the answer still comes within it.
+    fn wait_ms(&self) -> u64 {
+        (self.config.command_timeout.as_millis() as u64 / 2).max(1)
+    }
+
+    fn enough_replicas(&self, acknowledged: u32, within_ms: u64) -> Result<(), PublishError> {
+        let wanted = self.config.alert_min_replicas;
         if acknowledged < wanted {
             return Err(PublishError::unavailable(format!(
                 "the alert reached {acknowledged} of the {wanted} replicas \
@@ -225,6 +357,22 @@ impl RedisPublisher {
             )));
         }
         Ok(())
+    }
+
+    /// `WAIT`s for `--alert-min-replicas` replicas to hold this connection's last write (the
+    /// alert just appended), within the command timeout; refused when fewer did.
+    async fn replicated(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+    ) -> Result<(), PublishError> {
+        let within_ms = self.wait_ms();
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(self.config.alert_min_replicas)
+            .arg(within_ms)
+            .query_async(connection)
+            .await
+            .map_err(|error| PublishError::caused_by("WAIT for replicas failed", error))?;
+        self.enough_replicas(acknowledged, within_ms)
     }
 
     /// Runs a read of the alert log on a pooled connection, within the command timeout. With

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use fanout_domain::{PublishQuota, PublishRate, QuotaDecision, QuotaError};
 use redis::Script;
 
+use crate::cluster::ClusterCommands;
 use crate::master::{MasterPool, Resolver};
 use crate::RedisConfig;
 
@@ -50,6 +51,8 @@ pub struct RedisQuota {
     /// Created on the first check; at most `pool_size` connections, like the publisher's (every
     /// publish makes one check, so it sees the publisher's concurrency). Follows a failover.
     pool: MasterPool,
+    /// On a Redis Cluster, checks go here instead (each credential's key in its own slot).
+    cluster: Option<ClusterCommands>,
     script: Script,
 }
 
@@ -59,8 +62,13 @@ impl RedisQuota {
     /// count. Connects on the first check; refused when the addresses are malformed.
     pub fn new(config: RedisConfig, rate: NonZeroU32) -> Result<Self, redis::RedisError> {
         let resolver = Arc::new(Resolver::new(&config)?);
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(ClusterCommands::new(&config, cluster)?),
+            None => None,
+        };
         Ok(Self {
             pool: MasterPool::new(config.clone(), resolver, "publish quota"),
+            cluster,
             config,
             rate: PublishRate::per_second(rate),
             script: Script::new(GCRA_SCRIPT),
@@ -71,6 +79,21 @@ impl RedisQuota {
 #[async_trait]
 impl PublishQuota for RedisQuota {
     async fn check(&self, credential: &str) -> Result<QuotaDecision, QuotaError> {
+        if let Some(cluster) = &self.cluster {
+            let attempt = async {
+                let mut connection = cluster.connection().await.map_err(|error| {
+                    QuotaError::caused_by("no Redis Cluster connection", error)
+                })?;
+                self.script
+                    .key(format!("{KEY_PREFIX}{credential}"))
+                    .arg(self.rate.interval_us())
+                    .arg(self.rate.burst_us())
+                    .invoke_async::<u64>(&mut connection)
+                    .await
+                    .map_err(|error| QuotaError::caused_by("the quota check failed", error))
+            };
+            return self.decide(attempt).await;
+        }
         let (master, pool) = self.pool.get().await.map_err(QuotaError::unavailable)?;
         let attempt = async {
             let mut connection = pool
@@ -89,19 +112,29 @@ impl PublishQuota for RedisQuota {
                     QuotaError::caused_by("the quota check failed", error)
                 })
         };
-        let checked = tokio::time::timeout(self.config.command_timeout, attempt)
+        let decided = self.decide(attempt).await;
+        if decided.is_err() {
+            self.pool.failed(&master);
+        }
+        decided
+    }
+}
+
+impl RedisQuota {
+    /// Runs one check within the command timeout and reads its answer: 0 allows, else the
+    /// microseconds until a publish would be allowed.
+    async fn decide(
+        &self,
+        check: impl std::future::Future<Output = Result<u64, QuotaError>>,
+    ) -> Result<QuotaDecision, QuotaError> {
+        let retry_after_us = tokio::time::timeout(self.config.command_timeout, check)
             .await
             .map_err(|_| {
                 QuotaError::unavailable(format!(
                     "the quota check took longer than {:?}",
                     self.config.command_timeout
                 ))
-            })
-            .and_then(|checked| checked);
-        if checked.is_err() {
-            self.pool.failed(&master);
-        }
-        let retry_after_us = checked?;
+            })??;
         Ok(match retry_after_us {
             0 => QuotaDecision::Allowed,
             micros => QuotaDecision::Limited {

@@ -21,6 +21,9 @@ pub(crate) struct SharedStatus {
     /// number, and `subscribed`, before and after its PUBLISH published while one session was
     /// live throughout.
     sessions: AtomicU64,
+    /// Redis Cluster: per sharded channel (see `ClusterChannels`), the number of the node
+    /// session it is live on, 0 while it is not live. Empty without Cluster.
+    channels: watch::Sender<Vec<u64>>,
     /// Publisher → subscriber: Redis answered; stop waiting out the backoff.
     pub(crate) redis_answered: Notify,
     /// Recoveries: subscribed again after losing the connection.
@@ -42,6 +45,7 @@ impl SharedStatus {
             last_error: Mutex::new(None),
             master: Mutex::new(None),
             sessions: AtomicU64::new(0),
+            channels: watch::Sender::new(Vec::new()),
             redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -93,6 +97,65 @@ impl SharedStatus {
 
     pub(crate) fn set_master(&self, master: String) {
         *self.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(master);
+    }
+
+    /// Redis Cluster: a number for a new node session, never given before.
+    pub(crate) fn next_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Redis Cluster: `count` sharded channels, none live yet.
+    pub(crate) fn reset_channels(&self, count: usize) {
+        self.channels.send_replace(vec![0; count]);
+    }
+
+    /// Redis Cluster: a new node session, number `session`, is subscribed to `channels`. The
+    /// worker is `subscribed` once every channel is.
+    pub(crate) fn channels_live(&self, channels: &[usize], session: u64) {
+        self.channels.send_modify(|live| {
+            for &channel in channels {
+                live[channel] = session;
+            }
+        });
+        if self.channels.borrow().iter().all(|&live| live != 0) {
+            self.set_state(SubscriberState::Subscribed);
+        }
+    }
+
+    /// Redis Cluster: node session `session` ended; its channels are down unless another
+    /// session took them over already. The worker is `reconnecting` while any is down.
+    pub(crate) fn channels_down(&self, channels: &[usize], session: u64, error: String) {
+        let mut changed = false;
+        self.channels.send_if_modified(|live| {
+            for &channel in channels {
+                if live[channel] == session {
+                    live[channel] = 0;
+                    changed = true;
+                }
+            }
+            changed
+        });
+        // A subscriber that went idle (its last client left) stays idle.
+        if changed && self.state() != SubscriberState::Idle {
+            self.set_error(error);
+        }
+    }
+
+    /// Redis Cluster: the session a sharded channel is live on, if it is.
+    pub(crate) fn channel_session(&self, channel: usize) -> Option<u64> {
+        self.channels
+            .borrow()
+            .get(channel)
+            .copied()
+            .filter(|&session| session != 0)
+    }
+
+    /// Redis Cluster: resolves once the sharded channel is live.
+    pub(crate) async fn until_channel_live(&self, channel: usize) {
+        let mut live = self.channels.subscribe();
+        let _ = live
+            .wait_for(|live| live.get(channel).is_some_and(|&session| session != 0))
+            .await;
     }
 
     /// Resolves once the state satisfies `ready`.

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fanout_domain::{
-    AlertFeed, AlertHistory, AlertLog, BusStatus, BusSubscriber, Caught, Channel, Envelope,
-    HistoryError, LiveAlert, LocalDelivery, LogId, LogPosition, Payload, SubscriberState,
+    AlertFeed, AlertLog, BusStatus, BusSubscriber, Caught, Channel, LocalDelivery, SubscriberState,
     Subscription,
 };
 use futures_util::{FutureExt, StreamExt};
@@ -24,14 +23,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connect::hedged;
+use crate::inbox::{ConnectionLog, Inbox, SessionError, LOG_INTERVAL, MIN_PONG_WAIT};
 use crate::log::{LogKeys, ReadScript};
 use crate::master::Resolver;
+use crate::sharded::ShardedListener;
 use crate::status::{RateLimitedLog, SharedStatus};
 use crate::RedisConfig;
-
-/// How often at most a malformed message, a foreign alert id or a failed reconnect attempt is
-/// logged (the rest are counted).
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A worker's Pub/Sub subscriber: one dedicated connection per subscription (never a pooled
 /// one), re-established after any error until the [`fanout_domain::Subscription`] is dropped.
@@ -72,23 +69,38 @@ impl Drop for ListenerGuard {
 impl BusSubscriber for RedisSubscriber {
     async fn subscribe(&self, delivery: Arc<dyn LocalDelivery>) -> Subscription {
         let cancel = CancellationToken::new();
-        let (first_outcome, outcome) = oneshot::channel();
-        let listener = Listener {
-            keys: LogKeys::new(&self.config.alert_log_key),
-            config: self.config.clone(),
-            resolver: Arc::clone(&self.resolver),
-            status: Arc::clone(&self.status),
-            delivery,
-            malformed_log: RateLimitedLog::new(LOG_INTERVAL),
-            foreign_log: RateLimitedLog::new(LOG_INTERVAL),
-            feed: None,
-            recovering: false,
-        };
         self.status.set_state(SubscriberState::Connecting);
-        tokio::spawn(listener.run(cancel.clone(), first_outcome));
-        // Either the first SUBSCRIBE was confirmed or the first attempt failed; in both cases the
-        // listener goes on by itself.
-        let _ = outcome.await;
+        if let Some(cluster) = &self.config.cluster {
+            let listener = ShardedListener::new(
+                self.config.clone(),
+                cluster,
+                Arc::clone(&self.status),
+                delivery,
+            );
+            tokio::spawn(listener.run(cancel.clone()));
+            // Every channel subscribed, or a first attempt failed: either way the listener goes
+            // on by itself.
+            let _ = tokio::time::timeout(
+                self.config.command_timeout,
+                self.status.until(|state| state != SubscriberState::Connecting),
+            )
+            .await;
+        } else {
+            let (first_outcome, outcome) = oneshot::channel();
+            let listener = Listener {
+                keys: LogKeys::new(&self.config.alert_log_key),
+                config: self.config.clone(),
+                resolver: Arc::clone(&self.resolver),
+                inbox: Inbox::new(Arc::clone(&self.status), delivery),
+                status: Arc::clone(&self.status),
+                feed: None,
+                recovering: false,
+            };
+            tokio::spawn(listener.run(cancel.clone(), first_outcome));
+            // Either the first SUBSCRIBE was confirmed or the first attempt failed; in both cases
+            // the listener goes on by itself.
+            let _ = outcome.await;
+        }
         Subscription::new(ListenerGuard {
             _cancel: cancel.drop_guard(),
             status: Arc::clone(&self.status),
@@ -112,9 +124,7 @@ struct Listener {
     resolver: Arc<Resolver>,
     keys: LogKeys,
     status: Arc<SharedStatus>,
-    delivery: Arc<dyn LocalDelivery>,
-    malformed_log: RateLimitedLog,
-    foreign_log: RateLimitedLog,
+    inbox: Inbox,
     /// This worker's place in the alert log; started at the log's head before the first
     /// SUBSCRIBE, so nothing published from then on can fall between the log and the channel.
     feed: Option<AlertFeed>,
@@ -215,7 +225,7 @@ impl Listener {
         // feed recognises their live copies.
         let caught = match self.feed.as_mut() {
             Some(feed) => feed
-                .catch_up(&log, self.delivery.as_ref())
+                .catch_up(&log, self.inbox.delivery.as_ref())
                 .await
                 .map_err(SessionError::before)?,
             None => Caught {
@@ -223,7 +233,9 @@ impl Listener {
                 complete: true,
             },
         };
-        self.report_gap(caught);
+        if let Some(feed) = self.feed.as_ref() {
+            self.inbox.report_gap(caught, feed);
+        }
         self.status.set_master(address.clone());
         self.status.subscribed_again();
         if std::mem::take(&mut self.recovering) {
@@ -255,7 +267,9 @@ impl Listener {
                     let Some(message) = message else {
                         return Err(SessionError::after("the connection closed"));
                     };
-                    self.handle(message.get_channel_name(), message.get_payload_bytes(), &log)
+                    let name = message.get_channel_name();
+                    self.inbox
+                        .handle(Channel::from_name(name), name, message.get_payload_bytes(), self.feed.as_mut(), &log)
                         .await
                         .map_err(SessionError::after)?;
                 }
@@ -280,7 +294,9 @@ impl Listener {
                             self.status.set_error(reason.clone());
                             if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
                                 while let Some(Some(message)) = stream.next().now_or_never() {
-                                    self.handle(message.get_channel_name(), message.get_payload_bytes(), &log)
+                                    let name = message.get_channel_name();
+                                    self.inbox
+                                        .handle(Channel::from_name(name), name, message.get_payload_bytes(), self.feed.as_mut(), &log)
                                         .await
                                         .map_err(SessionError::after)?;
                                 }
@@ -292,133 +308,5 @@ impl Listener {
             }
         }
     }
-
-    /// Hands one channel message on; an error (the alert log unreadable) ends the session.
-    async fn handle(
-        &mut self,
-        channel_name: &str,
-        payload: &[u8],
-        log: &ConnectionLog,
-    ) -> Result<(), HistoryError> {
-        let decoded = match Channel::from_name(channel_name) {
-            Some(channel) => Envelope::from_json(channel, payload).map_err(|e| e.to_string()),
-            None => Err(format!("message on unexpected channel {channel_name:?}")),
-        };
-        let envelope = match decoded {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                let total = self.status.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(suppressed) = self.malformed_log.allow(Instant::now()) {
-                    tracing::warn!(
-                        channel = channel_name,
-                        %reason,
-                        malformed_total = total,
-                        suppressed,
-                        "dropped a malformed message from Redis"
-                    );
-                }
-                return Ok(());
-            }
-        };
-        self.status.received.fetch_add(1, Ordering::Relaxed);
-        let (Payload::Alert(_), Some(feed)) = (&envelope.payload, self.feed.as_mut()) else {
-            self.delivery.deliver(&envelope);
-            return Ok(());
-        };
-        let claimed = envelope.id;
-        let handled = feed.on_live(envelope, log, self.delivery.as_ref()).await?;
-        if let Some(caught) = handled.caught {
-            self.report_gap(caught);
-        }
-        match handled.alert {
-            LiveAlert::Logged | LiveAlert::Duplicate | LiveAlert::Unlogged => {}
-            LiveAlert::Foreign => {
-                let total = self.status.foreign_ids.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(suppressed) = self.foreign_log.allow(Instant::now()) {
-                    tracing::warn!(
-                        id = ?claimed.map(|id| id.to_string()),
-                        foreign_ids_total = total,
-                        suppressed,
-                        "an alert on the channel carries an id the alert log did not assign: delivered without it"
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn report_gap(&self, caught: Caught) {
-        if caught.complete {
-            return;
-        }
-        self.status.lost.fetch_add(1, Ordering::Relaxed);
-        let position = self.feed.as_ref().map(|feed| feed.position().clone());
-        tracing::error!(
-            ?position,
-            "alerts this worker had not delivered were trimmed from the log, or the log was reset: its clients missed them"
-        );
-    }
 }
 
-/// The least time a PING is given to be answered.
-const MIN_PONG_WAIT: Duration = Duration::from_millis(100);
-
-/// The alert log read on the session's own connection (not the publish pool), every read
-/// bounded by the command timeout.
-struct ConnectionLog {
-    connection: redis::aio::MultiplexedConnection,
-    keys: LogKeys,
-    read: ReadScript,
-    timeout: Duration,
-}
-
-impl ConnectionLog {
-    async fn bounded<T>(
-        &self,
-        read: impl std::future::Future<Output = Result<T, HistoryError>>,
-    ) -> Result<T, HistoryError> {
-        tokio::time::timeout(self.timeout, read)
-            .await
-            .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
-    }
-}
-
-#[async_trait]
-impl AlertLog for ConnectionLog {
-    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
-        let mut connection = self.connection.clone();
-        self.bounded(
-            self.read
-                .alerts_after(&mut connection, &self.keys, after, limit),
-        )
-        .await
-    }
-
-    async fn head(&self) -> Result<LogPosition, HistoryError> {
-        let mut connection = self.connection.clone();
-        self.bounded(self.read.head(&mut connection, &self.keys))
-            .await
-    }
-}
-
-/// Why a session ended, and whether it had been subscribed (which resets the backoff).
-struct SessionError {
-    message: String,
-    was_subscribed: bool,
-}
-
-impl SessionError {
-    fn before(error: impl ToString) -> Self {
-        Self {
-            message: error.to_string(),
-            was_subscribed: false,
-        }
-    }
-
-    fn after(error: impl ToString) -> Self {
-        Self {
-            message: error.to_string(),
-            was_subscribed: true,
-        }
-    }
-}

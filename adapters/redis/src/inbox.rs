@@ -1,0 +1,187 @@
+//! What a subscriber session does with each message, whichever Redis it listens to: decode it
+//! (counting and logging, rate-limited, what is not an envelope), hand metrics to the worker's
+//! clients, and pass alerts through the domain's [`AlertFeed`] so that the log stays the only
+//! source of alert ids.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fanout_domain::{
+    AlertFeed, AlertHistory, AlertLog, Caught, Channel, Envelope, HistoryError, LiveAlert,
+    LocalDelivery, LogId, LogPosition, Payload,
+};
+
+use crate::log::{LogKeys, ReadScript};
+use crate::status::{RateLimitedLog, SharedStatus};
+
+/// How often at most a malformed message, a foreign alert id or a failed reconnect attempt is
+/// logged (the rest are counted).
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The least time a PING is given to be answered.
+pub(crate) const MIN_PONG_WAIT: Duration = Duration::from_millis(100);
+
+/// One session's (or listener's) handling of arriving messages.
+pub(crate) struct Inbox {
+    pub(crate) status: Arc<SharedStatus>,
+    pub(crate) delivery: Arc<dyn LocalDelivery>,
+    malformed_log: RateLimitedLog,
+    foreign_log: RateLimitedLog,
+}
+
+impl Inbox {
+    pub(crate) fn new(status: Arc<SharedStatus>, delivery: Arc<dyn LocalDelivery>) -> Self {
+        Self {
+            status,
+            delivery,
+            malformed_log: RateLimitedLog::new(LOG_INTERVAL),
+            foreign_log: RateLimitedLog::new(LOG_INTERVAL),
+        }
+    }
+
+    /// Hands one message on; `channel` is what its name (`channel_name`) maps to, if anything.
+    /// Alerts go through `feed` when there is one; an error (the alert log unreadable) ends the
+    /// session.
+    pub(crate) async fn handle(
+        &mut self,
+        channel: Option<Channel>,
+        channel_name: &str,
+        payload: &[u8],
+        feed: Option<&mut AlertFeed>,
+        log: &dyn AlertLog,
+    ) -> Result<(), HistoryError> {
+        let decoded = match channel {
+            Some(channel) => Envelope::from_json(channel, payload).map_err(|e| e.to_string()),
+            None => Err(format!("message on unexpected channel {channel_name:?}")),
+        };
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                let total = self.status.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.malformed_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        channel = channel_name,
+                        %reason,
+                        malformed_total = total,
+                        suppressed,
+                        "dropped a malformed message from Redis"
+                    );
+                }
+                return Ok(());
+            }
+        };
+        self.status.received.fetch_add(1, Ordering::Relaxed);
+        let (Payload::Alert(_), Some(feed)) = (&envelope.payload, feed) else {
+            self.delivery.deliver(&envelope);
+            return Ok(());
+        };
+        let claimed = envelope.id;
+        let handled = feed.on_live(envelope, log, self.delivery.as_ref()).await?;
+        if let Some(caught) = handled.caught {
+            self.report_gap(caught, feed);
+        }
+        match handled.alert {
+            LiveAlert::Logged | LiveAlert::Duplicate | LiveAlert::Unlogged => {}
+            LiveAlert::Foreign => {
+                let total = self.status.foreign_ids.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.foreign_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        id = ?claimed.map(|id| id.to_string()),
+                        foreign_ids_total = total,
+                        suppressed,
+                        "an alert on the channel carries an id the alert log did not assign: delivered without it"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a catch-up that could not deliver everything after the feed's position.
+    pub(crate) fn report_gap(&self, caught: Caught, feed: &AlertFeed) {
+        if caught.complete {
+            return;
+        }
+        self.status.lost.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            position = ?feed.position(),
+            "alerts this worker had not delivered were trimmed from the log, or the log was reset: its clients missed them"
+        );
+    }
+}
+
+/// The alert log read on a session's own connection (not the publish pool), every read bounded
+/// by the command timeout.
+pub(crate) struct ConnectionLog {
+    pub(crate) connection: redis::aio::MultiplexedConnection,
+    pub(crate) keys: LogKeys,
+    pub(crate) read: ReadScript,
+    pub(crate) timeout: Duration,
+}
+
+impl ConnectionLog {
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, HistoryError>>,
+    ) -> Result<T, HistoryError> {
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
+    }
+}
+
+#[async_trait]
+impl AlertLog for ConnectionLog {
+    async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
+        let mut connection = self.connection.clone();
+        self.bounded(
+            self.read
+                .alerts_after(&mut connection, &self.keys, after, limit),
+        )
+        .await
+    }
+
+    async fn head(&self) -> Result<LogPosition, HistoryError> {
+        let mut connection = self.connection.clone();
+        self.bounded(self.read.head(&mut connection, &self.keys))
+            .await
+    }
+}
+
+/// A log for sessions that carry no alerts: never read.
+pub(crate) struct NoLog;
+
+#[async_trait]
+impl AlertLog for NoLog {
+    async fn alerts_after(&self, _: LogId, _: usize) -> Result<AlertHistory, HistoryError> {
+        Err(HistoryError::unavailable("this session reads no alert log"))
+    }
+
+    async fn head(&self) -> Result<LogPosition, HistoryError> {
+        Err(HistoryError::unavailable("this session reads no alert log"))
+    }
+}
+
+/// Why a session ended, and whether it had been subscribed (which resets the backoff).
+pub(crate) struct SessionError {
+    pub(crate) message: String,
+    pub(crate) was_subscribed: bool,
+}
+
+impl SessionError {
+    pub(crate) fn before(error: impl ToString) -> Self {
+        Self {
+            message: error.to_string(),
+            was_subscribed: false,
+        }
+    }
+
+    pub(crate) fn after(error: impl ToString) -> Self {
+        Self {
+            message: error.to_string(),
+            was_subscribed: true,
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The subscriber on a Redis Cluster: sharded Pub/Sub, one dedicated connection per master that
+//! serves any of the worker's channels, each a session of its own.
+//!
+//! A supervising task reads the slot map (`CLUSTER SLOTS`, from any node that answers) and keeps
+//! one node session per master with exactly the channels that master serves. A session ends on
+//! any error (connection lost, a `PING` unanswered within the command timeout, a server-side
+//! `sunsubscribe` because a slot moved, `MOVED` on `SSUBSCRIBE`); the supervisor then reads the
+//! map again and starts sessions where the channels are now served. Sessions of other masters
+//! go on untouched: a failover stops only the partitions of the failed master. The map is also
+//! read at every ping interval, so a slot that moved without a push is followed within it.
+//!
+//! Each session's channels are marked live in the shared status under the session's number, so a
+//! publisher knows whether the partition it publishes on is live, and whether it stayed live
+//! across its `SPUBLISH`. The alert channel's session reads the alert log on its own node and
+//! holds the worker's [`AlertFeed`] while it lives (one session at a time: a lock).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_domain::{AlertFeed, AlertLog, LocalDelivery};
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisConnectionInfo, Value,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterChannels, ClusterConfig, SlotMap};
+use crate::connect::hedged;
+use crate::inbox::{
+    ConnectionLog, Inbox, NoLog, SessionError, LOG_INTERVAL, MIN_PONG_WAIT,
+};
+use crate::log::{LogKeys, ReadScript};
+use crate::status::{RateLimitedLog, SharedStatus};
+use crate::RedisConfig;
+
+/// Longest wait for one node's `CLUSTER SLOTS` answer before the next node is asked: a node
+/// that hangs must not hold up finding the others.
+const SLOTS_WAIT: Duration = Duration::from_millis(500);
+
+/// What every node session shares.
+struct Shared {
+    config: RedisConfig,
+    channels: Arc<ClusterChannels>,
+    status: Arc<SharedStatus>,
+    delivery: Arc<dyn LocalDelivery>,
+    /// Credentials and database of every connection (from `--redis-url`).
+    settings: RedisConnectionInfo,
+    keys: LogKeys,
+    /// This worker's place in the alert log, held by the session that carries the alert
+    /// channel; started at the log's head before the first `SSUBSCRIBE` of it.
+    feed: Arc<tokio::sync::Mutex<Option<AlertFeed>>>,
+}
+
+/// A node session that ended, and why.
+struct Ended {
+    master: String,
+    session: u64,
+    error: SessionError,
+}
+
+struct Running {
+    channels: Vec<usize>,
+    session: u64,
+    cancel: CancellationToken,
+}
+
+/// The supervising task of the sharded subscriber.
+pub(crate) struct ShardedListener {
+    shared: Arc<Shared>,
+    /// Nodes to ask for the slot map: the seeds, then every node a map named.
+    known: Vec<String>,
+    asking: Option<(String, MultiplexedConnection)>,
+}
+
+impl ShardedListener {
+    pub(crate) fn new(
+        config: RedisConfig,
+        cluster: &ClusterConfig,
+        status: Arc<SharedStatus>,
+        delivery: Arc<dyn LocalDelivery>,
+    ) -> Self {
+        let channels = Arc::new(ClusterChannels::new(cluster.partitions));
+        status.reset_channels(channels.len());
+        // Checked at start-up (`RedisConfig::validate`).
+        let settings = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map(|info| info.redis_settings().clone())
+            .unwrap_or_default();
+        Self {
+            shared: Arc::new(Shared {
+                keys: LogKeys::new(&config.alert_log_key),
+                config,
+                channels,
+                status,
+                delivery,
+                settings,
+                feed: Arc::new(tokio::sync::Mutex::new(None)),
+            }),
+            known: cluster.nodes.clone(),
+            asking: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let shared = Arc::clone(&self.shared);
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut attempt: u32 = 0;
+        let mut attempts_log = RateLimitedLog::new(LOG_INTERVAL);
+        let mut recovering = false;
+        let mut tick = tokio::time::interval(shared.config.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut delay = Duration::ZERO;
+            match self.slot_map().await {
+                Ok(map) => {
+                    let wanted = map.assign(&shared.channels);
+                    running.retain(|master, node| {
+                        let keep = wanted.get(master) == Some(&node.channels);
+                        if !keep {
+                            node.cancel.cancel();
+                        }
+                        keep
+                    });
+                    for (master, channels) in wanted {
+                        if running.contains_key(&master) {
+                            continue;
+                        }
+                        let session = shared.status.next_session();
+                        let node = Running {
+                            channels: channels.clone(),
+                            session,
+                            cancel: cancel.child_token(),
+                        };
+                        tokio::spawn(node_session(
+                            Arc::clone(&shared),
+                            master.clone(),
+                            channels,
+                            session,
+                            recovering,
+                            node.cancel.clone(),
+                            ended_tx.clone(),
+                        ));
+                        running.insert(master, node);
+                    }
+                    let masters: Vec<&str> = running.keys().map(String::as_str).collect();
+                    shared.status.set_master(masters.join(","));
+                    let covered: usize = running.values().map(|node| node.channels.len()).sum();
+                    if covered < shared.channels.len() {
+                        shared.status.set_error(format!(
+                            "{} of {} sharded channels are in slots no master serves: a failover is under way",
+                            shared.channels.len() - covered,
+                            shared.channels.len()
+                        ));
+                    }
+                }
+                Err(error) => {
+                    let failed = shared.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(suppressed) = attempts_log.allow(Instant::now()) {
+                        tracing::warn!(
+                            %error,
+                            failed_attempts_total = failed,
+                            suppressed,
+                            "no Redis Cluster node tells the slot map; retrying"
+                        );
+                    }
+                    if running.is_empty() {
+                        shared.status.set_error(error);
+                    }
+                    delay = shared.config.backoff.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+            let wait = async {
+                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    ended = ended_rx.recv() => ended,
+                    _ = tick.tick() => None,
+                }
+            };
+            let ended = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ended = wait => ended,
+            };
+            let Some(ended) = ended else { continue };
+            if running
+                .get(&ended.master)
+                .is_some_and(|node| node.session == ended.session)
+            {
+                running.remove(&ended.master);
+            }
+            if ended.error.was_subscribed {
+                attempt = 0;
+                recovering = true;
+                tracing::warn!(master = %ended.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
+            } else {
+                let failed = shared.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = attempts_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        master = %ended.master,
+                        error = %ended.error.message,
+                        failed_attempts_total = failed,
+                        suppressed,
+                        "Redis Cluster subscriber cannot subscribe on a master; retrying"
+                    );
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(shared.config.backoff.delay(attempt)) => {}
+                }
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+
+    /// The slot map, from the node asked last time if it still answers, else from the first of
+    /// the known nodes that does.
+    async fn slot_map(&mut self) -> Result<SlotMap, String> {
+        let timeout = self.shared.config.command_timeout.min(SLOTS_WAIT);
+        if let Some((node, connection)) = self.asking.as_mut() {
+            if let Ok(map) = cluster_slots(connection, node, timeout).await {
+                self.learn(&map);
+                return Ok(map);
+            }
+            self.asking = None;
+        }
+        let mut last_error = String::from("no Redis Cluster node is configured");
+        for node in self.known.clone() {
+            let connecting = async {
+                let client = redis::Client::open(node_info(&node, &self.shared.settings)?)?;
+                hedged(|| client.get_multiplexed_async_connection()).await
+            };
+            let mut connection = match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    last_error = format!("{node}: {error}");
+                    continue;
+                }
+                Err(_) => {
+                    last_error = format!("{node}: no answer within {timeout:?}");
+                    continue;
+                }
+            };
+            match cluster_slots(&mut connection, &node, timeout).await {
+                Ok(map) => {
+                    self.learn(&map);
+                    self.asking = Some((node, connection));
+                    return Ok(map);
+                }
+                Err(error) => last_error = format!("{node}: {error}"),
+            }
+        }
+        Err(last_error)
+    }
+
+    fn learn(&mut self, map: &SlotMap) {
+        for node in &map.nodes {
+            if !self.known.contains(node) {
+                self.known.push(node.clone());
+            }
+        }
+    }
+}
+
+async fn cluster_slots(
+    connection: &mut MultiplexedConnection,
+    node: &str,
+    timeout: Duration,
+) -> Result<SlotMap, String> {
+    let reply = tokio::time::timeout(
+        timeout,
+        redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(connection),
+    )
+    .await
+    .map_err(|_| format!("CLUSTER SLOTS unanswered within {timeout:?}"))?
+    .map_err(|error| error.to_string())?;
+    let map = SlotMap::from_cluster_slots(&reply, node).map_err(|error| error.to_string())?;
+    if map.nodes.is_empty() {
+        return Err(format!("{node} serves no slots: not part of a cluster yet"));
+    }
+    Ok(map)
+}
+
+/// The connection details of one node, `HOST:PORT`, with the shared credentials.
+fn node_info(node: &str, settings: &RedisConnectionInfo) -> redis::RedisResult<ConnectionInfo> {
+    Ok(format!("redis://{node}")
+        .as_str()
+        .into_connection_info()?
+        .set_redis_settings(settings.clone()))
+}
+
+/// Runs one node session until it ends or is cancelled, then marks its channels down and tells
+/// the supervisor.
+async fn node_session(
+    shared: Arc<Shared>,
+    master: String,
+    channels: Vec<usize>,
+    session: u64,
+    recovering: bool,
+    cancel: CancellationToken,
+    ended: mpsc::UnboundedSender<Ended>,
+) {
+    let error = tokio::select! {
+        _ = cancel.cancelled() => SessionError::after(format!("the slot map moved channels off {master}")),
+        error = subscribed_on(&shared, &master, &channels, session, recovering) => error,
+    };
+    shared
+        .status
+        .channels_down(&channels, session, format!("{master}: {}", error.message));
+    let _ = ended.send(Ended {
+        master,
+        session,
+        error,
+    });
+}
+
+/// One node's connection: `SSUBSCRIBE` every channel, catch up on alerts if it carries them,
+/// then deliver until an error; returns only with the error that ended it.
+async fn subscribed_on(
+    shared: &Shared,
+    master: &str,
+    channels: &[usize],
+    session: u64,
+    recovering: bool,
+) -> SessionError {
+    match subscribed_on_inner(shared, master, channels, session, recovering).await {
+        Ok(never) => match never {},
+        Err(error) => error,
+    }
+}
+
+async fn subscribed_on_inner(
+    shared: &Shared,
+    master: &str,
+    channels: &[usize],
+    session: u64,
+    recovering: bool,
+) -> Result<std::convert::Infallible, SessionError> {
+    let timeout = shared.config.command_timeout;
+    let info = node_info(master, &shared.settings).map_err(SessionError::before)?;
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client =
+        redis::Client::open(info.clone().set_redis_settings(resp3)).map_err(SessionError::before)?;
+    let (pushes_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let connection_config = AsyncConnectionConfig::new()
+        .set_push_sender(pushes_tx)
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut connection = tokio::time::timeout(
+        timeout,
+        hedged(|| client.get_multiplexed_async_connection_with_config(&connection_config)),
+    )
+    .await
+    .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+    .map_err(SessionError::before)?;
+
+    let carries_alerts = channels.contains(&shared.channels.alerts());
+    let mut feed = None;
+    let mut log: Option<ConnectionLog> = None;
+    if carries_alerts {
+        let mut held = Arc::clone(&shared.feed).lock_owned().await;
+        let log_client = redis::Client::open(info).map_err(SessionError::before)?;
+        let log_connection = tokio::time::timeout(
+            timeout,
+            hedged(|| log_client.get_multiplexed_async_connection()),
+        )
+        .await
+        .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+        .map_err(SessionError::before)?;
+        let alert_log = ConnectionLog {
+            connection: log_connection,
+            keys: shared.keys.clone(),
+            read: ReadScript::new(),
+            timeout,
+        };
+        if held.is_none() {
+            let head = alert_log.head().await.map_err(SessionError::before)?;
+            *held = Some(AlertFeed::new(head));
+        }
+        feed = Some(held);
+        log = Some(alert_log);
+    }
+
+    // One channel per command: in RESP3 its single confirmation is the command's reply.
+    for &channel in channels {
+        let name = shared.channels.name(channel);
+        let reply = tokio::time::timeout(
+            timeout,
+            redis::cmd("SSUBSCRIBE")
+                .arg(name)
+                .query_async::<Value>(&mut connection),
+        )
+        .await
+        .map_err(|_| SessionError::before(format!("SSUBSCRIBE took longer than {timeout:?}")))?
+        .map_err(|error| SessionError::before(format!("SSUBSCRIBE {name}: {error}")))?;
+        if !matches!(reply, Value::Push { kind: PushKind::SSubscribe, .. }) {
+            return Err(SessionError::before(format!(
+                "SSUBSCRIBE {name} was answered {reply:?}"
+            )));
+        }
+    }
+
+    let mut inbox = Inbox::new(Arc::clone(&shared.status), Arc::clone(&shared.delivery));
+    let no_log = NoLog;
+    let alert_log: &dyn fanout_domain::AlertLog = match &log {
+        Some(log) => log,
+        None => &no_log,
+    };
+    if let Some(feed) = feed.as_mut().and_then(|held| held.as_mut()) {
+        // Live alerts wait on the connection while the missed ones are delivered; the feed
+        // recognises their live copies.
+        let caught = feed
+            .catch_up(alert_log, shared.delivery.as_ref())
+            .await
+            .map_err(SessionError::before)?;
+        inbox.report_gap(caught, feed);
+    }
+    shared.status.channels_live(channels, session);
+    if recovering {
+        shared.status.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(
+        master,
+        channels = ?channels.iter().map(|&c| shared.channels.name(c)).collect::<Vec<_>>(),
+        session,
+        "Redis Cluster subscriber subscribed"
+    );
+
+    let pong_wait = timeout
+        .saturating_sub(shared.config.ping_interval)
+        .max(MIN_PONG_WAIT);
+    let mut ping = tokio::time::interval(shared.config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else {
+                    return Err(SessionError::after("the connection closed"));
+                };
+                match push.kind {
+                    PushKind::SMessage => {
+                        let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                            (push.data.first(), push.data.get(1))
+                        else {
+                            continue;
+                        };
+                        let name = String::from_utf8_lossy(name);
+                        let channel = shared.channels.channel_of(&name);
+                        let feed = feed.as_mut().and_then(|held| held.as_mut());
+                        inbox
+                            .handle(channel, &name, payload, feed, alert_log)
+                            .await
+                            .map_err(SessionError::after)?;
+                    }
+                    PushKind::SUnsubscribe => {
+                        return Err(SessionError::after(format!(
+                            "{master} unsubscribed {:?}: its slot moved",
+                            push.data.first()
+                        )));
+                    }
+                    PushKind::Disconnection => {
+                        return Err(SessionError::after("the connection closed"));
+                    }
+                    // Confirmations (also the replies above), and anything else.
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(
+                    pong_wait,
+                    redis::cmd("PING").query_async::<Value>(&mut connection),
+                )
+                .await;
+                match pong {
+                    Ok(Ok(Value::Push { .. })) => {
+                        return Err(SessionError::after(format!("{master} unsubscribed a channel: its slot moved")));
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => return Err(SessionError::after(format!("PING failed: {error}"))),
+                    Err(_) => return Err(SessionError::after(format!("no PONG within {pong_wait:?}: the node hangs or the link is cut"))),
+                }
+            }
+        }
+    }
+}
