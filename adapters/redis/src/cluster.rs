@@ -111,7 +111,14 @@ pub(crate) struct ClusterCommands {
     client: ClusterClient,
     connection: tokio::sync::Mutex<Option<ClusterConnection>>,
     pub(crate) channels: ClusterChannels,
+    publish: redis::Script,
 }
+
+/// `SPUBLISH` that only a master runs. A replica accepts a bare `SPUBLISH` and delivers it only to
+/// its own subscribers; while a master is failing over, redis-rs may send a command to one, and the
+/// message would be acknowledged yet reach no worker. Declared with the channel as its key, the
+/// script gets `MOVED` from a replica instead, and the publish fails (503) until the promotion.
+const SPUBLISH_ON_MASTER: &str = "return redis.call('SPUBLISH', KEYS[1], ARGV[1])";
 
 impl ClusterCommands {
     pub(crate) fn new(config: &RedisConfig, cluster: &ClusterConfig) -> RedisResult<Self> {
@@ -135,7 +142,22 @@ impl ClusterCommands {
             client: builder.build()?,
             connection: tokio::sync::Mutex::new(None),
             channels: ClusterChannels::new(cluster.partitions),
+            publish: redis::Script::new(SPUBLISH_ON_MASTER),
         })
+    }
+
+    /// Publishes `payload` on the sharded channel `channel`, on its slot's master only.
+    pub(crate) async fn spublish(
+        &self,
+        connection: &mut ClusterConnection,
+        channel: usize,
+        payload: &str,
+    ) -> RedisResult<i64> {
+        self.publish
+            .key(self.channels.name(channel))
+            .arg(payload)
+            .invoke_async(connection)
+            .await
     }
 
     /// The shared connection (a cheap clone), made on first use.

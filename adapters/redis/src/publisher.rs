@@ -259,10 +259,8 @@ impl RedisPublisher {
                 .await
                 .map_err(|error| PublishError::caused_by("no Redis Cluster connection", error))?;
             match envelope.payload {
-                Payload::Metrics(_) => redis::cmd("SPUBLISH")
-                    .arg(cluster.channels.name(channel))
-                    .arg(&payload)
-                    .query_async::<i64>(&mut connection)
+                Payload::Metrics(_) => cluster
+                    .spublish(&mut connection, channel, &payload)
                     .await
                     .map(|_| None)
                     .map_err(|error| PublishError::caused_by("publish failed", error)),
