@@ -50,7 +50,9 @@ impl Channel {
         // Digits only, canonical: "{01}" or "{+1}" is another slot, not partition 1.
         let canonical = !partition.starts_with('0') || partition == "0";
         match partition.parse::<u16>() {
-            Ok(n) if n < partitions && canonical && partition.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(n)
+                if n < partitions && canonical && partition.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 Some(Channel::Metrics)
             }
             _ => None,

@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(slot("{user1000}.following"), slot("user1000"));
         assert_eq!(slot("{performance:alerts}:log"), slot("performance:alerts"));
         // An empty tag is no tag: the whole name is hashed.
-        assert_eq!(slot("{}x"), crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOTS);
+        assert_eq!(
+            slot("{}x"),
+            crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOTS
+        );
     }
 
     #[test]
@@ -301,7 +304,10 @@ mod tests {
         let channels = ClusterChannels::new(16);
         assert_eq!(channels.len(), 17);
         assert_eq!(channels.name(channels.alerts()), "performance:alerts");
-        assert_eq!(channels.slot(channels.alerts()), slot("{performance:alerts}:log:epoch"));
+        assert_eq!(
+            channels.slot(channels.alerts()),
+            slot("{performance:alerts}:log:epoch")
+        );
         let mut slots: Vec<u16> = (0..16).map(|i| channels.slot(i)).collect();
         slots.sort_unstable();
         slots.dedup();
@@ -326,11 +332,7 @@ mod tests {
                 node("127.0.0.1", 7000),
                 node("127.0.0.1", 7003),
             ]),
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(16383),
-                node("", 7001),
-            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("", 7001)]),
         ]);
         let map = SlotMap::from_cluster_slots(&reply, "10.0.0.9:7001").unwrap();
         assert_eq!(map.owner(0), Some("127.0.0.1:7000"));

@@ -81,9 +81,10 @@ impl PublishQuota for RedisQuota {
     async fn check(&self, credential: &str) -> Result<QuotaDecision, QuotaError> {
         if let Some(cluster) = &self.cluster {
             let attempt = async {
-                let mut connection = cluster.connection().await.map_err(|error| {
-                    QuotaError::caused_by("no Redis Cluster connection", error)
-                })?;
+                let mut connection = cluster
+                    .connection()
+                    .await
+                    .map_err(|error| QuotaError::caused_by("no Redis Cluster connection", error))?;
                 self.script
                     .key(format!("{KEY_PREFIX}{credential}"))
                     .arg(self.rate.interval_us())

@@ -22,17 +22,15 @@ use std::time::{Duration, Instant};
 use fanout_domain::{AlertFeed, AlertLog, LocalDelivery};
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    PushKind, RedisConnectionInfo, Value,
+    AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, Value,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterChannels, ClusterConfig, SlotMap};
 use crate::connect::hedged;
-use crate::inbox::{
-    ConnectionLog, Inbox, NoLog, SessionError, LOG_INTERVAL, MIN_PONG_WAIT,
-};
+use crate::inbox::{ConnectionLog, Inbox, NoLog, SessionError, LOG_INTERVAL, MIN_PONG_WAIT};
 use crate::log::{LogKeys, ReadScript};
 use crate::status::{RateLimitedLog, SharedStatus};
 use crate::RedisConfig;
@@ -161,7 +159,11 @@ impl ShardedListener {
                     }
                 }
                 Err(error) => {
-                    let failed = shared.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                    let failed = shared
+                        .status
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
                     if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                         tracing::warn!(
                             %error,
@@ -200,7 +202,11 @@ impl ShardedListener {
                 recovering = true;
                 tracing::warn!(master = %ended.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
             } else {
-                let failed = shared.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                let failed = shared
+                    .status
+                    .failed_attempts
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
                         master = %ended.master,
@@ -350,8 +356,8 @@ async fn subscribed_on_inner(
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    let client =
-        redis::Client::open(info.clone().set_redis_settings(resp3)).map_err(SessionError::before)?;
+    let client = redis::Client::open(info.clone().set_redis_settings(resp3))
+        .map_err(SessionError::before)?;
     let (pushes_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
     let connection_config = AsyncConnectionConfig::new()
         .set_push_sender(pushes_tx)
@@ -404,7 +410,13 @@ async fn subscribed_on_inner(
         .await
         .map_err(|_| SessionError::before(format!("SSUBSCRIBE took longer than {timeout:?}")))?
         .map_err(|error| SessionError::before(format!("SSUBSCRIBE {name}: {error}")))?;
-        if !matches!(reply, Value::Push { kind: PushKind::SSubscribe, .. }) {
+        if !matches!(
+            reply,
+            Value::Push {
+                kind: PushKind::SSubscribe,
+                ..
+            }
+        ) {
             return Err(SessionError::before(format!(
                 "SSUBSCRIBE {name} was answered {reply:?}"
             )));

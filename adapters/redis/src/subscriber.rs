@@ -82,7 +82,8 @@ impl BusSubscriber for RedisSubscriber {
             // on by itself.
             let _ = tokio::time::timeout(
                 self.config.command_timeout,
-                self.status.until(|state| state != SubscriberState::Connecting),
+                self.status
+                    .until(|state| state != SubscriberState::Connecting),
             )
             .await;
         } else {
@@ -309,4 +310,3 @@ impl Listener {
         }
     }
 }
-
