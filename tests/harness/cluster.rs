@@ -41,6 +41,7 @@ use testcontainers::bollard::Docker;
 pub use crate::harness::sentinel::Role;
 use crate::harness::sentinel::{command_on, poll_until, query, role};
 use node::{free_cluster_ports, start_cluster_node, ClusterNode};
+use probe::{addresses_handed_out_by, owner, ranges_of, taken_over_by, try_command};
 pub use probe::{
     cluster_nodes, cluster_shards, cluster_slots, info_fields, slot_of, NodeEntry, Shard,
     ShardNode, SlotRange, SLOTS,
@@ -305,8 +306,9 @@ impl ClusterTopology {
 
     /// Waits until a live node reports every slot that `old_master` served (when it was killed or
     /// paused, or now if the harness did neither) as served by one other node, and that node
-    /// answers `ROLE` as master. Returns its address and when this was first seen. Bounded by
-    /// [`FAILOVER_WAIT`].
+    /// answers `ROLE` as master; returns its address and when this was first seen. Then waits
+    /// until every live node reports it (each learns it by gossip, a little later), so that what
+    /// the harness answers next is the same whichever node it asks. Bounded by [`FAILOVER_WAIT`].
     pub async fn wait_for_failover(&self, old_master: &str) -> (String, Instant) {
         let held = self.slots_held_by(old_master).await;
         assert!(
@@ -315,20 +317,14 @@ impl ClusterTopology {
         );
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         let mut last_seen = Vec::new();
-        loop {
+        let (new_master, first_seen) = 'found: loop {
             for addr in self.live_addrs() {
                 let Ok(ranges) = cluster_slots(&addr).await else {
                     continue;
                 };
-                let owners: Vec<Option<String>> = held
-                    .iter()
-                    .flat_map(|(start, end)| [owner(&ranges, *start), owner(&ranges, *end)])
-                    .collect();
-                if let Some(Some(new)) = owners.first() {
-                    let taken_over =
-                        new != old_master && owners.iter().all(|o| o.as_ref() == Some(new));
-                    if taken_over && matches!(role(new).await, Some(Role::Master { .. })) {
-                        return (new.clone(), Instant::now());
+                if let Some(new) = taken_over_by(&ranges, &held, old_master) {
+                    if matches!(role(&new).await, Some(Role::Master { .. })) {
+                        break 'found (new, Instant::now());
                     }
                 }
                 last_seen = ranges;
@@ -339,7 +335,21 @@ impl ClusterTopology {
                  last CLUSTER SLOTS: {last_seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for addr in self.live_addrs() {
+            poll_until(
+                FAILOVER_WAIT,
+                &format!("{addr} reports {new_master} serving {held:?}"),
+                || async {
+                    cluster_slots(&addr).await.is_ok_and(|ranges| {
+                        taken_over_by(&ranges, &held, old_master).as_ref() == Some(&new_master)
+                    })
+                },
+            )
+            .await
+            .unwrap_or_else(|failure| panic!("{failure}"));
         }
+        (new_master, first_seen)
     }
 
     /// Every address the cluster hands out now, "host:port", as each live node reports it in
@@ -348,22 +358,7 @@ impl ClusterTopology {
     pub async fn addresses_handed_out(&self) -> Vec<String> {
         let mut addrs = Vec::new();
         for addr in self.live_addrs() {
-            for range in cluster_slots(&addr).await.unwrap_or_else(|e| panic!("{e}")) {
-                addrs.push(range.master);
-                addrs.extend(range.replicas);
-            }
-            for shard in cluster_shards(&addr)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-            {
-                for node in shard.nodes {
-                    addrs.push(node.addr);
-                    addrs.push(node.endpoint);
-                }
-            }
-            for entry in cluster_nodes(&addr).await.unwrap_or_else(|e| panic!("{e}")) {
-                addrs.push(entry.addr);
-            }
+            addrs.extend(addresses_handed_out_by(&addr).await);
         }
         addrs
     }
@@ -395,29 +390,4 @@ impl ClusterTopology {
             .find(|node| node.addr == addr)
             .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
     }
-}
-
-/// One command on `addr`; an error reply (e.g. `-MOVED`) or a dead node is an `Err`.
-async fn try_command(addr: &str, args: &[&str]) -> Result<Value, String> {
-    match query(addr, args).await? {
-        Value::ServerError(error) => Err(format!("{args:?} on {addr}: {error}")),
-        value => Ok(value),
-    }
-}
-
-/// The node serving `slot` in a `CLUSTER SLOTS` answer.
-fn owner(ranges: &[SlotRange], slot: u16) -> Option<String> {
-    ranges
-        .iter()
-        .find(|range| range.start <= slot && slot <= range.end)
-        .map(|range| range.master.clone())
-}
-
-/// The slot ranges `addr` serves in a `CLUSTER SLOTS` answer.
-fn ranges_of(ranges: &[SlotRange], addr: &str) -> Vec<(u16, u16)> {
-    ranges
-        .iter()
-        .filter(|range| range.master == addr)
-        .map(|range| (range.start, range.end))
-        .collect()
 }

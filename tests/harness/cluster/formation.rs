@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::probe::try_command;
 use super::probe::{cluster_nodes, cluster_shards, cluster_slots, info_fields};
-use super::try_command;
 use crate::harness::sentinel::poll_until;
 
 /// Bound on each phase of building the cluster (handshakes, replication, slot propagation).

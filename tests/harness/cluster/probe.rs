@@ -189,6 +189,65 @@ pub async fn info_fields(addr: &str, args: &[&str]) -> Result<HashMap<String, St
         .collect())
 }
 
+/// The node serving `slot` in a `CLUSTER SLOTS` answer.
+pub(super) fn owner(ranges: &[SlotRange], slot: u16) -> Option<String> {
+    ranges
+        .iter()
+        .find(|range| range.start <= slot && slot <= range.end)
+        .map(|range| range.master.clone())
+}
+
+/// The slot ranges `addr` serves in a `CLUSTER SLOTS` answer.
+pub(super) fn ranges_of(ranges: &[SlotRange], addr: &str) -> Vec<(u16, u16)> {
+    ranges
+        .iter()
+        .filter(|range| range.master == addr)
+        .map(|range| (range.start, range.end))
+        .collect()
+}
+
+/// The one node other than `old_master` that serves both ends of every range in `held`, in a
+/// `CLUSTER SLOTS` answer; `None` while any of them is unserved or served by `old_master`.
+pub(super) fn taken_over_by(
+    ranges: &[SlotRange],
+    held: &[(u16, u16)],
+    old_master: &str,
+) -> Option<String> {
+    let mut owners = held
+        .iter()
+        .flat_map(|(start, end)| [owner(ranges, *start), owner(ranges, *end)]);
+    let new = owners.next()??;
+    (new != old_master && owners.all(|other| other.as_ref() == Some(&new))).then_some(new)
+}
+
+/// One command on `addr`; an error reply (e.g. `-MOVED`) or a dead node is an `Err`.
+pub async fn try_command(addr: &str, args: &[&str]) -> Result<Value, String> {
+    match query(addr, args).await? {
+        Value::ServerError(error) => Err(format!("{args:?} on {addr}: {error}")),
+        value => Ok(value),
+    }
+}
+
+/// Every address `addr` hands out, "host:port": in `CLUSTER SLOTS`, `CLUSTER SHARDS` (ip and
+/// endpoint) and `CLUSTER NODES`. Panics if it does not answer.
+pub(super) async fn addresses_handed_out_by(addr: &str) -> Vec<String> {
+    let mut addrs = Vec::new();
+    for range in cluster_slots(addr).await.unwrap_or_else(|e| panic!("{e}")) {
+        addrs.push(range.master);
+        addrs.extend(range.replicas);
+    }
+    for shard in cluster_shards(addr).await.unwrap_or_else(|e| panic!("{e}")) {
+        for node in shard.nodes {
+            addrs.push(node.addr);
+            addrs.push(node.endpoint);
+        }
+    }
+    for entry in cluster_nodes(addr).await.unwrap_or_else(|e| panic!("{e}")) {
+        addrs.push(entry.addr);
+    }
+    addrs
+}
+
 /// The slot Redis Cluster maps `key` (or a sharded channel name) to: CRC16-XMODEM of the key, or
 /// of the first non-empty `{...}` hash tag in it, modulo 16384.
 pub fn slot_of(key: &str) -> u16 {

@@ -176,7 +176,12 @@ fn open(
 
 fn event_of(value: Value) -> ShardedEvent {
     if let Value::ServerError(error) = &value {
-        return ShardedEvent::Error(error.to_string());
+        // As on the wire: "MOVED 1584 127.0.0.1:P" (the crate's Display says "Moved: …").
+        let text = match error.details() {
+            Some(details) => format!("{} {details}", error.code()),
+            None => error.code().to_owned(),
+        };
+        return ShardedEvent::Error(text);
     }
     let Value::Array(fields) = &value else {
         return ShardedEvent::Other(value);
