@@ -357,3 +357,45 @@ async fn a_master_that_loses_its_slot_tells_its_sharded_subscribers() {
         "{seen_on_replica:?}"
     );
 }
+
+/// A frozen master is failed over like a dead one; once it runs again it learns it lost its
+/// slot, becomes a replica of the promoted node and unsubscribes its sharded subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_is_failed_over_and_rejoins_as_a_replica() {
+    let cluster = ClusterTopology::start().await;
+    let channel = "performance:metrics:{11}";
+    let slot = slot_of(channel);
+    let old_master = cluster.master_for_slot(slot).await;
+    let mut on_master =
+        ShardedSubscriber::connect(&old_master, &[channel], SubscribeOn::Master).await;
+
+    let paused_at = Instant::now();
+    cluster.pause(&old_master).await;
+    let (new_master, seen_at) = cluster.wait_for_failover(&old_master).await;
+    println!(
+        "failover of the paused {old_master} to {new_master} {:?} after the pause",
+        seen_at.duration_since(paused_at)
+    );
+
+    cluster.unpause(&old_master).await;
+    harness::wait_until(
+        "the unpaused master is a replica of the promoted one",
+        || async {
+            matches!(cluster.role(&old_master).await,
+            Some(Role::Replica { master, .. }) if master == new_master)
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    while let Some(event) = on_master.next_event_within(Duration::from_secs(2)).await {
+        seen.push(event);
+    }
+    println!("the paused master's subscriber saw: {seen:?}");
+    assert!(
+        seen.contains(&ShardedEvent::Unsubscribed {
+            channel: channel.to_owned(),
+            count: 0
+        }),
+        "{seen:?}"
+    );
+}
