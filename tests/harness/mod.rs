@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod client;
+pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod proxy;

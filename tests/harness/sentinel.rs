@@ -32,8 +32,8 @@ use testcontainers::{ContainerAsync, GenericImage};
 
 use super::WAIT;
 use node::{address, distinct_free_ports, start_data_node, start_sentinel, DataNode};
-pub use probe::{command_on, role, Role};
-use probe::{master_addr_from, ping, query};
+pub use probe::{command_on, query, role, Role};
+use probe::{master_addr_from, ping};
 
 /// The name the sentinels monitor the master under (`--redis-sentinel-master`).
 pub const MASTER_NAME: &str = "fanout-master";
@@ -381,7 +381,11 @@ where
 }
 
 /// Polls `condition` every 20 ms; an error naming `what` after `limit`.
-async fn poll_until<F, Fut>(limit: Duration, what: &str, mut condition: F) -> Result<(), String>
+pub(crate) async fn poll_until<F, Fut>(
+    limit: Duration,
+    what: &str,
+    mut condition: F,
+) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

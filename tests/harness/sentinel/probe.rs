@@ -28,7 +28,7 @@ pub enum Role {
 
 /// One command on the node at `addr`, with a fresh connection; connecting and answering are each
 /// bounded by 1 s so that a dead or hung node is an error, not a hang.
-pub(super) async fn query(addr: &str, args: &[&str]) -> Result<Value, String> {
+pub async fn query(addr: &str, args: &[&str]) -> Result<Value, String> {
     let client = redis::Client::open(format!("redis://{addr}")).map_err(|e| e.to_string())?;
     let mut connection = tokio::time::timeout(
         Duration::from_secs(1),
