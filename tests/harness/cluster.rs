@@ -54,6 +54,13 @@ const START_ATTEMPTS: usize = 3;
 /// Bound on [`ClusterTopology::wait_for_failover`] and on a restarted node's rejoining.
 const FAILOVER_WAIT: Duration = Duration::from_secs(30);
 
+/// How long one manual failover is given before it is asked for again: Redis gives up on one
+/// after 5 s.
+const MANUAL_FAILOVER_WAIT: Duration = Duration::from_secs(6);
+
+/// How many times a manual failover is asked for.
+const MANUAL_FAILOVER_ATTEMPTS: usize = 5;
+
 pub struct ClusterTopology {
     docker: Docker,
     /// Masters first (in [`formation::MASTER_SLOTS`] order), then their replicas in the same order.
@@ -283,25 +290,48 @@ impl ClusterTopology {
         let Some(Role::Replica { master, .. }) = role(replica).await else {
             panic!("{replica} is not a replica");
         };
-        self.command(replica, &["CLUSTER", "FAILOVER"]).await;
+        // A manual failover needs the replica in sync: a master just demoted is a replica before
+        // its link to the new master is up, and Redis drops a failover asked for then (after 5 s).
         poll_until(
             FAILOVER_WAIT,
-            &format!("{replica} took over from {master}"),
+            &format!("{replica} is a replica with its link up"),
             || async {
-                if !matches!(role(replica).await, Some(Role::Master { .. })) {
-                    return false;
-                }
-                match cluster_slots(&master).await {
-                    Ok(ranges) => {
-                        ranges.iter().any(|range| range.master == replica)
-                            && !ranges.iter().any(|range| range.master == master)
-                    }
-                    Err(_) => false,
-                }
+                info_fields(replica, &["INFO", "replication"])
+                    .await
+                    .is_ok_and(|info| info.get("master_link_status").is_some_and(|s| s == "up"))
             },
         )
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
+        // A master votes for one failover of a shard per 2 × cluster-node-timeout: a manual
+        // failover asked for sooner after the last one gets no votes and is dropped after 5 s
+        // (CLUSTER_MF_TIMEOUT). Ask again until it happens.
+        let mut last_failure = String::new();
+        for _ in 0..MANUAL_FAILOVER_ATTEMPTS {
+            self.command(replica, &["CLUSTER", "FAILOVER"]).await;
+            let took_over = poll_until(
+                MANUAL_FAILOVER_WAIT,
+                &format!("{replica} took over from {master}"),
+                || async {
+                    if !matches!(role(replica).await, Some(Role::Master { .. })) {
+                        return false;
+                    }
+                    match cluster_slots(&master).await {
+                        Ok(ranges) => {
+                            ranges.iter().any(|range| range.master == replica)
+                                && !ranges.iter().any(|range| range.master == master)
+                        }
+                        Err(_) => false,
+                    }
+                },
+            )
+            .await;
+            match took_over {
+                Ok(()) => return,
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("{last_failure} (asked {MANUAL_FAILOVER_ATTEMPTS} times)");
     }
 
     /// Waits until a live node reports every slot that `old_master` served (when it was killed or

@@ -10,13 +10,16 @@
 //! The slot map is read with `CLUSTER SLOTS` from any node that answers, seeds first; it is
 //! asked again whenever a subscription ends, and at every ping.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fanout_domain::Channel;
+use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{IntoConnectionInfo, RedisResult, Value};
+use redis::{IntoConnectionInfo, RedisConnectionInfo, RedisResult, Value};
 
 use crate::RedisConfig;
 
@@ -110,6 +113,11 @@ impl ClusterChannels {
 pub(crate) struct ClusterCommands {
     client: ClusterClient,
     connection: tokio::sync::Mutex<Option<ClusterConnection>>,
+    /// Connections to single masters, by `HOST:PORT`: a publish goes to the master this worker's
+    /// subscriber listens on for the channel, and nowhere else.
+    nodes: std::sync::Mutex<HashMap<Arc<str>, MultiplexedConnection>>,
+    settings: RedisConnectionInfo,
+    timeout: Duration,
     pub(crate) channels: ClusterChannels,
     publish: redis::Script,
 }
@@ -141,15 +149,51 @@ impl ClusterCommands {
         Ok(Self {
             client: builder.build()?,
             connection: tokio::sync::Mutex::new(None),
+            nodes: std::sync::Mutex::new(HashMap::new()),
+            settings: settings.clone(),
+            timeout: config.command_timeout,
             channels: ClusterChannels::new(cluster.partitions),
             publish: redis::Script::new(SPUBLISH_ON_MASTER),
         })
     }
 
+    /// A connection to the master at `master` alone (it follows no redirection: a node that no
+    /// longer serves the slot answers `MOVED`, an error), made on first use.
+    pub(crate) async fn node(&self, master: &Arc<str>) -> RedisResult<MultiplexedConnection> {
+        if let Some(connection) = self.nodes_lock().get(master) {
+            return Ok(connection.clone());
+        }
+        let info = format!("redis://{master}")
+            .as_str()
+            .into_connection_info()?
+            .set_redis_settings(self.settings.clone());
+        let client = redis::Client::open(info)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.nodes_lock()
+            .insert(Arc::clone(master), connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection to `master` after it failed: the next publish connects anew.
+    pub(crate) fn forget(&self, master: &str) {
+        self.nodes_lock().remove(master);
+    }
+
+    fn nodes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, MultiplexedConnection>> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Publishes `payload` on the sharded channel `channel`, on its slot's master only.
     pub(crate) async fn spublish(
         &self,
-        connection: &mut ClusterConnection,
+        connection: &mut (impl redis::aio::ConnectionLike + Send),
         channel: usize,
         payload: &str,
     ) -> RedisResult<i64> {

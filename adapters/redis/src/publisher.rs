@@ -239,8 +239,12 @@ impl AlertLog for RedisPublisher {
 impl RedisPublisher {
     /// Publishes on a Redis Cluster: metrics with `SPUBLISH` on this worker's partition (one
     /// channel for all of its metrics, so they keep their order), alerts with the append script
-    /// in the alert log's slot. As on one Redis, a `202` for metrics needs this worker's
-    /// subscription of that channel live before and after the publish.
+    /// in the alert log's slot. While this worker listens on the channel, the publish goes to the
+    /// very master it listens on (a direct connection that follows no redirection: a master that
+    /// lost the slot answers `MOVED`, and the publish 503s), and, for metrics, that subscription
+    /// must be the same before and after: a `202` means this worker's clients get the message,
+    /// as on one Redis. An idle worker publishes through the cluster connection (redis-rs routes
+    /// by slot).
     async fn publish_sharded(
         &self,
         cluster: &ClusterCommands,
@@ -251,31 +255,31 @@ impl RedisPublisher {
             Payload::Alert(_) => cluster.channels.alerts(),
         };
         self.channel_ready(cluster, channel).await?;
-        let session = self.status.channel_session(channel);
+        let live = self.status.channel_live(channel);
         let payload = envelope.to_json();
         let attempt = async {
-            let mut connection = cluster
-                .connection()
-                .await
-                .map_err(|error| PublishError::caused_by("no Redis Cluster connection", error))?;
-            match envelope.payload {
-                Payload::Metrics(_) => cluster
-                    .spublish(&mut connection, channel, &payload)
-                    .await
-                    .map(|_| None)
-                    .map_err(|error| PublishError::caused_by("publish failed", error)),
-                Payload::Alert(_) => {
-                    let (id, _epoch) = self
-                        .append
-                        .append(
-                            &mut connection,
-                            &self.keys,
-                            self.config.alert_retention,
-                            &payload,
-                        )
-                        .await
-                        .map_err(|error| PublishError::caused_by("publish failed", error))?;
-                    if self.config.alert_min_replicas > 0 {
+            match &live {
+                Some((_, master)) => {
+                    let mut connection = cluster.node(master).await.map_err(|error| {
+                        PublishError::caused_by("no connection to the Redis master", error)
+                    })?;
+                    let published = self
+                        .sharded_script(&mut connection, cluster, channel, envelope, &payload)
+                        .await?;
+                    if published.is_some() && self.config.alert_min_replicas > 0 {
+                        // WAIT counts this connection's writes: the alert just appended.
+                        self.replicated(&mut connection).await?;
+                    }
+                    Ok(published)
+                }
+                None => {
+                    let mut connection = cluster.connection().await.map_err(|error| {
+                        PublishError::caused_by("no Redis Cluster connection", error)
+                    })?;
+                    let published = self
+                        .sharded_script(&mut connection, cluster, channel, envelope, &payload)
+                        .await?;
+                    if published.is_some() && self.config.alert_min_replicas > 0 {
                         let within_ms = self.wait_ms();
                         let acknowledged = ClusterCommands::wait_on_slot(
                             &mut connection,
@@ -289,7 +293,7 @@ impl RedisPublisher {
                         })?;
                         self.enough_replicas(acknowledged, within_ms)?;
                     }
-                    Ok(Some(id))
+                    Ok(published)
                 }
             }
         };
@@ -301,10 +305,19 @@ impl RedisPublisher {
                     self.config.command_timeout
                 )))
             });
+        if let (Err(_), Some((_, master))) = (&outcome, &live) {
+            // The connection may be broken, or the node no longer a master: connect anew.
+            cluster.forget(master);
+        }
+        let session = live.map(|(session, _)| session);
         if outcome.is_ok()
             && session.is_some()
             && matches!(envelope.payload, Payload::Metrics(_))
-            && self.status.channel_session(channel) != session
+            && self
+                .status
+                .channel_live(channel)
+                .map(|(session, _)| session)
+                != session
         {
             return Err(PublishError::unavailable(format!(
                 "this worker's subscription of {} changed sessions while the message was \
@@ -315,6 +328,30 @@ impl RedisPublisher {
         outcome
     }
 
+    /// The publish itself on a Redis Cluster: the metrics script, or the alert log's append
+    /// script (the log id).
+    async fn sharded_script(
+        &self,
+        connection: &mut (impl redis::aio::ConnectionLike + Send),
+        cluster: &ClusterCommands,
+        channel: usize,
+        envelope: &Envelope,
+        payload: &str,
+    ) -> Result<Option<LogId>, PublishError> {
+        let published = match envelope.payload {
+            Payload::Metrics(_) => cluster
+                .spublish(connection, channel, payload)
+                .await
+                .map(|_| None),
+            Payload::Alert(_) => self
+                .append
+                .append(connection, &self.keys, self.config.alert_retention, payload)
+                .await
+                .map(|(id, _epoch)| Some(id)),
+        };
+        published.map_err(|error| PublishError::caused_by("publish failed", error))
+    }
+
     /// Waits until this worker's subscriber is live on `channel` (or idle: no clients to miss
     /// anything), within the command timeout.
     async fn channel_ready(
@@ -323,7 +360,7 @@ impl RedisPublisher {
         channel: usize,
     ) -> Result<(), PublishError> {
         if self.status.state() == SubscriberState::Idle
-            || self.status.channel_session(channel).is_some()
+            || self.status.channel_live(channel).is_some()
         {
             return Ok(());
         }

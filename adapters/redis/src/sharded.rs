@@ -438,7 +438,9 @@ async fn subscribed_on_inner(
             .map_err(SessionError::before)?;
         inbox.report_gap(caught, feed);
     }
-    shared.status.channels_live(channels, session);
+    shared
+        .status
+        .channels_live(channels, session, &Arc::from(master));
     if recovering {
         shared.status.reconnects.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,11 +1,18 @@
 //! The subscriber's shared status, written by the listener task and read by health reports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fanout_domain::{BusStatus, SubscriberState};
 use tokio::sync::{watch, Notify};
+
+/// Redis Cluster: where one sharded channel is live (session 0: it is not).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ChannelLive {
+    session: u64,
+    master: Option<Arc<str>>,
+}
 
 /// The one view of the bus's health that the publisher and the subscriber of a worker share:
 /// the publisher refuses while the subscriber is reconnecting (so a `202` means this worker's
@@ -23,7 +30,7 @@ pub(crate) struct SharedStatus {
     sessions: AtomicU64,
     /// Redis Cluster: per sharded channel (see `ClusterChannels`), the number of the node
     /// session it is live on, 0 while it is not live. Empty without Cluster.
-    channels: watch::Sender<Vec<u64>>,
+    channels: watch::Sender<Vec<ChannelLive>>,
     /// Publisher → subscriber: Redis answered; stop waiting out the backoff.
     pub(crate) redis_answered: Notify,
     /// Recoveries: subscribed again after losing the connection.
@@ -106,18 +113,22 @@ impl SharedStatus {
 
     /// Redis Cluster: `count` sharded channels, none live yet.
     pub(crate) fn reset_channels(&self, count: usize) {
-        self.channels.send_replace(vec![0; count]);
+        self.channels
+            .send_replace(vec![ChannelLive::default(); count]);
     }
 
-    /// Redis Cluster: a new node session, number `session`, is subscribed to `channels`. The
-    /// worker is `subscribed` once every channel is.
-    pub(crate) fn channels_live(&self, channels: &[usize], session: u64) {
+    /// Redis Cluster: a new node session, number `session`, on `master`, is subscribed to
+    /// `channels`. The worker is `subscribed` once every channel is.
+    pub(crate) fn channels_live(&self, channels: &[usize], session: u64, master: &Arc<str>) {
         self.channels.send_modify(|live| {
             for &channel in channels {
-                live[channel] = session;
+                live[channel] = ChannelLive {
+                    session,
+                    master: Some(Arc::clone(master)),
+                };
             }
         });
-        if self.channels.borrow().iter().all(|&live| live != 0) {
+        if self.channels.borrow().iter().all(|live| live.session != 0) {
             self.set_state(SubscriberState::Subscribed);
         }
     }
@@ -128,8 +139,8 @@ impl SharedStatus {
         let mut changed = false;
         self.channels.send_if_modified(|live| {
             for &channel in channels {
-                if live[channel] == session {
-                    live[channel] = 0;
+                if live[channel].session == session {
+                    live[channel] = ChannelLive::default();
                     changed = true;
                 }
             }
@@ -141,20 +152,18 @@ impl SharedStatus {
         }
     }
 
-    /// Redis Cluster: the session a sharded channel is live on, if it is.
-    pub(crate) fn channel_session(&self, channel: usize) -> Option<u64> {
-        self.channels
-            .borrow()
-            .get(channel)
-            .copied()
-            .filter(|&session| session != 0)
+    /// Redis Cluster: the session a sharded channel is live on, if it is, and its master.
+    pub(crate) fn channel_live(&self, channel: usize) -> Option<(u64, Arc<str>)> {
+        let live = self.channels.borrow();
+        let live = live.get(channel)?;
+        Some((live.session, live.master.clone()?)).filter(|(session, _)| *session != 0)
     }
 
     /// Redis Cluster: resolves once the sharded channel is live.
     pub(crate) async fn until_channel_live(&self, channel: usize) {
         let mut live = self.channels.subscribe();
         let _ = live
-            .wait_for(|live| live.get(channel).is_some_and(|&session| session != 0))
+            .wait_for(|live| live.get(channel).is_some_and(|live| live.session != 0))
             .await;
     }
 

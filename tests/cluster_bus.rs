@@ -1,0 +1,318 @@
+//! Workers on a Redis Cluster, tried the way a user who read only the docs would: outside
+//! publishers on the sharded channels PROTOCOL.md names (and on names it does not), and slots
+//! moved between masters 20 times under a steady publisher. Real `fanout` processes, a real
+//! cluster of 3 masters and 3 replicas, real WebSocket clients.
+
+mod harness;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::cluster::ClusterTopology;
+use harness::http::{health, post};
+use harness::process::WorkerProcess;
+use harness::{start_worker, wait_until, within, Client, On, Process};
+use serde_json::json;
+
+const PARTITIONS: u16 = 16;
+
+fn partition_channel(partition: u16) -> String {
+    format!("performance:metrics:{{{partition}}}")
+}
+
+async fn worker(topology: &ClusterTopology, id: &str) -> WorkerProcess {
+    let seeds = topology.seeds();
+    let flags = ["--redis-cluster", seeds.as_str(), "--redis-timeout", "1s"];
+    start_worker::<Process>(id, On::Redis("redis://127.0.0.1"), &flags).await
+}
+
+/// Runs one command on the node serving `channel`'s slot.
+async fn on_owner(topology: &ClusterTopology, channel: &str, args: &[&str]) -> redis::Value {
+    let owner = topology
+        .master_for_slot(ClusterTopology::slot_of(channel))
+        .await;
+    topology.command(&owner, args).await
+}
+
+/// Reads metric frames until every name in `expected` has arrived; returns every name seen.
+async fn read_names(client: &mut Client, expected: &HashSet<String>) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    within("every expected metric arrives", async {
+        while !expected.is_subset(&seen) {
+            let frame = client.next_frame().await;
+            if frame["type"] == "metrics" {
+                for metric in frame["data"].as_array().into_iter().flatten() {
+                    if let Some(name) = metric["name"].as_str() {
+                        seen.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_publishers_reach_every_worker_on_every_partition_and_nowhere_else() {
+    let topology = ClusterTopology::start().await;
+    let workers = [worker(&topology, "o1").await, worker(&topology, "o2").await];
+    let mut clients = Vec::new();
+    for worker in &workers {
+        clients.push(Client::connect(worker.addr).await);
+    }
+    // Names PROTOCOL.md does not give: no worker listens there. Sent first, so that they would
+    // have arrived before the real ones.
+    let ignored = json!({ "type": "metrics", "data": [{ "name": "ignored", "value": 1 }] });
+    for channel in [
+        "performance:metrics:{16}",
+        "performance:metrics:{03}",
+        "performance:metrics",
+    ] {
+        on_owner(
+            &topology,
+            channel,
+            &["SPUBLISH", channel, &ignored.to_string()],
+        )
+        .await;
+    }
+    // The classic channel is not read in cluster mode.
+    let any = topology.masters().await[0].clone();
+    topology
+        .command(
+            &any,
+            &["PUBLISH", "performance:metrics", &ignored.to_string()],
+        )
+        .await;
+    // Garbage on a real partition: counted, and the listener goes on.
+    on_owner(
+        &topology,
+        &partition_channel(5),
+        &["SPUBLISH", &partition_channel(5), "not json"],
+    )
+    .await;
+
+    let mut expected = HashSet::new();
+    for partition in 0..PARTITIONS {
+        let channel = partition_channel(partition);
+        let name = format!("p{partition}");
+        // Odd but valid fields an outside system may set (PROTOCOL.md): its own origin, a seq,
+        // an id fanout did not assign.
+        let envelope = json!({
+            "type": "metrics",
+            "origin": format!("outside-{partition}"),
+            "seq": partition,
+            "id": "99999999999999-0",
+            "published_at_us": 5,
+            "data": [{ "name": name, "value": partition, "labels": { "ü": "∞" } }],
+        });
+        on_owner(
+            &topology,
+            &channel,
+            &["SPUBLISH", &channel, &envelope.to_string()],
+        )
+        .await;
+        expected.insert(name);
+    }
+    // The script form PROTOCOL.md recommends.
+    let channel = partition_channel(9);
+    let envelope = json!({ "type": "metrics", "data": [{ "name": "scripted", "value": 9 }] });
+    on_owner(
+        &topology,
+        &channel,
+        &[
+            "EVAL",
+            "return redis.call('SPUBLISH', KEYS[1], ARGV[1])",
+            "1",
+            &channel,
+            &envelope.to_string(),
+        ],
+    )
+    .await;
+    expected.insert("scripted".to_owned());
+    // An outside alert on the sharded alert channel.
+    let alert = json!({ "type": "alert", "data": { "severity": "warning", "message": "outside" } });
+    on_owner(
+        &topology,
+        "performance:alerts",
+        &["SPUBLISH", "performance:alerts", &alert.to_string()],
+    )
+    .await;
+
+    for (index, client) in clients.iter_mut().enumerate() {
+        let seen = read_names(client, &expected).await;
+        assert!(
+            !seen.contains("ignored"),
+            "client {index} got a message from a channel fanout does not use"
+        );
+        let alert = within("the outside alert", async {
+            loop {
+                let frame = client.next_frame().await;
+                if frame["type"] == "alert" {
+                    return frame;
+                }
+            }
+        })
+        .await;
+        assert_eq!(alert["data"]["message"], "outside");
+    }
+    for worker in &workers {
+        let addr = worker.addr;
+        wait_until("the garbage is counted", || async {
+            health(addr).await["bus"]["malformed"].as_u64() >= Some(1)
+        })
+        .await;
+    }
+}
+
+/// The values of the `moved` metrics a client receives, in arrival order, until the `end` one.
+async fn read_moved_until_end(mut client: Client) -> Vec<u64> {
+    let mut values = Vec::new();
+    loop {
+        let frame = client.next_frame().await;
+        if frame["type"] != "metrics" {
+            continue;
+        }
+        for metric in frame["data"].as_array().into_iter().flatten() {
+            match metric["name"].as_str() {
+                Some("end") => return values,
+                Some("moved") => values.push(metric["value"].as_f64().unwrap_or_default() as u64),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A slot moved between master and replica (`CLUSTER FAILOVER`) 20 times while one publisher
+/// POSTs metrics to a worker, waiting for each answer: every metric acknowledged with 202
+/// reaches that worker's client, once and in order (the worker follows each move: the old
+/// master's `sunsubscribe`, and `MOVED` for a publish on it). A client of the other worker
+/// gets them in order too; the ones it missed while it moved are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order() {
+    const MOVES: usize = 20;
+    let topology = ClusterTopology::start().await;
+    let publisher = worker(&topology, "m1").await;
+    let other = worker(&topology, "m2").await;
+    let partition = ClusterTopology::slot_of("m1") % PARTITIONS;
+    let slot = ClusterTopology::slot_of(&partition_channel(partition));
+    // Each client is read all along (a client left unread would be closed as a slow consumer).
+    let readers = [
+        tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
+        tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
+    ];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, acknowledged, refused) = (
+            Arc::clone(&stop),
+            Arc::clone(&acknowledged),
+            Arc::clone(&refused),
+        );
+        let addr = publisher.addr;
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let metric = json!({ "name": "moved", "value": n }).to_string();
+                let (status, _) = post(addr, "/api/metrics", "application/json", metric).await;
+                if status == 202 {
+                    acknowledged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(n);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let acknowledged_count = || acknowledged.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mut moves = Vec::new();
+    for round in 0..MOVES {
+        let before = acknowledged_count();
+        // The demoted master is listed as a replica once it has synced with the new one.
+        wait_until("the slot's master has a replica", || async {
+            !topology.replicas_for_slot(slot).await.is_empty()
+        })
+        .await;
+        let replica = topology.replicas_for_slot(slot).await[0].clone();
+        let started = Instant::now();
+        println!("move {round}: promoting {replica}");
+        topology.promote(&replica).await;
+        for worker in [&publisher, &other] {
+            let deadline = Instant::now() + harness::WAIT;
+            loop {
+                let bus = health(worker.addr).await["bus"].clone();
+                let listening = bus["master"]
+                    .as_str()
+                    .is_some_and(|masters| masters.split(',').any(|m| m == replica));
+                if listening && bus["state"] == "subscribed" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = worker.log_lines();
+                    let tail = &log[log.len().saturating_sub(30)..];
+                    panic!(
+                        "move {round}: a worker does not listen on the promoted master {replica}: \
+                         {bus}\n{}",
+                        tail.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        moves.push(started.elapsed());
+        wait_until("the publisher gets answers again", || async {
+            acknowledged_count() >= before + 5
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    within("the publisher stops", load)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let end = json!({ "name": "end", "value": 0 }).to_string();
+    let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
+    assert_eq!(status, 202);
+
+    let acknowledged = acknowledged
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut missed_far = 0;
+    for (name, reader) in ["own", "far"].into_iter().zip(readers) {
+        let values = within("a client reads until the end metric", reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            values.windows(2).all(|pair| pair[0] < pair[1]),
+            "the {name} client got the publisher's metrics out of order or twice"
+        );
+        let got: HashSet<u64> = values.into_iter().collect();
+        let missed: Vec<u64> = acknowledged
+            .iter()
+            .copied()
+            .filter(|value| !got.contains(value))
+            .collect();
+        if name == "own" {
+            assert!(
+                missed.is_empty(),
+                "the publishing worker's client missed acknowledged metrics {missed:?}"
+            );
+        } else {
+            missed_far = missed.len();
+        }
+    }
+    let slowest = moves.iter().max().copied().unwrap_or(Duration::ZERO);
+    println!(
+        "{MOVES} slot moves: {} metrics acknowledged, {} refused (503); the other worker's client \
+         missed {missed_far}; a move to both workers listening on the new master took at most {slowest:?}",
+        acknowledged.len(),
+        refused.load(Ordering::Relaxed)
+    );
+}
