@@ -15,6 +15,9 @@
 //!   instant: RELIABILITY.md);
 //! - `/readyz` says 503 on every worker during the failover, 200 after it, and `/healthz` names
 //!   the promoted master among those the worker listens on.
+//!
+//! Over 400 lines on purpose: one scenario with its load, its readers and every check the issue
+//! lists, run against two victims; split, the checks would lose the load they are about.
 
 mod harness;
 

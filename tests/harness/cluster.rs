@@ -24,6 +24,9 @@
 //! - a restarted node keeps its `nodes.conf` (the container's /data survives `docker kill`), so
 //!   it rejoins as the same node and, when its slots were taken over, as a replica of the new owner;
 //! - Redis rewrites `nodes.conf` on every topology change: each node has it in a writable /data.
+//!
+//! Over 400 lines on purpose: the one type every cluster test drives, with each wait documented
+//! where it is; its parsing, forming and probing already live in `cluster/`.
 
 mod formation;
 mod node;

@@ -378,7 +378,7 @@ mod tests {
             ]),
             Value::Array(vec![Value::Int(5461), Value::Int(16383), node("", 7001)]),
         ]);
-        let map = SlotMap::from_cluster_slots(&reply, "10.0.0.9:7001").unwrap();
+        let map = SlotMap::from_cluster_slots(&reply, "10.0.0.9:7001").expect("a valid reply");
         assert_eq!(map.owner(0), Some("127.0.0.1:7000"));
         assert_eq!(map.owner(5460), Some("127.0.0.1:7000"));
         assert_eq!(map.owner(5461), Some("10.0.0.9:7001"));
@@ -392,7 +392,7 @@ mod tests {
             Value::Int(200),
             node("h", 1),
         ])]);
-        let map = SlotMap::from_cluster_slots(&holes, "h:1").unwrap();
+        let map = SlotMap::from_cluster_slots(&holes, "h:1").expect("a valid reply");
         assert_eq!(map.owner(99), None);
         assert_eq!(map.owner(201), None);
         assert!(SlotMap::from_cluster_slots(&Value::Int(1), "h:1").is_err());

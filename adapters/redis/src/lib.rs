@@ -21,6 +21,7 @@ mod connect;
 mod inbox;
 mod log;
 mod master;
+mod node_session;
 mod publisher;
 mod quota;
 mod sharded;
