@@ -42,6 +42,19 @@ pub struct BenchConfig {
     )]
     pub redis_url: String,
 
+    /// Publish into this Redis Cluster with `--publish redis` (HOST:PORT of some of its nodes,
+    /// comma-separated; the others are learnt from them) instead of --redis-url's Redis: each
+    /// message with `SPUBLISH` on one of the --redis-partitions sharded channels, as the workers'
+    /// `--redis-cluster` reads them. No credentials, no TLS.
+    #[arg(long, env = "FANOUT_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
+    /// With --redis-cluster: the sharded channels `performance:metrics:{0}` … `{P-1}` the
+    /// workers read (the same P as theirs); message N goes on partition N mod P, so the load
+    /// spreads over every partition.
+    #[arg(long, env = "FANOUT_REDIS_PARTITIONS", default_value_t = DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_partitions: u16,
+
     /// Clients connecting at once during the ramp.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -85,19 +98,56 @@ pub struct BenchConfig {
     pub json: Option<PathBuf>,
 }
 
+/// The workers' default `--redis-partitions` (the tool must not depend on the server's crates,
+/// so it is repeated here; PROTOCOL.md makes it part of the contract).
+pub const DEFAULT_PARTITIONS: u16 = 16;
+
 /// Where the tool publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PublishVia {
     /// `POST /api/metrics` on the workers, round-robin.
     Http,
-    /// `PUBLISH` on the workers' Redis, as a worker would.
+    /// `PUBLISH` on the workers' Redis, as a worker would (`SPUBLISH` with `--redis-cluster`).
     Redis,
+}
+
+/// The Redis that `--publish redis` publishes into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis (or a Sentinel's master given by URL): `PUBLISH` on `performance:metrics`.
+    Single { url: String },
+    /// A Redis Cluster: `SPUBLISH` on `performance:metrics:{N}`, N = message number mod
+    /// `partitions`.
+    Cluster {
+        /// `redis://HOST:PORT` of each node given.
+        nodes: Vec<String>,
+        partitions: u16,
+    },
 }
 
 impl BenchConfig {
     /// The WebSocket addresses behind the worker base URLs.
     pub fn targets(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.urls.iter().map(|url| websocket_addr(url)).collect()
+    }
+
+    /// The Redis `--publish redis` publishes into: the cluster when `--redis-cluster` is given,
+    /// else `--redis-url`'s.
+    pub fn redis_target(&self) -> anyhow::Result<RedisTarget> {
+        if self.redis_cluster.is_empty() {
+            return Ok(RedisTarget::Single {
+                url: self.redis_url.clone(),
+            });
+        }
+        let nodes = self
+            .redis_cluster
+            .iter()
+            .map(|node| cluster_node_url(node))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(RedisTarget::Cluster {
+            nodes,
+            partitions: self.redis_partitions,
+        })
     }
 
     /// What is published and subscribed to, checked.
@@ -117,6 +167,17 @@ fn websocket_addr(url: &str) -> anyhow::Result<SocketAddr> {
     authority
         .parse()
         .with_context(|| format!("--url {url}: expected http://IP:PORT"))
+}
+
+/// `redis://HOST:PORT` for one `--redis-cluster` node given as `HOST:PORT`.
+fn cluster_node_url(node: &str) -> anyhow::Result<String> {
+    let node = node.trim();
+    match node.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(format!("redis://{node}"))
+        }
+        _ => anyhow::bail!("--redis-cluster {node:?}: expected HOST:PORT"),
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +269,62 @@ mod tests {
     fn a_url_without_an_ip_and_port_is_refused_with_the_flag_named() {
         let error = websocket_addr("http://localhost/").err();
         assert!(error.is_some_and(|e| e.to_string().contains("--url http://localhost/")));
+    }
+
+    #[test]
+    fn without_redis_cluster_the_tool_publishes_into_redis_url() {
+        let config = BenchConfig::try_parse_from(["fanout-bench", "--redis-url", "redis://db:1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.redis_target().unwrap_or_else(|e| panic!("{e}")),
+            RedisTarget::Single {
+                url: "redis://db:1".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn redis_cluster_takes_comma_separated_nodes_and_sixteen_partitions_by_default() {
+        let config = BenchConfig::try_parse_from([
+            "fanout-bench",
+            "--publish",
+            "redis",
+            "--redis-cluster",
+            "127.0.0.1:7000,10.0.0.2:7001",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.redis_target().unwrap_or_else(|e| panic!("{e}")),
+            RedisTarget::Cluster {
+                nodes: vec![
+                    "redis://127.0.0.1:7000".to_owned(),
+                    "redis://10.0.0.2:7001".to_owned()
+                ],
+                partitions: 16,
+            }
+        );
+    }
+
+    #[test]
+    fn redis_partitions_is_read_and_zero_is_refused() {
+        let config = BenchConfig::try_parse_from([
+            "fanout-bench",
+            "--redis-cluster",
+            "db:7000",
+            "--redis-partitions",
+            "3",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.redis_partitions, 3);
+        let zero = BenchConfig::try_parse_from(["fanout-bench", "--redis-partitions", "0"]).err();
+        assert!(zero.is_some_and(|e| e.to_string().contains("--redis-partitions")));
+    }
+
+    #[test]
+    fn a_cluster_node_without_a_port_is_refused_with_the_flag_named() {
+        let config = BenchConfig::try_parse_from(["fanout-bench", "--redis-cluster", "db"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = config.redis_target().err();
+        assert!(error.is_some_and(|e| e.to_string().contains("--redis-cluster \"db\"")));
     }
 }

@@ -1,5 +1,6 @@
 //! Publishes numbered bench messages at a steady rate, through the HTTP API or straight into
-//! Redis (in place of a worker).
+//! Redis (in place of a worker): `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster's metrics
+//! partitions (message N on partition N mod P, so every partition carries a share).
 //!
 //! The rate must not drift with the server's speed: sends are due by the clock, and a slow server
 //! makes publishes queue (at most [`IN_FLIGHT`]), not the schedule slip.
@@ -10,10 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fanout_domain::WorkerId;
+use fanout_domain::{Channel, WorkerId};
 use tokio::sync::Semaphore;
 
-use crate::config::{BenchConfig, PublishVia};
+use crate::config::{BenchConfig, PublishVia, RedisTarget};
 use crate::message;
 use crate::workload::Workload;
 
@@ -45,6 +46,15 @@ enum Sink {
         connection: redis::aio::MultiplexedConnection,
         origin: WorkerId,
     },
+    /// redis-rs routes each `SPUBLISH` to the master of its channel's slot (one connection per
+    /// master, multiplexed). A bare `SPUBLISH`, not the workers' script: there is no failover
+    /// during a bench run, and it is the cheapest publish an outside publisher can make.
+    RedisCluster {
+        connection: redis::cluster_async::ClusterConnection,
+        origin: WorkerId,
+        /// `performance:metrics:{N}` for N in `0..P`, named once.
+        channels: Vec<String>,
+    },
 }
 
 impl Sink {
@@ -59,14 +69,27 @@ impl Sink {
                     .map(|target| format!("http://{target}/api/metrics"))
                     .collect(),
             },
-            PublishVia::Redis => {
-                let client =
-                    redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
-                Sink::Redis {
-                    connection: client.get_multiplexed_async_connection().await?,
-                    origin: WorkerId::new(ORIGIN)?,
+            PublishVia::Redis => match config.redis_target()? {
+                RedisTarget::Single { url } => {
+                    let client = redis::Client::open(url.as_str()).context("--redis-url")?;
+                    Sink::Redis {
+                        connection: client.get_multiplexed_async_connection().await?,
+                        origin: WorkerId::new(ORIGIN)?,
+                    }
                 }
-            }
+                RedisTarget::Cluster { nodes, partitions } => {
+                    let client =
+                        redis::cluster::ClusterClient::new(nodes).context("--redis-cluster")?;
+                    Sink::RedisCluster {
+                        connection: client
+                            .get_async_connection()
+                            .await
+                            .context("cannot connect to the --redis-cluster")?,
+                        origin: WorkerId::new(ORIGIN)?,
+                        channels: (0..partitions).map(Channel::metrics_partition).collect(),
+                    }
+                }
+            },
         })
     }
 
@@ -98,8 +121,32 @@ impl Sink {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
+            Sink::RedisCluster {
+                connection,
+                origin,
+                channels,
+            } => {
+                let envelope = message::envelope(origin, sequence, metrics);
+                let channel = &channels[partition_of(sequence, channels.len())];
+                let mut connection = connection.clone();
+                redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(envelope.to_json())
+                    .query_async::<i64>(&mut connection)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
+}
+
+/// The partition message `sequence` is published on, of `partitions` (≥ 1): round-robin, so
+/// consecutive messages land on different partitions and every partition gets a share. (The
+/// tool's clients count items by number, not by order, so spreading one origin over several
+/// channels costs them nothing; a worker keeps to one partition for order.)
+fn partition_of(sequence: u64, partitions: usize) -> usize {
+    (sequence % partitions as u64) as usize
 }
 
 /// How many messages `rate` per second for `duration` is.
@@ -179,6 +226,14 @@ mod tests {
         assert_eq!(messages_in(100, Duration::from_secs(30)), 3_000);
         assert_eq!(messages_in(3, Duration::from_millis(500)), 2);
         assert_eq!(messages_in(0, Duration::from_secs(30)), 0);
+    }
+
+    #[test]
+    fn messages_go_round_robin_over_every_partition() {
+        let chosen: Vec<usize> = (0..6).map(|sequence| partition_of(sequence, 3)).collect();
+        assert_eq!(chosen, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(partition_of(u64::MAX, 16), 15);
+        assert_eq!(partition_of(41, 1), 0);
     }
 
     #[test]
