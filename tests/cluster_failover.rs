@@ -440,10 +440,17 @@ async fn failover_under_load(victim: Victim) {
             .filter(|(_, value)| !seen.outside.contains_key(value))
             .map(|(_, value)| *value)
             .collect();
-        assert!(
-            missing.is_empty(),
-            "client {index} missed outside metrics on partitions whose master stayed up: {missing:?}"
-        );
+        if !missing.is_empty() {
+            let log = workers[index / CLIENTS_PER_WORKER].log_lines();
+            let bus: Vec<&String> = log
+                .iter()
+                .filter(|line| line.contains("Redis") || line.contains("WARN"))
+                .collect();
+            panic!(
+                "client {index} missed outside metrics on partitions whose master stayed up: \
+                 {missing:?}; its worker's log:\n{bus:#?}"
+            );
+        }
         let mut arrivals: Vec<Instant> = kept
             .iter()
             .filter_map(|(_, value)| seen.outside.get(value).copied())

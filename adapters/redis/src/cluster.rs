@@ -305,17 +305,29 @@ impl SlotMap {
         (slot <= *end).then_some(master.as_str())
     }
 
-    /// Channel indexes grouped by the master serving them; channels whose slot no master serves
-    /// (a failover under way) are left out.
-    pub(crate) fn assign(&self, channels: &ClusterChannels) -> BTreeMap<String, Vec<usize>> {
-        let mut by_master: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    /// Channel indexes grouped into the subscriber's sessions: per master, the metric partitions
+    /// it serves, and the alert channel in a session of its own (a slow alert log never pauses
+    /// metrics). Channels whose slot no master serves (a failover under way) are left out.
+    pub(crate) fn assign(&self, channels: &ClusterChannels) -> BTreeMap<SessionKey, Vec<usize>> {
+        let mut sessions: BTreeMap<SessionKey, Vec<usize>> = BTreeMap::new();
         for index in 0..channels.len() {
             if let Some(master) = self.owner(channels.slot(index)) {
-                by_master.entry(master.to_owned()).or_default().push(index);
+                let key = SessionKey {
+                    master: master.to_owned(),
+                    alerts: index == channels.alerts(),
+                };
+                sessions.entry(key).or_default().push(index);
             }
         }
-        by_master
+        sessions
     }
+}
+
+/// One session of the sharded subscriber: a master, and whether it is the alert channel's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SessionKey {
+    pub(crate) master: String,
+    pub(crate) alerts: bool,
 }
 
 #[cfg(test)]
@@ -396,5 +408,24 @@ mod tests {
         assert_eq!(map.owner(99), None);
         assert_eq!(map.owner(201), None);
         assert!(SlotMap::from_cluster_slots(&Value::Int(1), "h:1").is_err());
+    }
+
+    #[test]
+    fn the_alert_channel_gets_a_session_of_its_own_beside_its_masters_partitions() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node("127.0.0.1", 7000),
+        ])]);
+        let map = SlotMap::from_cluster_slots(&reply, "127.0.0.1:7000").expect("a valid reply");
+        let channels = ClusterChannels::new(4);
+        let sessions = map.assign(&channels);
+        let key = |alerts| SessionKey {
+            master: "127.0.0.1:7000".to_owned(),
+            alerts,
+        };
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(sessions[&key(false)], [0, 1, 2, 3]);
+        assert_eq!(sessions[&key(true)], [channels.alerts()]);
     }
 }

@@ -38,6 +38,19 @@ where
     }
 }
 
+/// A multiplexed connection whose connect and every command are bounded by `timeout` (redis-rs's
+/// own default would cut every command at 500 ms, whatever `--redis-timeout` says), made with
+/// hedged attempts.
+pub(crate) async fn multiplexed(
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    hedged(|| client.get_multiplexed_async_connection_with_config(&config)).await
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

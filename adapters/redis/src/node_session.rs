@@ -15,7 +15,8 @@ use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::hedged;
+use crate::cluster::SessionKey;
+use crate::connect::{hedged, multiplexed};
 use crate::inbox::{ConnectionLog, Inbox, NoLog, SessionError, MIN_PONG_WAIT};
 use crate::log::ReadScript;
 use crate::sharded::{node_info, Ended, Shared};
@@ -24,22 +25,23 @@ use crate::sharded::{node_info, Ended, Shared};
 /// the supervisor.
 pub(crate) async fn node_session(
     shared: Arc<Shared>,
-    master: String,
+    key: SessionKey,
     channels: Vec<usize>,
     session: u64,
     recovering: bool,
     cancel: CancellationToken,
     ended: mpsc::UnboundedSender<Ended>,
 ) {
+    let master = key.master.as_str();
     let error = tokio::select! {
         _ = cancel.cancelled() => SessionError::after(format!("the slot map moved channels off {master}")),
-        error = subscribed_on(&shared, &master, &channels, session, recovering) => error,
+        error = subscribed_on(&shared, master, &channels, session, recovering) => error,
     };
     shared
         .status
         .channels_down(&channels, session, format!("{master}: {}", error.message));
     let _ = ended.send(Ended {
-        master,
+        key,
         session,
         error,
     });
@@ -94,13 +96,10 @@ async fn subscribed_on_inner(
     if carries_alerts {
         let mut held = Arc::clone(&shared.feed).lock_owned().await;
         let log_client = redis::Client::open(info).map_err(SessionError::before)?;
-        let log_connection = tokio::time::timeout(
-            timeout,
-            hedged(|| log_client.get_multiplexed_async_connection()),
-        )
-        .await
-        .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
-        .map_err(SessionError::before)?;
+        let log_connection = tokio::time::timeout(timeout, multiplexed(&log_client, timeout))
+            .await
+            .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+            .map_err(SessionError::before)?;
         let alert_log = ConnectionLog {
             connection: log_connection,
             keys: shared.keys.clone(),

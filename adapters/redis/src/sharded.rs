@@ -1,5 +1,6 @@
 //! The subscriber on a Redis Cluster: sharded Pub/Sub, one dedicated connection per master that
-//! serves any of the worker's channels, each a session of its own.
+//! serves any of the worker's metric partitions, and one for the alert channel, each a session of
+//! its own.
 //!
 //! A supervising task reads the slot map (`CLUSTER SLOTS`, from any node that answers) and keeps
 //! one node session per master with exactly the channels that master serves. A session ends on
@@ -25,8 +26,8 @@ use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterChannels, ClusterConfig, SlotMap};
-use crate::connect::hedged;
+use crate::cluster::{ClusterChannels, ClusterConfig, SessionKey, SlotMap};
+use crate::connect::multiplexed;
 use crate::inbox::{SessionError, LOG_INTERVAL};
 use crate::log::LogKeys;
 use crate::status::{RateLimitedLog, SharedStatus};
@@ -52,7 +53,7 @@ pub(crate) struct Shared {
 
 /// A node session that ended, and why.
 pub(crate) struct Ended {
-    pub(crate) master: String,
+    pub(crate) key: SessionKey,
     pub(crate) session: u64,
     pub(crate) error: SessionError,
 }
@@ -105,7 +106,7 @@ impl ShardedListener {
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let shared = Arc::clone(&self.shared);
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
-        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut running: BTreeMap<SessionKey, Running> = BTreeMap::new();
         let mut attempt: u32 = 0;
         let mut attempts_log = RateLimitedLog::new(LOG_INTERVAL);
         let mut recovering = false;
@@ -116,15 +117,15 @@ impl ShardedListener {
             match self.slot_map().await {
                 Ok(map) => {
                     let wanted = map.assign(&shared.channels);
-                    running.retain(|master, node| {
-                        let keep = wanted.get(master) == Some(&node.channels);
+                    running.retain(|key, node| {
+                        let keep = wanted.get(key) == Some(&node.channels);
                         if !keep {
                             node.cancel.cancel();
                         }
                         keep
                     });
-                    for (master, channels) in wanted {
-                        if running.contains_key(&master) {
+                    for (key, channels) in wanted {
+                        if running.contains_key(&key) {
                             continue;
                         }
                         let session = shared.status.next_session();
@@ -135,16 +136,18 @@ impl ShardedListener {
                         };
                         tokio::spawn(crate::node_session::node_session(
                             Arc::clone(&shared),
-                            master.clone(),
+                            key.clone(),
                             channels,
                             session,
                             recovering,
                             node.cancel.clone(),
                             ended_tx.clone(),
                         ));
-                        running.insert(master, node);
+                        running.insert(key, node);
                     }
-                    let masters: Vec<&str> = running.keys().map(String::as_str).collect();
+                    let mut masters: Vec<&str> =
+                        running.keys().map(|key| key.master.as_str()).collect();
+                    masters.dedup();
                     shared.status.set_master(masters.join(","));
                     let covered: usize = running.values().map(|node| node.channels.len()).sum();
                     if covered < shared.channels.len() {
@@ -189,15 +192,15 @@ impl ShardedListener {
             };
             let Some(ended) = ended else { continue };
             if running
-                .get(&ended.master)
+                .get(&ended.key)
                 .is_some_and(|node| node.session == ended.session)
             {
-                running.remove(&ended.master);
+                running.remove(&ended.key);
             }
             if ended.error.was_subscribed {
                 attempt = 0;
                 recovering = true;
-                tracing::warn!(master = %ended.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
+                tracing::warn!(master = %ended.key.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
             } else {
                 let failed = shared
                     .status
@@ -206,7 +209,7 @@ impl ShardedListener {
                     + 1;
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
-                        master = %ended.master,
+                        master = %ended.key.master,
                         error = %ended.error.message,
                         failed_attempts_total = failed,
                         suppressed,
@@ -237,7 +240,7 @@ impl ShardedListener {
         for node in self.known.clone() {
             let connecting = async {
                 let client = redis::Client::open(node_info(&node, &self.shared.settings)?)?;
-                hedged(|| client.get_multiplexed_async_connection()).await
+                multiplexed(&client, timeout).await
             };
             let mut connection = match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(connection)) => connection,

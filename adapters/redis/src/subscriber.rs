@@ -22,7 +22,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::connect::hedged;
+use crate::connect::{hedged, multiplexed};
 use crate::inbox::{ConnectionLog, Inbox, SessionError, LOG_INTERVAL, MIN_PONG_WAIT};
 use crate::log::{LogKeys, ReadScript};
 use crate::master::Resolver;
@@ -199,13 +199,10 @@ impl Listener {
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        let connection = tokio::time::timeout(
-            timeout,
-            hedged(|| client.get_multiplexed_async_connection()),
-        )
-        .await
-        .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
-        .map_err(SessionError::before)?;
+        let connection = tokio::time::timeout(timeout, multiplexed(&client, timeout))
+            .await
+            .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
+            .map_err(SessionError::before)?;
         let log = ConnectionLog {
             connection,
             keys: self.keys.clone(),
