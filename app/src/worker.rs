@@ -74,7 +74,7 @@ impl Bus {
                 }
                 redis.validate().with_context(|| {
                     format!(
-                        "invalid --redis-url {}",
+                        "invalid Redis configuration (--redis-url {})",
                         fanout_redis::redact_url(&redis.url)
                     )
                 })?;
