@@ -13,6 +13,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use deadpool_redis::Pool;
+use futures_util::StreamExt;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsMode};
 
@@ -32,6 +33,9 @@ pub struct SentinelConfig {
     /// Whether the sentinels speak TLS.
     pub tls: bool,
 }
+
+/// The masters a sentinel announces, as they are promoted.
+pub(crate) type SwitchEvents = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
 
 /// Finds the master: the URL's, or the one the sentinels name.
 pub(crate) struct Resolver {
@@ -126,6 +130,36 @@ impl Resolver {
                 Ok(Some((host, port))) => return Some(format!("{host}:{port}")),
                 // This sentinel knows no master (or failed): ask another.
                 Ok(None) | Err(_) => *asking = None,
+            }
+        }
+        None
+    }
+
+    /// The masters the sentinels announce from now on (`+switch-master` for our master name),
+    /// `HOST:PORT` each, from the first sentinel that takes the subscription within `timeout`;
+    /// `None` without Sentinel or when none does.
+    pub(crate) async fn switch_events(&self, timeout: std::time::Duration) -> Option<SwitchEvents> {
+        let resolver = self.sentinel.as_ref()?;
+        for node in &resolver.nodes {
+            let subscribed = async {
+                let client = redis::Client::open(node.clone())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            if let Ok(Ok(pubsub)) = tokio::time::timeout(timeout, subscribed).await {
+                let name = resolver.master_name.clone();
+                let events = pubsub.into_on_message().filter_map(move |message| {
+                    // "<name> <old-ip> <old-port> <new-ip> <new-port>"
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    let fields: Vec<&str> = payload.split(' ').collect();
+                    let named = match fields.as_slice() {
+                        [master, _, _, ip, port] if *master == name => Some(format!("{ip}:{port}")),
+                        _ => None,
+                    };
+                    std::future::ready(named)
+                });
+                return Some(Box::pin(events));
             }
         }
         None

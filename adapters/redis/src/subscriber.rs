@@ -259,8 +259,12 @@ impl Listener {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        // With Sentinel: `+switch-master` from a sentinel says at once that another master was
+        // promoted (a master that was only paused still answers, as a master, after that); the
+        // PING-time question to the sentinels covers a sentinel connection that was lost.
+        let mut switches = self.resolver.switch_events(pong_wait).await;
         loop {
-            tokio::select! {
+            let named = tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else {
                         return Err(SessionError::after("the connection closed"));
@@ -270,7 +274,15 @@ impl Listener {
                         .handle(Channel::from_name(name), name, message.get_payload_bytes(), self.feed.as_mut(), &log)
                         .await
                         .map_err(SessionError::after)?;
+                    continue;
                 }
+                switched = next_switch(&mut switches) => match switched {
+                    Some(named) => named,
+                    None => {
+                        switches = None;
+                        continue;
+                    }
+                },
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await;
                     match pong {
@@ -278,32 +290,45 @@ impl Listener {
                         Ok(Err(error)) => return Err(SessionError::after(format!("PING failed: {error}"))),
                         Err(_) => return Err(SessionError::after(format!("no PONG within {pong_wait:?}: Redis hangs or the link is cut"))),
                     }
-                    // With Sentinel: a master that was only paused still answers, as a master,
-                    // after another was promoted; follow the sentinels, not the old connection.
-                    let named = tokio::time::timeout(pong_wait, self.resolver.named_master()).await;
-                    if let Ok(Some(named)) = named {
-                        if named != address {
-                            let reason = format!(
-                                "the sentinels name {named} as master, not {address}: following"
-                            );
-                            // Publishers stop counting on this session first; then everything
-                            // published on it before a last PING is delivered, so that a 202
-                            // given while it was live is not lost with it.
-                            self.status.set_error(reason.clone());
-                            if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
-                                while let Some(Some(message)) = stream.next().now_or_never() {
-                                    let name = message.get_channel_name();
-                                    self.inbox
-                                        .handle(Channel::from_name(name), name, message.get_payload_bytes(), self.feed.as_mut(), &log)
-                                        .await
-                                        .map_err(SessionError::after)?;
-                                }
-                            }
-                            return Err(SessionError::after(reason));
-                        }
+                    match tokio::time::timeout(pong_wait, self.resolver.named_master()).await {
+                        Ok(Some(named)) => named,
+                        _ => continue,
                     }
                 }
+            };
+            if named == address {
+                continue;
             }
+            let reason = format!("the sentinels name {named} as master, not {address}: following");
+            // Publishers stop counting on this session first; then everything published on it
+            // before a last PING is delivered, so that a 202 given while it was live is not lost
+            // with it.
+            self.status.set_error(reason.clone());
+            if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
+                while let Some(Some(message)) = stream.next().now_or_never() {
+                    let name = message.get_channel_name();
+                    self.inbox
+                        .handle(
+                            Channel::from_name(name),
+                            name,
+                            message.get_payload_bytes(),
+                            self.feed.as_mut(),
+                            &log,
+                        )
+                        .await
+                        .map_err(SessionError::after)?;
+                }
+            }
+            return Err(SessionError::after(reason));
         }
+    }
+}
+
+/// The next master a sentinel announced with `+switch-master`; `None` when the sentinel
+/// connection ended; never, without Sentinel.
+async fn next_switch(switches: &mut Option<crate::master::SwitchEvents>) -> Option<String> {
+    match switches {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
     }
 }
