@@ -86,6 +86,10 @@ struct Published {
     acknowledged_metrics: Mutex<Vec<(usize, u64)>>,
     acknowledged_alerts: Mutex<Vec<String>>,
     refused: AtomicU64,
+    /// (index of the worker that refused, the metric's value) of each metric refused.
+    refused_metrics: Mutex<Vec<(usize, u64)>>,
+    /// Alerts refused.
+    refused_alerts: AtomicU64,
     /// Publishes started and not answered yet.
     in_flight: AtomicU64,
     /// The latest tick.
@@ -144,6 +148,7 @@ async fn publish_load(
                     lock(&published.acknowledged_metrics).push((worker, n));
                 } else {
                     published.refused.fetch_add(1, Ordering::Relaxed);
+                    lock(&published.refused_metrics).push((worker, n));
                 }
                 published.in_flight.fetch_sub(1, Ordering::SeqCst);
             });
@@ -159,6 +164,7 @@ async fn publish_load(
                     lock(&published.acknowledged_alerts).push(message);
                 } else {
                     published.refused.fetch_add(1, Ordering::Relaxed);
+                    published.refused_alerts.fetch_add(1, Ordering::Relaxed);
                 }
                 published.in_flight.fetch_sub(1, Ordering::SeqCst);
             });
@@ -536,6 +542,29 @@ async fn failover_under_load(victim: Victim) {
              {elsewhere:?} away from the fault ({struck_from}..{struck_to}), {near:?} at it"
         );
         missed_at_fault = missed_at_fault.max(near.len());
+    }
+    // The masters that stayed up took every publish meant for them: a worker whose partition
+    // is on one, and alerts when the alert slot's master stayed up.
+    for (worker, id) in WORKERS.iter().enumerate() {
+        if stopped.contains(&partition_of_worker(id)) {
+            continue;
+        }
+        let refused: Vec<u64> = lock(&published.refused_metrics)
+            .iter()
+            .filter(|(by, _)| *by == worker)
+            .map(|(_, value)| *value)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "worker {id} publishes on a partition whose master stayed up, yet refused {refused:?}"
+        );
+    }
+    if victim == Victim::MetricPartitions {
+        assert_eq!(
+            published.refused_alerts.load(Ordering::Relaxed),
+            0,
+            "alerts were refused though the alert slot's master stayed up"
+        );
     }
     assert_eq!(
         lock(&not_ready_seen).len(),

@@ -51,6 +51,18 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<tokio::sync::Mutex<Option<AlertFeed>>>,
 }
 
+/// What a node session tells the supervisor.
+pub(crate) enum Event {
+    /// It ended.
+    Ended(Ended),
+    /// It no longer holds `channel` (the slot moved away, or its master refused it).
+    Dropped {
+        key: SessionKey,
+        session: u64,
+        channel: usize,
+    },
+}
+
 /// A node session that ended, and why.
 pub(crate) struct Ended {
     pub(crate) key: SessionKey,
@@ -59,9 +71,13 @@ pub(crate) struct Ended {
 }
 
 struct Running {
+    /// The channels it holds (as far as the supervisor knows: a session also drops channels and
+    /// says so).
     channels: Vec<usize>,
     session: u64,
     cancel: CancellationToken,
+    /// The new set of channels, when slots moved.
+    changes: mpsc::UnboundedSender<Vec<usize>>,
 }
 
 /// The supervising task of the sharded subscriber.
@@ -105,7 +121,7 @@ impl ShardedListener {
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let shared = Arc::clone(&self.shared);
-        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
         let mut running: BTreeMap<SessionKey, Running> = BTreeMap::new();
         let mut attempt: u32 = 0;
         let mut attempts_log = RateLimitedLog::new(LOG_INTERVAL);
@@ -115,24 +131,30 @@ impl ShardedListener {
         loop {
             let mut delay = Duration::ZERO;
             match self.slot_map().await {
-                Ok(map) => {
+                Ok((map, asked)) => {
                     let wanted = map.assign(&shared.channels);
-                    running.retain(|key, node| {
-                        let keep = wanted.get(key) == Some(&node.channels);
-                        if !keep {
-                            node.cancel.cancel();
-                        }
-                        keep
-                    });
+                    self.move_running(&mut running, &wanted, &asked).await;
+                    // Channels no running session holds get a new one on their master.
+                    let held: Vec<usize> = running
+                        .values()
+                        .flat_map(|node| node.channels.iter().copied())
+                        .collect();
                     for (key, channels) in wanted {
                         if running.contains_key(&key) {
                             continue;
                         }
+                        let channels: Vec<usize> =
+                            channels.into_iter().filter(|c| !held.contains(c)).collect();
+                        if channels.is_empty() {
+                            continue;
+                        }
                         let session = shared.status.next_session();
+                        let (changes, changes_rx) = mpsc::unbounded_channel();
                         let node = Running {
                             channels: channels.clone(),
                             session,
                             cancel: cancel.child_token(),
+                            changes,
                         };
                         tokio::spawn(crate::node_session::node_session(
                             Arc::clone(&shared),
@@ -141,7 +163,8 @@ impl ShardedListener {
                             session,
                             recovering,
                             node.cancel.clone(),
-                            ended_tx.clone(),
+                            changes_rx,
+                            events_tx.clone(),
                         ));
                         running.insert(key, node);
                     }
@@ -182,15 +205,32 @@ impl ShardedListener {
             let wait = async {
                 tokio::time::sleep(delay).await;
                 tokio::select! {
-                    ended = ended_rx.recv() => ended,
+                    event = events_rx.recv() => event,
                     _ = tick.tick() => None,
                 }
             };
-            let ended = tokio::select! {
+            let event = tokio::select! {
                 _ = cancel.cancelled() => return,
-                ended = wait => ended,
+                event = wait => event,
             };
-            let Some(ended) = ended else { continue };
+            let ended = match event {
+                None => continue,
+                Some(Event::Dropped {
+                    key,
+                    session,
+                    channel,
+                }) => {
+                    // Find the channel's master again at once.
+                    if let Some(node) = running.get_mut(&key) {
+                        if node.session == session {
+                            node.channels.retain(|&c| c != channel);
+                        }
+                    }
+                    recovering = true;
+                    continue;
+                }
+                Some(Event::Ended(ended)) => ended,
+            };
             if running
                 .get(&ended.key)
                 .is_some_and(|node| node.session == ended.session)
@@ -225,14 +265,78 @@ impl ShardedListener {
         }
     }
 
+    /// Gives running sessions the channels the map says their masters serve now, and ends those
+    /// whose master serves none. Only when a second node agrees: a master that was frozen while
+    /// its replica was promoted answers, for a moment after it is let go, with its old view, and
+    /// following it would move live subscriptions back to a master that is about to lose them.
+    async fn move_running(
+        &mut self,
+        running: &mut BTreeMap<SessionKey, Running>,
+        wanted: &BTreeMap<SessionKey, Vec<usize>>,
+        asked: &str,
+    ) {
+        let changed: Vec<SessionKey> = running
+            .iter()
+            .filter(|(key, node)| wanted.get(*key) != Some(&node.channels))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let Some(second) = self.second_opinion(asked).await else {
+            return;
+        };
+        let confirmed = second.assign(&self.shared.channels);
+        for key in changed {
+            if confirmed.get(&key) != wanted.get(&key) {
+                continue;
+            }
+            match wanted.get(&key) {
+                Some(channels) => {
+                    if let Some(node) = running.get_mut(&key) {
+                        node.channels = channels.clone();
+                        let _ = node.changes.send(channels.clone());
+                    }
+                }
+                None => {
+                    if let Some(node) = running.remove(&key) {
+                        node.cancel.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slot map as another node than `asked` sees it, from the first that answers.
+    async fn second_opinion(&mut self, asked: &str) -> Option<SlotMap> {
+        let timeout = self.shared.config.command_timeout.min(SLOTS_WAIT);
+        for node in self.known.clone() {
+            if node == asked {
+                continue;
+            }
+            let connecting = async {
+                let client = redis::Client::open(node_info(&node, &self.shared.settings)?)?;
+                multiplexed(&client, timeout).await
+            };
+            let Ok(Ok(mut connection)) = tokio::time::timeout(timeout, connecting).await else {
+                continue;
+            };
+            if let Ok(map) = cluster_slots(&mut connection, &node, timeout).await {
+                return Some(map);
+            }
+        }
+        None
+    }
+
     /// The slot map, from the node asked last time if it still answers, else from the first of
     /// the known nodes that does.
-    async fn slot_map(&mut self) -> Result<SlotMap, String> {
+    async fn slot_map(&mut self) -> Result<(SlotMap, String), String> {
         let timeout = self.shared.config.command_timeout.min(SLOTS_WAIT);
         if let Some((node, connection)) = self.asking.as_mut() {
             if let Ok(map) = cluster_slots(connection, node, timeout).await {
+                let node = node.clone();
                 self.learn(&map);
-                return Ok(map);
+                return Ok((map, node));
             }
             self.asking = None;
         }
@@ -256,8 +360,8 @@ impl ShardedListener {
             match cluster_slots(&mut connection, &node, timeout).await {
                 Ok(map) => {
                     self.learn(&map);
-                    self.asking = Some((node, connection));
-                    return Ok(map);
+                    self.asking = Some((node.clone(), connection));
+                    return Ok((map, node));
                 }
                 Err(error) => last_error = format!("{node}: {error}"),
             }

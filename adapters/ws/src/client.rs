@@ -112,7 +112,10 @@ async fn serve_registered(
             }
             Err(error) => {
                 tracing::warn!(client = id, %error, "cannot replay alerts for a resuming client");
+                // Nothing live goes out after a resume that failed: the client would take it for
+                // the stream after its replay. Closed first, so nothing more is queued.
                 queue.close(CloseReason::TRY_AGAIN_LATER);
+                queue.drain_now(&mut Vec::new());
             }
         }
     }

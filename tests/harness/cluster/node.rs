@@ -40,6 +40,8 @@ fn image() -> (String, String) {
 /// configuration file). Returns once it answers PING.
 pub(super) async fn start_cluster_node(port: u16) -> Result<ClusterNode, String> {
     // repl-diskless-sync-delay: Redis 7 waits 5 s by default for more replicas before a full sync.
+    // cluster-require-full-coverage no: as OPERATIONS.md asks, so that the masters that stay up
+    // serve their slots while another one fails over.
     let conf = format!(
         "port {port}\n\
          bind 127.0.0.1\n\
@@ -50,6 +52,7 @@ pub(super) async fn start_cluster_node(port: u16) -> Result<ClusterNode, String>
          cluster-enabled yes\n\
          cluster-config-file /data/nodes-{port}.conf\n\
          cluster-node-timeout 1000\n\
+         cluster-require-full-coverage no\n\
          cluster-announce-ip 127.0.0.1\n\
          repl-diskless-sync yes\n\
          repl-diskless-sync-delay 0\n"
