@@ -115,7 +115,7 @@ pub(crate) struct ClusterCommands {
     connection: tokio::sync::Mutex<Option<ClusterConnection>>,
     /// Connections to single masters, by `HOST:PORT`: a publish goes to the master this worker's
     /// subscriber listens on for the channel, and nowhere else.
-    nodes: std::sync::Mutex<HashMap<Arc<str>, MultiplexedConnection>>,
+    nodes: std::sync::Mutex<HashMap<Arc<str>, NodeConnection>>,
     settings: RedisConnectionInfo,
     timeout: Duration,
     pub(crate) channels: ClusterChannels,
@@ -126,7 +126,36 @@ pub(crate) struct ClusterCommands {
 /// its own subscribers; while a master is failing over, redis-rs may send a command to one, and the
 /// message would be acknowledged yet reach no worker. Declared with the channel as its key, the
 /// script gets `MOVED` from a replica instead, and the publish fails (503) until the promotion.
-const SPUBLISH_ON_MASTER: &str = "return redis.call('SPUBLISH', KEYS[1], ARGV[1])";
+/// It also refuses to run past its deadline (`LATE_CHECK`).
+fn spublish_on_master() -> String {
+    format!(
+        "{}\nreturn redis.call('SPUBLISH', KEYS[1], ARGV[1])",
+        crate::log::LATE_CHECK
+    )
+}
+
+/// A connection to one master, and how far its clock is ahead of this worker's.
+#[derive(Clone)]
+pub(crate) struct NodeConnection {
+    pub(crate) connection: MultiplexedConnection,
+    offset_us: i64,
+}
+
+impl NodeConnection {
+    /// `within` from now, in the master's clock (Unix microseconds).
+    pub(crate) fn deadline_us(&self, within: Duration) -> u64 {
+        let now = unix_us();
+        let within = i64::try_from(within.as_micros()).unwrap_or(i64::MAX);
+        u64::try_from(now.saturating_add(self.offset_us).saturating_add(within)).unwrap_or(0)
+    }
+}
+
+fn unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 impl ClusterCommands {
     pub(crate) fn new(config: &RedisConfig, cluster: &ClusterConfig) -> RedisResult<Self> {
@@ -153,13 +182,14 @@ impl ClusterCommands {
             settings: settings.clone(),
             timeout: config.command_timeout,
             channels: ClusterChannels::new(cluster.partitions),
-            publish: redis::Script::new(SPUBLISH_ON_MASTER),
+            publish: redis::Script::new(&spublish_on_master()),
         })
     }
 
     /// A connection to the master at `master` alone (it follows no redirection: a node that no
-    /// longer serves the slot answers `MOVED`, an error), made on first use.
-    pub(crate) async fn node(&self, master: &Arc<str>) -> RedisResult<MultiplexedConnection> {
+    /// longer serves the slot answers `MOVED`, an error), made on first use, with the master's
+    /// clock offset read by `TIME` (to within the round trip).
+    pub(crate) async fn node(&self, master: &Arc<str>) -> RedisResult<NodeConnection> {
         if let Some(connection) = self.nodes_lock().get(master) {
             return Ok(connection.clone());
         }
@@ -171,12 +201,18 @@ impl ClusterCommands {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let connection = client
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        self.nodes_lock()
-            .insert(Arc::clone(master), connection.clone());
-        Ok(connection)
+        let before = unix_us();
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut connection).await?;
+        let after = unix_us();
+        let node = NodeConnection {
+            connection,
+            offset_us: seconds * 1_000_000 + micros - (before + after) / 2,
+        };
+        self.nodes_lock().insert(Arc::clone(master), node.clone());
+        Ok(node)
     }
 
     /// Drops the connection to `master` after it failed: the next publish connects anew.
@@ -184,22 +220,25 @@ impl ClusterCommands {
         self.nodes_lock().remove(master);
     }
 
-    fn nodes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, MultiplexedConnection>> {
+    fn nodes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, NodeConnection>> {
         self.nodes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Publishes `payload` on the sharded channel `channel`, on its slot's master only.
+    /// Publishes `payload` on the sharded channel `channel`, on its slot's master only, and not
+    /// after `deadline_us` (the master's clock; 0 for none).
     pub(crate) async fn spublish(
         &self,
         connection: &mut (impl redis::aio::ConnectionLike + Send),
         channel: usize,
         payload: &str,
+        deadline_us: u64,
     ) -> RedisResult<i64> {
         self.publish
             .key(self.channels.name(channel))
             .arg(payload)
+            .arg(deadline_us)
             .invoke_async(connection)
             .await
     }

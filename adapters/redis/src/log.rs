@@ -52,6 +52,20 @@ fn fresh_epoch() -> String {
 /// slot, so the script runs on one node.
 pub(crate) struct AppendScript(Script);
 
+/// The first lines of a publishing script whose last argument is a deadline in Redis's clock
+/// (Unix microseconds; 0 for none): past it, the script refuses to run. A master frozen with a
+/// publish in its input (the publisher long gave up: 503) runs it when it is let go, still taking
+/// itself for the master, and sharded Pub/Sub hands the message to its shard (the promoted
+/// replica): it would arrive seconds late, after newer ones.
+pub(crate) const LATE_CHECK: &str = r#"
+local deadline = tonumber(ARGV[#ARGV])
+if deadline > 0 then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000000 + tonumber(now[2]) > deadline then
+    return redis.error_reply('LATE the publish reached Redis after its deadline')
+  end
+end"#;
+
 /// The prefix every alert envelope starts with; the script splices id and epoch in after it.
 pub(crate) const ALERT_PREFIX: &str = r#"{"type":"alert","#;
 
@@ -60,6 +74,7 @@ impl AppendScript {
         let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
         Self(Script::new(&format!(
             r#"
+{LATE_CHECK}
 redis.call('SET', KEYS[2], ARGV[4], 'NX')
 local epoch = redis.call('GET', KEYS[2])
 local id = redis.call('XADD', KEYS[1], '*', '{FIELD}', ARGV[2])
@@ -76,13 +91,15 @@ return {{id, epoch}}
         )))
     }
 
-    /// Runs the script; returns the alert's position.
+    /// Runs the script; returns the alert's position. `deadline_us` (Redis's clock, 0 for none):
+    /// after it the script refuses to run (see [`LATE_CHECK`]).
     pub(crate) async fn append<C: ConnectionLike>(
         &self,
         connection: &mut C,
         keys: &LogKeys,
         retention: usize,
         envelope_json: &str,
+        deadline_us: u64,
     ) -> redis::RedisResult<(LogId, LogEpoch)> {
         debug_assert!(envelope_json.starts_with(ALERT_PREFIX));
         let (id, epoch): (String, String) = self
@@ -93,6 +110,7 @@ return {{id, epoch}}
             .arg(envelope_json)
             .arg(Channel::Alerts.name())
             .arg(fresh_epoch())
+            .arg(deadline_us)
             .invoke_async(connection)
             .await?;
         match (id.parse(), LogEpoch::new(epoch)) {

@@ -151,6 +151,7 @@ impl Broadcaster for RedisPublisher {
                         &self.keys,
                         self.config.alert_retention,
                         &payload,
+                        0,
                     )
                     .await
                     .map(|(id, _epoch)| Some(id)),
@@ -263,11 +264,21 @@ impl RedisPublisher {
         let attempt = async {
             match &live {
                 Some((_, master)) => {
-                    let mut connection = cluster.node(master).await.map_err(|error| {
+                    let node = cluster.node(master).await.map_err(|error| {
                         PublishError::caused_by("no connection to the Redis master", error)
                     })?;
+                    // Past the time this publish waits for, the master must not run it.
+                    let deadline = node.deadline_us(self.config.command_timeout);
+                    let mut connection = node.connection;
                     let published = self
-                        .sharded_script(&mut connection, cluster, channel, envelope, &payload)
+                        .sharded_script(
+                            &mut connection,
+                            cluster,
+                            channel,
+                            envelope,
+                            &payload,
+                            deadline,
+                        )
                         .await?;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         // WAIT counts this connection's writes: the alert just appended.
@@ -280,7 +291,7 @@ impl RedisPublisher {
                         PublishError::caused_by("no Redis Cluster connection", error)
                     })?;
                     let published = self
-                        .sharded_script(&mut connection, cluster, channel, envelope, &payload)
+                        .sharded_script(&mut connection, cluster, channel, envelope, &payload, 0)
                         .await?;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         let within_ms = self.wait_ms();
@@ -340,15 +351,22 @@ impl RedisPublisher {
         channel: usize,
         envelope: &Envelope,
         payload: &str,
+        deadline_us: u64,
     ) -> Result<Option<LogId>, PublishError> {
         let published = match envelope.payload {
             Payload::Metrics(_) => cluster
-                .spublish(connection, channel, payload)
+                .spublish(connection, channel, payload, deadline_us)
                 .await
                 .map(|_| None),
             Payload::Alert(_) => self
                 .append
-                .append(connection, &self.keys, self.config.alert_retention, payload)
+                .append(
+                    connection,
+                    &self.keys,
+                    self.config.alert_retention,
+                    payload,
+                    deadline_us,
+                )
                 .await
                 .map(|(id, _epoch)| Some(id)),
         };
