@@ -316,3 +316,121 @@ async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order
         refused.load(Ordering::Relaxed)
     );
 }
+
+/// Found by an outside tester: a master frozen with a publish in its input (the worker gave up on
+/// it: 503) ran it when it was let go, after its replica had been promoted, and sharded Pub/Sub
+/// handed the message to the promoted replica's subscribers seconds late, after newer ones. A
+/// publisher that waits for each answer must see its metrics arrive in order at every client,
+/// across the freeze, and every acknowledged one at the publishing worker's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
+    let topology = ClusterTopology::start().await;
+    let publisher = worker(&topology, "f1").await;
+    let other = worker(&topology, "f2").await;
+    let partition = ClusterTopology::slot_of("f1") % PARTITIONS;
+    let slot = ClusterTopology::slot_of(&partition_channel(partition));
+    let readers = [
+        tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
+        tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, acknowledged, refused) = (
+            Arc::clone(&stop),
+            Arc::clone(&acknowledged),
+            Arc::clone(&refused),
+        );
+        let addr = publisher.addr;
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let metric = json!({ "name": "moved", "value": n }).to_string();
+                let (status, _) = post(addr, "/api/metrics", "application/json", metric).await;
+                if status == 202 {
+                    acknowledged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(n);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let acknowledged_count = || acknowledged.lock().unwrap_or_else(|e| e.into_inner()).len();
+    wait_until("the publisher is acknowledged", || async {
+        acknowledged_count() >= 20
+    })
+    .await;
+    let frozen = topology.master_for_slot(slot).await;
+    topology.pause(&frozen).await;
+    // Publishes pile up in the frozen master's input until the publisher's timeout (503).
+    let refused_before = refused.load(Ordering::Relaxed);
+    wait_until("a publish to the frozen master is refused", || async {
+        refused.load(Ordering::Relaxed) > refused_before
+    })
+    .await;
+    let (promoted, _) = topology.wait_for_failover(&frozen).await;
+    for addr in [publisher.addr, other.addr] {
+        let promoted = promoted.clone();
+        wait_until("both workers listen on the promoted master", || {
+            let promoted = promoted.clone();
+            async move {
+                let bus = health(addr).await["bus"].clone();
+                bus["state"] == "subscribed"
+                    && bus["master"]
+                        .as_str()
+                        .is_some_and(|masters| masters.split(',').any(|m| m == promoted))
+            }
+        })
+        .await;
+    }
+    // Let go: it runs what it held, still taking itself for the master, then learns it is not.
+    topology.unpause(&frozen).await;
+    let before = acknowledged_count();
+    wait_until("the publisher is acknowledged again", || async {
+        acknowledged_count() >= before + 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    within("the publisher stops", load)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let end = json!({ "name": "end", "value": 0 }).to_string();
+    let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
+    assert_eq!(status, 202);
+    let acknowledged = acknowledged
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (name, reader) in ["own", "far"].into_iter().zip(readers) {
+        let values = within("a client reads until the end metric", reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let late: Vec<(u64, u64)> = values
+            .windows(2)
+            .filter(|pair| pair[0] >= pair[1])
+            .map(|pair| (pair[0], pair[1]))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "the {name} client got metrics out of order (earlier after later): {late:?}"
+        );
+        if name == "own" {
+            let got: HashSet<u64> = values.into_iter().collect();
+            let missed: Vec<&u64> = acknowledged.iter().filter(|v| !got.contains(v)).collect();
+            assert!(
+                missed.is_empty(),
+                "the publishing worker's client missed {missed:?}"
+            );
+        }
+    }
+    println!(
+        "frozen master {frozen}, {promoted} promoted: {} metrics acknowledged, {} refused, none late",
+        acknowledged.len(),
+        refused.load(Ordering::Relaxed)
+    );
+}
