@@ -167,6 +167,70 @@ async fn outside_publishers_reach_every_worker_on_every_partition_and_nowhere_el
     }
 }
 
+/// POSTs `moved` metrics numbered 1, 2, … to one worker, each after the answer to the last.
+struct SequentialPublisher {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<u64>>>,
+    refused: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SequentialPublisher {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (stop, acknowledged, refused) = (
+                Arc::clone(&stop),
+                Arc::clone(&acknowledged),
+                Arc::clone(&refused),
+            );
+            tokio::spawn(async move {
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let metric = json!({ "name": "moved", "value": n }).to_string();
+                    let (status, _) = post(addr, "/api/metrics", "application/json", metric).await;
+                    if status == 202 {
+                        acknowledged
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(n);
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            acknowledged,
+            refused,
+            task,
+        }
+    }
+
+    fn acknowledged_count(&self) -> usize {
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Stops after the publish under way; the values acknowledged with 202.
+    async fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        within("the publisher stops", self.task)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// The values of the `moved` metrics a client receives, in arrival order, until the `end` one.
 async fn read_moved_until_end(mut client: Client) -> Vec<u64> {
     let mut values = Vec::new();
@@ -204,34 +268,9 @@ async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order
         tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
     ];
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (stop, acknowledged, refused) = (
-            Arc::clone(&stop),
-            Arc::clone(&acknowledged),
-            Arc::clone(&refused),
-        );
-        let addr = publisher.addr;
-        tokio::spawn(async move {
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let metric = json!({ "name": "moved", "value": n }).to_string();
-                let (status, _) = post(addr, "/api/metrics", "application/json", metric).await;
-                if status == 202 {
-                    acknowledged
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(n);
-                } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let acknowledged_count = || acknowledged.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let load = SequentialPublisher::start(publisher.addr);
+    let acknowledged_count = || load.acknowledged_count();
+    let refused = Arc::clone(&load.refused);
     let mut moves = Vec::new();
     for round in 0..MOVES {
         let before = acknowledged_count();
@@ -272,18 +311,11 @@ async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order
         })
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    within("the publisher stops", load)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let acknowledged = load.stop().await;
     let end = json!({ "name": "end", "value": 0 }).to_string();
     let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
     assert_eq!(status, 202);
 
-    let acknowledged = acknowledged
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     let mut missed_far = 0;
     for (name, reader) in ["own", "far"].into_iter().zip(readers) {
         let values = within("a client reads until the end metric", reader)
@@ -333,34 +365,9 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
         tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
     ];
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (stop, acknowledged, refused) = (
-            Arc::clone(&stop),
-            Arc::clone(&acknowledged),
-            Arc::clone(&refused),
-        );
-        let addr = publisher.addr;
-        tokio::spawn(async move {
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let metric = json!({ "name": "moved", "value": n }).to_string();
-                let (status, _) = post(addr, "/api/metrics", "application/json", metric).await;
-                if status == 202 {
-                    acknowledged
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(n);
-                } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let acknowledged_count = || acknowledged.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let load = SequentialPublisher::start(publisher.addr);
+    let acknowledged_count = || load.acknowledged_count();
+    let refused = Arc::clone(&load.refused);
     wait_until("the publisher is acknowledged", || async {
         acknowledged_count() >= 20
     })
@@ -395,17 +402,10 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         acknowledged_count() >= before + 50
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    within("the publisher stops", load)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let acknowledged = load.stop().await;
     let end = json!({ "name": "end", "value": 0 }).to_string();
     let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
     assert_eq!(status, 202);
-    let acknowledged = acknowledged
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     for (name, reader) in ["own", "far"].into_iter().zip(readers) {
         let values = within("a client reads until the end metric", reader)
             .await

@@ -496,26 +496,7 @@ async fn failover_under_load(victim: Victim) {
             "client {index}: out of log order"
         );
     }
-    let mut reader = Client::resume(addrs[1], "0-0").await;
-    let replayed = reader.resume["replayed"].as_u64().unwrap_or_default();
-    let mut logged = HashSet::new();
-    for _ in 0..replayed {
-        let frame = within("the replay", async {
-            loop {
-                let frame = reader.next_frame().await;
-                if frame["type"] == "alert" {
-                    return frame;
-                }
-            }
-        })
-        .await;
-        logged.insert(
-            frame["data"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let logged = harness::client::logged_messages(addrs[1]).await;
     let not_logged: Vec<&String> = acknowledged.difference(&logged).collect();
     assert!(
         not_logged.is_empty(),

@@ -514,26 +514,7 @@ async fn alerts_acknowledged_right_before_the_master_dies_are_all_in_the_new_mas
         .await;
     }
     // The promoted master's log, read from its start.
-    let mut reader = Client::resume(addrs[1], "0-0").await;
-    let replayed = reader.resume["replayed"].as_u64().unwrap_or_default();
-    let mut logged = HashSet::new();
-    for _ in 0..replayed {
-        let frame = within("the replay", async {
-            loop {
-                let frame = reader.next_frame().await;
-                if frame["type"] == "alert" {
-                    return frame;
-                }
-            }
-        })
-        .await;
-        logged.insert(
-            frame["data"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let logged = harness::client::logged_messages(addrs[1]).await;
     let lost: Vec<&String> = acknowledged.difference(&logged).collect();
     assert!(
         lost.is_empty(),

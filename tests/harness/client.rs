@@ -211,3 +211,29 @@ impl Client {
         self.connection.close(WAIT).await;
     }
 }
+
+/// The messages of every alert the alert log holds now, read by a client that resumes from the
+/// log's start on the worker at `addr`.
+pub async fn logged_messages(addr: std::net::SocketAddr) -> std::collections::HashSet<String> {
+    let mut reader = Client::resume(addr, "0-0").await;
+    let replayed = reader.resume["replayed"].as_u64().unwrap_or_default();
+    let mut logged = std::collections::HashSet::new();
+    for _ in 0..replayed {
+        let frame = super::within("the replay", async {
+            loop {
+                let frame = reader.next_frame().await;
+                if frame["type"] == "alert" {
+                    return frame;
+                }
+            }
+        })
+        .await;
+        logged.insert(
+            frame["data"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    logged
+}

@@ -16,7 +16,6 @@
 //! holds the worker's [`AlertFeed`] while it lives (one session at a time: a lock).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,11 +181,7 @@ impl ShardedListener {
                     }
                 }
                 Err(error) => {
-                    let failed = shared
-                        .status
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed)
-                        + 1;
+                    let failed = shared.status.attempt_failed();
                     if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                         tracing::warn!(
                             %error,
@@ -242,11 +237,7 @@ impl ShardedListener {
                 recovering = true;
                 tracing::warn!(master = %ended.key.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
             } else {
-                let failed = shared
-                    .status
-                    .failed_attempts
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1;
+                let failed = shared.status.attempt_failed();
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
                         master = %ended.key.master,

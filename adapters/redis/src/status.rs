@@ -63,6 +63,11 @@ impl SharedStatus {
         }
     }
 
+    /// One more connection attempt failed; the total so far.
+    pub(crate) fn attempt_failed(&self) -> u64 {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub(crate) fn state(&self) -> SubscriberState {
         *self.state.borrow()
     }

@@ -154,7 +154,7 @@ impl Listener {
                 // The first retry comes at once: most losses are a restart or a failover.
                 Duration::ZERO
             } else {
-                let failed = self.status.failed_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                let failed = self.status.attempt_failed();
                 tracing::debug!(error = %error.message, attempt, "Redis subscriber attempt failed");
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
