@@ -3,8 +3,9 @@
 //!
 //! This is the floor's hot path, and it must stay the least a server can do per delivery: no
 //! task, waker, timer, lock or allocation per client per message, no framing per client (the
-//! frame arrives built, see `frame`). A socket that cannot take a whole frame keeps the rest in
-//! its own backlog, written before anything newer (so nothing is lost or reordered), retried
+//! frame arrives built, see `frame`). A thread that falls behind (frames queued while it wrote)
+//! writes what queued in one pass, one write per client, and says so on stderr once messages stop
+//! (see [`QUIET`]). A socket that cannot take a whole frame keeps the rest in its own backlog, written before anything newer (so nothing is lost or reordered), retried
 //! every [`RETRY`] until empty; a client whose backlog passes [`BACKLOG_MAX`] is dropped (its
 //! loss then shows in the load tool's report).
 
@@ -21,6 +22,13 @@ const QUEUED_MESSAGES: usize = 1_024;
 
 /// How long a thread with a backlog waits for the next message before it retries the backlog.
 const RETRY: Duration = Duration::from_millis(1);
+
+/// After this long without a message, a thread that coalesced frames says how many (once a run:
+/// short enough to be said before `scripts/bench` stops the floor after the drain).
+const QUIET: Duration = Duration::from_millis(250);
+
+/// The most bytes of queued frames one pass writes (a behind thread's coalescing).
+const PASS_MAX: usize = 64 * 1024;
 
 /// The most bytes one client may have waiting for its socket (fanout's default queue bound).
 const BACKLOG_MAX: usize = 1 << 20;
@@ -39,9 +47,10 @@ impl FanOut {
         let (messages, received) = sync_channel(QUEUED_MESSAGES);
         let joining = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::clone(&joining);
+        let thread_name = name.clone();
         thread::Builder::new()
             .name(name)
-            .spawn(move || run(&received, &shared))?;
+            .spawn(move || run(&received, &shared, &thread_name))?;
         Ok(Self { messages, joining })
     }
 
@@ -127,25 +136,34 @@ impl Client {
 }
 
 /// The thread: every message to every client, until the sending side is gone.
-fn run(messages: &Receiver<Arc<[u8]>>, joining: &Mutex<Vec<TcpStream>>) {
+fn run(messages: &Receiver<Arc<[u8]>>, joining: &Mutex<Vec<TcpStream>>, name: &str) {
     let mut clients: Vec<Client> = Vec::new();
     let mut behind = 0usize;
+    // Frames that queued while the previous pass was writing, written together (reused).
+    let mut coalesced: Vec<u8> = Vec::new();
+    let mut counts = Counts::default();
     loop {
         let next = if behind == 0 {
-            messages.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            match messages.recv_timeout(QUIET) {
+                Err(RecvTimeoutError::Timeout) => {
+                    counts.report_if_coalesced(name);
+                    messages.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                }
+                received => received,
+            }
         } else {
             messages.recv_timeout(RETRY)
         };
         take_joining(joining, &mut clients);
-        let frame = match next {
-            Ok(frame) => Some(frame),
+        let pass = match next {
+            Ok(frame) => Some(next_pass(frame, messages, &mut coalesced, &mut counts)),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         behind = 0;
         clients.retain_mut(|client| {
-            let outcome = match &frame {
-                Some(frame) => client.send(frame),
+            let outcome = match &pass {
+                Some(pass) => client.send(pass.bytes(&coalesced)),
                 None if client.backlog.is_empty() => Outcome::Open,
                 None => client.flush(),
             };
@@ -156,6 +174,73 @@ fn run(messages: &Receiver<Arc<[u8]>>, joining: &Mutex<Vec<TcpStream>>) {
             behind += usize::from(!client.backlog.is_empty());
             true
         });
+    }
+}
+
+/// What one pass writes to every client: one frame, or several that queued meanwhile.
+enum Pass {
+    One(Arc<[u8]>),
+    /// In the thread's `coalesced` buffer.
+    Coalesced,
+}
+
+impl Pass {
+    fn bytes<'a>(&'a self, coalesced: &'a [u8]) -> &'a [u8] {
+        match self {
+            Pass::One(frame) => frame,
+            Pass::Coalesced => coalesced,
+        }
+    }
+}
+
+/// `first`, and every frame queued behind it up to [`PASS_MAX`] bytes: a thread that falls
+/// behind (the machine is saturated) writes what queued in one write per client, as a server's
+/// writer that finds several frames in a client's queue does; one that keeps up writes each
+/// frame on its own.
+fn next_pass(
+    first: Arc<[u8]>,
+    messages: &Receiver<Arc<[u8]>>,
+    coalesced: &mut Vec<u8>,
+    counts: &mut Counts,
+) -> Pass {
+    counts.passes += 1;
+    counts.frames += 1;
+    let Ok(second) = messages.try_recv() else {
+        return Pass::One(first);
+    };
+    coalesced.clear();
+    coalesced.extend_from_slice(&first);
+    coalesced.extend_from_slice(&second);
+    counts.frames += 1;
+    while coalesced.len() < PASS_MAX {
+        let Ok(frame) = messages.try_recv() else {
+            break;
+        };
+        coalesced.extend_from_slice(&frame);
+        counts.frames += 1;
+    }
+    Pass::Coalesced
+}
+
+/// Frames and passes of one thread, to tell whether it wrote one frame per write.
+#[derive(Default)]
+struct Counts {
+    frames: u64,
+    passes: u64,
+    reported_frames: u64,
+}
+
+impl Counts {
+    /// Says how many frames went out in how many passes, when some were coalesced since the
+    /// last time it said so (a thread that kept up says nothing: one write per frame).
+    fn report_if_coalesced(&mut self, name: &str) {
+        if self.frames > self.passes && self.frames != self.reported_frames {
+            eprintln!(
+                "floor: {name}: {} frames in {} passes so far (frames that queued while it wrote went out together)",
+                self.frames, self.passes
+            );
+            self.reported_frames = self.frames;
+        }
     }
 }
 
@@ -214,6 +299,24 @@ mod tests {
         for reader in &mut readers {
             assert_eq!(read_exactly(reader, 11), b"onetwothree");
         }
+    }
+
+    #[test]
+    fn frames_that_queued_meanwhile_go_out_in_one_pass() {
+        let (sender, messages) = sync_channel(8);
+        let mut coalesced = Vec::new();
+        let mut counts = Counts::default();
+        let first: Arc<[u8]> = Arc::from(b"one".as_slice());
+        let alone = next_pass(Arc::clone(&first), &messages, &mut coalesced, &mut counts);
+        assert_eq!(alone.bytes(&coalesced), b"one");
+        for frame in [b"two".as_slice(), b"three"] {
+            sender
+                .send(Arc::from(frame))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let together = next_pass(first, &messages, &mut coalesced, &mut counts);
+        assert_eq!(together.bytes(&coalesced), b"onetwothree");
+        assert_eq!((counts.frames, counts.passes), (4, 2));
     }
 
     #[test]
