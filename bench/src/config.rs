@@ -55,6 +55,11 @@ pub struct BenchConfig {
     #[arg(long, env = "FANOUT_REDIS_PARTITIONS", default_value_t = DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_partitions: u16,
 
+    /// The control address of `fanout-floor` for `--publish floor` (the clients connect to its
+    /// WebSocket address, given as --url).
+    #[arg(long, default_value = "127.0.0.1:8079")]
+    pub floor: SocketAddr,
+
     /// Clients connecting at once during the ramp.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -109,6 +114,10 @@ pub enum PublishVia {
     Http,
     /// `PUBLISH` on the workers' Redis, as a worker would (`SPUBLISH` with `--redis-cluster`).
     Redis,
+    /// To `fanout-floor` (`--floor`), in place of the workers: each message the frame text a
+    /// worker would write for it, stamped by the tool. Every client gets every message (no
+    /// selectors, no interval).
+    Floor,
 }
 
 /// The Redis that `--publish redis` publishes into.

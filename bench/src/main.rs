@@ -18,6 +18,11 @@
 //! `clients` (the WebSocket clients, `fanout_client::Connection`s; the one module that knows
 //! them), `tally`
 //! (counting what a client saw), `publisher` (the steady rate), `report` (table and JSON).
+//!
+//! The crate has a second binary, `fanout-floor` (`src/floor/`), the floor of issue 14: a tiny
+//! server that writes each message, framed once, to every client with one write, to measure
+//! fanout's cost per delivery against. The tool publishes to it with `--publish floor`; the two
+//! share no code but the open-files limit.
 
 mod clients;
 mod config;

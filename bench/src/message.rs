@@ -10,7 +10,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fanout_domain::{Envelope, InvalidMessage, Metric, Payload, WorkerId};
+use fanout_domain::{Channel, DecodeError, Envelope, InvalidMessage, Metric, Payload, WorkerId};
 
 use crate::workload::Workload;
 
@@ -65,6 +65,13 @@ pub fn envelope(origin: &WorkerId, sequence: u64, metrics: Vec<Metric>) -> Envel
     }
 }
 
+/// The text of the frame a worker writes to its clients for the bus message `envelope`: decoded
+/// as a worker decodes it (each metric's `source` and `timestamp` filled) and encoded again. What
+/// `--publish floor` hands the floor, so that its clients read what fanout's would.
+pub fn frame_text(envelope: &Envelope) -> Result<String, DecodeError> {
+    Ok(Envelope::from_json(Channel::Metrics, envelope.to_json().as_bytes())?.to_json())
+}
+
 /// A frame holding bench metrics, as a client read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sighting<'a> {
@@ -104,7 +111,6 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fanout_domain::Channel;
 
     fn origin() -> WorkerId {
         WorkerId::new("bench").unwrap_or_else(|e| panic!("{e}"))
@@ -119,6 +125,22 @@ mod tests {
     fn delivered(sent: &Envelope) -> Envelope {
         Envelope::from_json(Channel::Metrics, sent.to_json().as_bytes())
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_floor_gets_the_frame_a_worker_writes_on_one_line() {
+        let w = workload(Some(1_000), 3);
+        let sent = envelope(
+            &origin(),
+            77,
+            batch(&w, 77).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let text = frame_text(&sent).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, delivered(&sent).to_json());
+        assert!(!text.contains('\n'), "{text}");
+        let sighting = Sighting::in_frame(&text).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(sighting.published_at_us, sent.published_at_us);
+        assert_eq!(sighting.items().collect::<Vec<_>>(), [231, 232, 233]);
     }
 
     #[test]

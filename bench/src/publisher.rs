@@ -1,6 +1,7 @@
 //! Publishes numbered bench messages at a steady rate, through the HTTP API or straight into
 //! Redis (in place of a worker): `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster's metrics
-//! partitions (message N on partition N mod P, so every partition carries a share).
+//! partitions (message N on partition N mod P, so every partition carries a share); or to
+//! `fanout-floor`'s control connection, one frame text per line, in place of the workers.
 //!
 //! The rate must not drift with the server's speed: sends are due by the clock, and a slow server
 //! makes publishes queue (at most [`IN_FLIGHT`]), not the schedule slip.
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fanout_domain::{Channel, WorkerId};
-use tokio::sync::Semaphore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::config::{BenchConfig, PublishVia, RedisTarget};
 use crate::message;
@@ -55,6 +58,12 @@ enum Sink {
         /// `performance:metrics:{N}` for N in `0..P`, named once.
         channels: Vec<String>,
     },
+    /// `fanout-floor`'s control connection: one line per message, written whole under the lock
+    /// (publishes run concurrently; lines must not interleave).
+    Floor {
+        control: AsyncMutex<TcpStream>,
+        origin: WorkerId,
+    },
 }
 
 impl Sink {
@@ -90,6 +99,16 @@ impl Sink {
                     }
                 }
             },
+            PublishVia::Floor => {
+                let control = TcpStream::connect(config.floor).await.with_context(|| {
+                    format!("cannot connect to the floor at --floor {}", config.floor)
+                })?;
+                control.set_nodelay(true)?;
+                Sink::Floor {
+                    control: AsyncMutex::new(control),
+                    origin: WorkerId::new(ORIGIN)?,
+                }
+            }
         })
     }
 
@@ -137,6 +156,16 @@ impl Sink {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
+            Sink::Floor { control, origin } => {
+                let envelope = message::envelope(origin, sequence, metrics);
+                let mut line = message::frame_text(&envelope).map_err(|e| e.to_string())?;
+                line.push('\n');
+                let mut control = control.lock().await;
+                control
+                    .write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -162,6 +191,13 @@ pub async fn run(
 ) -> anyhow::Result<Published> {
     // Fails here, before any load, if the bench message is not valid for the domain.
     message::batch(workload, 0).context("the bench message")?;
+    if config.publish == PublishVia::Floor
+        && (workload.selectors() > 0 || workload.interval().is_some())
+    {
+        anyhow::bail!(
+            "--publish floor sends every message to every client: --selectors and --interval need fanout"
+        );
+    }
     let sink = Arc::new(Sink::open(config, targets).await?);
     let total = messages_in(config.rate, config.duration);
     eprintln!(
