@@ -296,7 +296,10 @@ impl Session<'_> {
                     }
                 }
                 wanted = changes.recv() => {
-                    let Some(wanted) = wanted else { continue };
+                    // The supervisor dropped its end: it is ending this session.
+                    let Some(wanted) = wanted else {
+                        return Err(SessionError::after("the supervisor let this session go"));
+                    };
                     for channel in held.clone() {
                         if !wanted.contains(&channel) {
                             if let Answer::Refused(why) = self.one_channel(&mut connection, "SUNSUBSCRIBE", channel).await? {

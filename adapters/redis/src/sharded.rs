@@ -215,13 +215,19 @@ impl ShardedListener {
                     session,
                     channel,
                 }) => {
-                    // Find the channel's master again at once.
+                    // Find the channel's master again, soon.
                     if let Some(node) = running.get_mut(&key) {
                         if node.session == session {
                             node.channels.retain(|&c| c != channel);
                         }
                     }
                     recovering = true;
+                    // A moment for the cluster to agree on the slot, so that a map that lags
+                    // behind the node refusing the channel is not asked in a tight loop.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(shared.config.backoff.delay(0)) => {}
+                    }
                     continue;
                 }
                 Some(Event::Ended(ended)) => ended,
