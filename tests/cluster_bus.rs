@@ -231,6 +231,91 @@ impl SequentialPublisher {
     }
 }
 
+/// One worker under a waiting publisher, a client on it and one on another worker, both read
+/// all along (a client left unread would be closed as a slow consumer).
+struct OnePublisher {
+    publisher: WorkerProcess,
+    other: WorkerProcess,
+    /// The slot of the partition the publisher publishes on.
+    slot: u16,
+    readers: [tokio::task::JoinHandle<Vec<u64>>; 2],
+    load: SequentialPublisher,
+}
+
+/// What [`OnePublisher::finish`] found.
+struct Finished {
+    acknowledged: usize,
+    refused: u64,
+    /// Acknowledged metrics the other worker's client missed.
+    missed_far: usize,
+}
+
+impl OnePublisher {
+    async fn start(topology: &ClusterTopology, publisher: &str, other: &str) -> Self {
+        let partition = ClusterTopology::slot_of(publisher) % PARTITIONS;
+        let publisher = worker(topology, publisher).await;
+        let other = worker(topology, other).await;
+        let readers = [
+            tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
+            tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
+        ];
+        let load = SequentialPublisher::start(publisher.addr);
+        Self {
+            slot: ClusterTopology::slot_of(&partition_channel(partition)),
+            publisher,
+            other,
+            readers,
+            load,
+        }
+    }
+
+    /// Stops the publisher, sends the end, and checks both clients: every metric in order (none
+    /// earlier after a later one, none twice), and every acknowledged one at the publishing
+    /// worker's client.
+    async fn finish(self) -> Finished {
+        let refused = Arc::clone(&self.load.refused);
+        let acknowledged = self.load.stop().await;
+        let refused = refused.load(Ordering::Relaxed);
+        let end = json!({ "name": "end", "value": 0 }).to_string();
+        let (status, _) = post(self.publisher.addr, "/api/metrics", "application/json", end).await;
+        assert_eq!(status, 202);
+        let mut missed_far = 0;
+        for (name, reader) in ["own", "far"].into_iter().zip(self.readers) {
+            let values = within("a client reads until the end metric", reader)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let late: Vec<(u64, u64)> = values
+                .windows(2)
+                .filter(|pair| pair[0] >= pair[1])
+                .map(|pair| (pair[0], pair[1]))
+                .collect();
+            assert!(
+                late.is_empty(),
+                "the {name} client got metrics out of order or twice (earlier after later): {late:?}"
+            );
+            let got: HashSet<u64> = values.into_iter().collect();
+            let missed: Vec<u64> = acknowledged
+                .iter()
+                .copied()
+                .filter(|value| !got.contains(value))
+                .collect();
+            if name == "own" {
+                assert!(
+                    missed.is_empty(),
+                    "the publishing worker's client missed acknowledged metrics {missed:?}"
+                );
+            } else {
+                missed_far = missed.len();
+            }
+        }
+        Finished {
+            acknowledged: acknowledged.len(),
+            refused,
+            missed_far,
+        }
+    }
+}
+
 /// The values of the `moved` metrics a client receives, in arrival order, until the `end` one.
 async fn read_moved_until_end(mut client: Client) -> Vec<u64> {
     let mut values = Vec::new();
@@ -258,19 +343,9 @@ async fn read_moved_until_end(mut client: Client) -> Vec<u64> {
 async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order() {
     const MOVES: usize = 20;
     let topology = ClusterTopology::start().await;
-    let publisher = worker(&topology, "m1").await;
-    let other = worker(&topology, "m2").await;
-    let partition = ClusterTopology::slot_of("m1") % PARTITIONS;
-    let slot = ClusterTopology::slot_of(&partition_channel(partition));
-    // Each client is read all along (a client left unread would be closed as a slow consumer).
-    let readers = [
-        tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
-        tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
-    ];
-
-    let load = SequentialPublisher::start(publisher.addr);
-    let acknowledged_count = || load.acknowledged_count();
-    let refused = Arc::clone(&load.refused);
+    let run = OnePublisher::start(&topology, "m1", "m2").await;
+    let (publisher, other, slot) = (&run.publisher, &run.other, run.slot);
+    let acknowledged_count = || run.load.acknowledged_count();
     let mut moves = Vec::new();
     for round in 0..MOVES {
         let before = acknowledged_count();
@@ -311,41 +386,12 @@ async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order
         })
         .await;
     }
-    let acknowledged = load.stop().await;
-    let end = json!({ "name": "end", "value": 0 }).to_string();
-    let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
-    assert_eq!(status, 202);
-
-    let mut missed_far = 0;
-    for (name, reader) in ["own", "far"].into_iter().zip(readers) {
-        let values = within("a client reads until the end metric", reader)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            values.windows(2).all(|pair| pair[0] < pair[1]),
-            "the {name} client got the publisher's metrics out of order or twice"
-        );
-        let got: HashSet<u64> = values.into_iter().collect();
-        let missed: Vec<u64> = acknowledged
-            .iter()
-            .copied()
-            .filter(|value| !got.contains(value))
-            .collect();
-        if name == "own" {
-            assert!(
-                missed.is_empty(),
-                "the publishing worker's client missed acknowledged metrics {missed:?}"
-            );
-        } else {
-            missed_far = missed.len();
-        }
-    }
+    let done = run.finish().await;
     let slowest = moves.iter().max().copied().unwrap_or(Duration::ZERO);
     println!(
         "{MOVES} slot moves: {} metrics acknowledged, {} refused (503); the other worker's client \
-         missed {missed_far}; a move to both workers listening on the new master took at most {slowest:?}",
-        acknowledged.len(),
-        refused.load(Ordering::Relaxed)
+         missed {}; a move to both workers listening on the new master took at most {slowest:?}",
+        done.acknowledged, done.refused, done.missed_far
     );
 }
 
@@ -357,17 +403,9 @@ async fn slot_moves_repeated_20_times_lose_no_acknowledged_metric_and_keep_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
     let topology = ClusterTopology::start().await;
-    let publisher = worker(&topology, "f1").await;
-    let other = worker(&topology, "f2").await;
-    let partition = ClusterTopology::slot_of("f1") % PARTITIONS;
-    let slot = ClusterTopology::slot_of(&partition_channel(partition));
-    let readers = [
-        tokio::spawn(read_moved_until_end(Client::connect(publisher.addr).await)),
-        tokio::spawn(read_moved_until_end(Client::connect(other.addr).await)),
-    ];
-    let load = SequentialPublisher::start(publisher.addr);
-    let acknowledged_count = || load.acknowledged_count();
-    let refused = Arc::clone(&load.refused);
+    let run = OnePublisher::start(&topology, "f1", "f2").await;
+    let (publisher, other, slot) = (&run.publisher, &run.other, run.slot);
+    let acknowledged_count = || run.load.acknowledged_count();
     wait_until("the publisher is acknowledged", || async {
         acknowledged_count() >= 20
     })
@@ -375,9 +413,9 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
     let frozen = topology.master_for_slot(slot).await;
     topology.pause(&frozen).await;
     // Publishes pile up in the frozen master's input until the publisher's timeout (503).
-    let refused_before = refused.load(Ordering::Relaxed);
+    let refused_before = run.load.refused.load(Ordering::Relaxed);
     wait_until("a publish to the frozen master is refused", || async {
-        refused.load(Ordering::Relaxed) > refused_before
+        run.load.refused.load(Ordering::Relaxed) > refused_before
     })
     .await;
     let (promoted, _) = topology.wait_for_failover(&frozen).await;
@@ -402,35 +440,10 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         acknowledged_count() >= before + 50
     })
     .await;
-    let acknowledged = load.stop().await;
-    let end = json!({ "name": "end", "value": 0 }).to_string();
-    let (status, _) = post(publisher.addr, "/api/metrics", "application/json", end).await;
-    assert_eq!(status, 202);
-    for (name, reader) in ["own", "far"].into_iter().zip(readers) {
-        let values = within("a client reads until the end metric", reader)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let late: Vec<(u64, u64)> = values
-            .windows(2)
-            .filter(|pair| pair[0] >= pair[1])
-            .map(|pair| (pair[0], pair[1]))
-            .collect();
-        assert!(
-            late.is_empty(),
-            "the {name} client got metrics out of order (earlier after later): {late:?}"
-        );
-        if name == "own" {
-            let got: HashSet<u64> = values.into_iter().collect();
-            let missed: Vec<&u64> = acknowledged.iter().filter(|v| !got.contains(v)).collect();
-            assert!(
-                missed.is_empty(),
-                "the publishing worker's client missed {missed:?}"
-            );
-        }
-    }
+    let done = run.finish().await;
     println!(
-        "frozen master {frozen}, {promoted} promoted: {} metrics acknowledged, {} refused, none late",
-        acknowledged.len(),
-        refused.load(Ordering::Relaxed)
+        "frozen master {frozen}, {promoted} promoted: {} metrics acknowledged, {} refused, none late; \
+         the other worker's client missed {}",
+        done.acknowledged, done.refused, done.missed_far
     );
 }
