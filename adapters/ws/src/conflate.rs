@@ -145,7 +145,7 @@ mod tests {
         frames
             .iter()
             .map(|f| {
-                Envelope::from_json(Channel::Metrics, f.text.as_bytes())
+                Envelope::from_json(Channel::Metrics, f.text().as_bytes())
                     .unwrap_or_else(|e| panic!("{e}"))
             })
             .collect()

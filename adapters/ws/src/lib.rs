@@ -26,12 +26,12 @@ mod slots;
 mod snapshot;
 #[cfg(test)]
 mod subscriptions_model;
+mod upgrade;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,7 @@ use axum::Router;
 use fanout_domain::SelectorLimits;
 
 use crate::admission::{Admitted, UpgradeRequest};
+use crate::upgrade::{NotUpgrade, Upgrade};
 
 pub use admission::Admission;
 pub use manager::{ConnectionManager, Refused};
@@ -83,14 +84,6 @@ impl Default for SubscriptionLimits {
         }
     }
 }
-
-/// Socket buffer sizes per connection. tungstenite's defaults (128 KiB each way) would cost
-/// 256 KiB per idle client; these keep an idle client to a few KiB. tungstenite allocates the
-/// read chunk up front: 1 KiB instead of 4 KiB saved 3.2 KB of worker RSS per idle connection
-/// (`scripts/bench idle 10000 10s`: 11.8 KB → 8.6 KB). Clients send little, and a larger frame
-/// (up to `--max-client-message`) is still read, in more reads.
-const READ_BUFFER: usize = 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The routes of this transport, to be merged into the worker's router.
 pub fn router(manager: Arc<ConnectionManager>) -> Router {
@@ -155,7 +148,7 @@ async fn upgrade(
     State(manager): State<Arc<ConnectionManager>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     // Every refusal has a JSON body, including the extractor's own (a request that is not a
     // WebSocket upgrade).
@@ -171,7 +164,7 @@ async fn upgrade(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return refuse(rejection.status(), rejection.body_text()),
+        Err(NotUpgrade(status, reason)) => return refuse(status, reason.to_string()),
     };
     let request = UpgradeRequest {
         token: bearer_token(&headers, params.token.as_deref()),
@@ -192,14 +185,7 @@ async fn upgrade(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    let limits = *manager.limits();
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + limits.queue.max_bytes + 64 * 1024)
-        .max_message_size(limits.max_incoming_message)
-        .max_frame_size(limits.max_incoming_message)
-        .on_upgrade(move |socket| client::serve(manager, socket, resume_from, grant, first, slot))
+    upgrade.on_upgrade(move |io| client::serve(manager, io, resume_from, grant, first, slot))
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! client, and never write a frame shape that PROTOCOL.md does not document: a change here is a
 //! change of the wire format.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
 use fanout_domain::{BusStatus, Envelope, LogEpoch, LogId, Metric, RequestError, WorkerId};
 use serde::Serialize;
+
+use crate::wire;
 
 /// What a frame carries, which decides what a full queue may drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,11 +21,12 @@ pub(crate) enum FrameKind {
     Control,
 }
 
-/// An encoded frame. Cloning shares the bytes (one encoding per message per worker).
+/// A frame as written on the wire, header included (see `wire`). Cloning shares the bytes (one
+/// encoding and framing per message per worker).
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     pub(crate) kind: FrameKind,
-    pub(crate) text: Utf8Bytes,
+    pub(crate) wire: Bytes,
     /// The alert-log id of an alert frame, to skip live duplicates of replayed alerts.
     pub(crate) alert_id: Option<LogId>,
 }
@@ -33,9 +36,16 @@ impl Frame {
     pub(crate) fn for_envelope(kind: FrameKind, envelope: &Envelope) -> Self {
         Self {
             kind,
-            text: Utf8Bytes::from(envelope.to_json()),
+            wire: wire::text(envelope.to_json().as_bytes()),
             alert_id: envelope.id,
         }
+    }
+
+    /// The JSON text the frame carries.
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> &str {
+        // Every text frame is built here from a `String`.
+        std::str::from_utf8(wire::payload(&self.wire)).unwrap_or_default()
     }
 
     /// A control frame from one of the structs below.
@@ -43,7 +53,7 @@ impl Frame {
     pub(crate) fn metrics(text: String) -> Self {
         Self {
             kind: FrameKind::Metrics,
-            text: Utf8Bytes::from(text),
+            wire: wire::text(text.as_bytes()),
             alert_id: None,
         }
     }
@@ -52,7 +62,7 @@ impl Frame {
         Self {
             kind: FrameKind::Control,
             // Serializing these plain structs cannot fail (string keys, finite numbers).
-            text: Utf8Bytes::from(serde_json::to_string(value).unwrap_or_default()),
+            wire: wire::text(&serde_json::to_vec(value).unwrap_or_default()),
             alert_id: None,
         }
     }
@@ -249,11 +259,12 @@ impl CloseReason {
     };
 
     /// The close frame that carries this reason.
-    pub(crate) fn message(self) -> Message {
-        Message::Close(Some(CloseFrame {
-            code: self.code,
-            reason: Utf8Bytes::from_static(self.reason),
-        }))
+    pub(crate) fn frame(self) -> Frame {
+        Frame {
+            kind: FrameKind::Control,
+            wire: wire::close(self.code, self.reason),
+            alert_id: None,
+        }
     }
 }
 
@@ -291,7 +302,7 @@ mod tests {
         let frame = Hello::new(&worker, 12, bus).frame();
         assert_eq!(frame.kind, FrameKind::Control);
         assert_eq!(
-            frame.text.as_str(),
+            frame.text(),
             r#"{"type":"hello","worker":"web-1-4242","connections":12,"bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0}}"#
         );
     }
@@ -305,7 +316,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let frame = Snapshot::new(&[metric]).frame();
         assert_eq!(
-            frame.text.as_str(),
+            frame.text(),
             r#"{"type":"snapshot","data":[{"name":"host.cpu_percent","value":12.5,"unit":"%","labels":{"worker":"web-1-4242"},"timestamp":1764380000123,"source":"web-1-4242"}]}"#
         );
     }
@@ -313,7 +324,7 @@ mod tests {
     #[test]
     fn an_empty_snapshot_has_an_empty_data_array() {
         assert_eq!(
-            Snapshot::new(&[]).frame().text.as_str(),
+            Snapshot::new(&[]).frame().text(),
             r#"{"type":"snapshot","data":[]}"#
         );
     }
@@ -321,11 +332,11 @@ mod tests {
     #[test]
     fn answers_are_the_documented_json() {
         assert_eq!(
-            Answer::subscribed("s1").frame().text.as_str(),
+            Answer::subscribed("s1").frame().text(),
             r#"{"type":"subscribed","id":"s1"}"#
         );
         assert_eq!(
-            Answer::unsubscribed("s1").frame().text.as_str(),
+            Answer::unsubscribed("s1").frame().text(),
             r#"{"type":"unsubscribed","id":"s1"}"#
         );
         let error = RequestError {
@@ -334,12 +345,12 @@ mod tests {
             field: Some("metrics[0]".into()),
         };
         assert_eq!(
-            Answer::error(&error).frame().text.as_str(),
+            Answer::error(&error).frame().text(),
             r#"{"type":"error","id":"s1","error":"a pattern is empty","field":"metrics[0]"}"#
         );
         let whole = RequestError::whole(None, "a request is a JSON object");
         assert_eq!(
-            Answer::error(&whole).frame().text.as_str(),
+            Answer::error(&whole).frame().text(),
             r#"{"type":"error","id":null,"error":"a request is a JSON object","field":null}"#
         );
     }
@@ -350,7 +361,7 @@ mod tests {
         let epoch = epoch();
         let frame = Resume::new(after, Some(&epoch), 3, Completeness::Complete).frame();
         assert_eq!(
-            frame.text.as_str(),
+            frame.text(),
             r#"{"type":"resume","after":"1764380000456-0","epoch":"3f9a0c1e5b7d2468","replayed":3,"complete":true}"#
         );
         assert_eq!(
@@ -363,7 +374,7 @@ mod tests {
     fn an_incomplete_resume_without_an_epoch_says_so() {
         let frame = Resume::new(LogId::ZERO, None, 0, Completeness::Incomplete).frame();
         assert_eq!(
-            frame.text.as_str(),
+            frame.text(),
             r#"{"type":"resume","after":"0-0","epoch":null,"replayed":0,"complete":false}"#
         );
     }
@@ -382,7 +393,7 @@ mod tests {
             ),
         };
         let frame = Frame::for_envelope(FrameKind::Alert, &envelope);
-        assert_eq!(frame.text.as_str(), envelope.to_json());
+        assert_eq!(frame.text(), envelope.to_json());
         assert_eq!(frame.alert_id, Some(id));
     }
 
@@ -407,11 +418,11 @@ mod tests {
     }
 
     #[test]
-    fn a_close_message_carries_the_code_and_reason() {
-        let Message::Close(Some(frame)) = CloseReason::SLOW_CONSUMER.message() else {
-            panic!("not a close frame with a payload");
-        };
-        assert_eq!(frame.code, 4008);
-        assert_eq!(frame.reason.as_str(), "slow consumer: queue overflow");
+    fn a_close_frame_carries_the_code_and_reason() {
+        let frame = CloseReason::SLOW_CONSUMER.frame();
+        assert_eq!(frame.kind, FrameKind::Control);
+        let payload = wire::payload(&frame.wire);
+        assert_eq!(payload[..2], 4008u16.to_be_bytes());
+        assert_eq!(&payload[2..], b"slow consumer: queue overflow");
     }
 }

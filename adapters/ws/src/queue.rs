@@ -1,18 +1,30 @@
-//! One client's bounded outgoing queue.
+//! One client's bounded outgoing queue, and the socket it is written to.
 //!
-//! The bus listener pushes into it without waiting; the client's writer task drains it. The
-//! bound is in messages and in bytes. Metrics are latest-value data, so on overflow the oldest
+//! The bus listener pushes into it without waiting. While the client is live and nothing is
+//! queued for it, a push writes the frame straight to the socket (one non-blocking write): no
+//! task is woken and nothing is copied or framed per client. Only when the socket does not take
+//! the whole frame (or something is queued already) is the frame queued, and the connection's
+//! task woken to write it when the socket is writable again. The task also writes what it adds
+//! itself: the greeting, answers to requests, pings and the close frame.
+//!
+//! The bound is in messages and in bytes. Metrics are latest-value data, so on overflow the oldest
 //! metrics frames go first (counted); when an alert or control frame cannot fit, the client is
 //! closed with [`CloseReason::SLOW_CONSUMER`] instead, so that it reconnects rather than silently
-//! missing an alert. A client that lost a whole queue's worth of metrics without its writer
-//! taking a single batch is not reading at all: it is closed the same way.
+//! missing an alert. A client that lost a whole queue's worth of metrics without the socket
+//! taking a single byte is not reading at all: it is closed the same way. A frame the socket took
+//! in part is never dropped: the rest of it goes out before anything else.
 //!
 //! It must never make the pusher wait, hold its lock across an `.await`, or encode a frame (the
-//! frames come encoded and shared, from `protocol`).
+//! frames come encoded, framed and shared, from `protocol`).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
+use fanout_domain::LogId;
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
 use crate::protocol::{CloseReason, Frame, FrameKind};
@@ -27,33 +39,96 @@ pub struct QueueLimits {
     pub max_bytes: usize,
 }
 
+/// The writing half of a client's socket.
+pub(crate) type Out = Pin<Box<dyn AsyncWrite + Send>>;
+
 /// What became of a pushed frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
+    /// Written whole to the socket.
+    Written,
     /// Queued; `dropped` older metrics frames made room (or the new metrics frame itself was
     /// dropped when nothing could make room).
     Queued { dropped: u64 },
-    /// The client is being closed; the frame was discarded.
+    /// The client is being closed, or already has the alert (a replay sent it); the frame was
+    /// discarded.
     Closing,
     /// This push overflowed the queue with an alert: the client is now being closed.
     Overflowed,
 }
 
+/// What the connection's task's turn at the socket came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Drove {
+    /// This many bus messages (not control frames) were written whole.
+    Wrote(u64),
+    /// The close frame is written: the server's side of the connection is done.
+    CloseSent,
+    /// The socket failed.
+    Failed,
+}
+
 struct State {
+    /// Frames to write, oldest first; the first may be partly written already.
     frames: VecDeque<Frame>,
+    /// Bytes of the first frame already written.
+    started: usize,
     bytes: usize,
     close: Option<CloseReason>,
-    /// Metrics frames dropped since the writer last took a batch.
-    dropped_since_drain: usize,
+    /// The close frame is queued (after everything queued before the close).
+    close_queued: bool,
+    /// Metrics frames dropped since the socket last took anything.
+    dropped_since_progress: usize,
+    /// The socket; `None` until the connection's task attaches it (and in unit tests).
+    out: Option<Out>,
+    /// The greeting is out (or queued first): pushes may write straight to the socket.
+    live: bool,
+    /// The task took frames to write after its own (a request's answer): no direct writes until
+    /// it puts them back.
+    held: bool,
+    /// Alerts with an id at or below this were replayed: live copies are discarded.
+    floor: Option<LogId>,
+    /// The connection's task, when it waits for something to write.
+    writer: Option<Waker>,
+    /// Since when the socket has not taken a byte of what is queued.
+    blocked_since: Option<Instant>,
+}
+
+impl State {
+    /// Whether a push may write to the socket now: live, nothing ahead of it.
+    fn direct(&self) -> bool {
+        self.live && !self.held && self.frames.is_empty() && self.close.is_none()
+    }
+
+    fn enqueue(&mut self, frame: Frame) {
+        self.bytes += frame.wire.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Where frames that go before everything queued are inserted: after a started frame.
+    fn front(&self) -> usize {
+        usize::from(self.started > 0)
+    }
+
+    /// Drops every frame not yet started.
+    fn clear_unstarted(&mut self) {
+        let keep = self.front();
+        for frame in self.frames.drain(keep..) {
+            self.bytes -= frame.wire.len();
+        }
+    }
+
+    /// Takes the waker of a waiting writer, to wake it after the lock is released.
+    fn wake(&mut self) -> Option<Waker> {
+        self.writer.take()
+    }
 }
 
 pub(crate) struct ClientQueue {
     limits: QueueLimits,
-    /// Held only for a push or a drain: never across an await.
+    /// Held only for a push, a write attempt or a drain: never across an await.
     state: Mutex<State>,
-    /// Wakes the writer; a notification sent while it is busy is kept as a permit.
-    ready: Notify,
-    /// Wakes a writer that is blocked writing to the socket when the client must be closed.
+    /// Wakes whoever waits for the client to be closed.
     closing: Notify,
 }
 
@@ -63,11 +138,18 @@ impl ClientQueue {
             limits,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                started: 0,
                 bytes: 0,
                 close: None,
-                dropped_since_drain: 0,
+                close_queued: false,
+                dropped_since_progress: 0,
+                out: None,
+                live: false,
+                held: false,
+                floor: None,
+                writer: None,
+                blocked_since: None,
             }),
-            ready: Notify::new(),
             closing: Notify::new(),
         }
     }
@@ -77,32 +159,68 @@ impl ClientQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn push(&self, frame: Frame) -> Pushed {
+    /// Gives the queue the socket to write to.
+    pub(crate) fn attach(&self, out: Out) {
+        self.lock().out = Some(out);
+    }
+
+    /// Hands a bus message's frame to the client: written at once when the socket takes it,
+    /// else queued within the bounds.
+    pub(crate) fn push(&self, frame: &Frame) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;
         }
-        let size = frame.text.len();
+        if let (Some(floor), Some(id)) = (state.floor, frame.alert_id) {
+            if id <= floor {
+                return Pushed::Closing;
+            }
+        }
+        if state.direct() {
+            if let Some(out) = state.out.as_mut() {
+                // A waker that does nothing: when the socket pushes back, the frame is queued and
+                // the task woken, and its own write attempt registers its own waker.
+                let mut cx = Context::from_waker(Waker::noop());
+                match out.as_mut().poll_write(&mut cx, &frame.wire) {
+                    Poll::Ready(Ok(n)) if n == frame.wire.len() => {
+                        state.dropped_since_progress = 0;
+                        return Pushed::Written;
+                    }
+                    Poll::Ready(Ok(n)) => state.started = n,
+                    // The task's own attempt meets the error and ends the connection.
+                    Poll::Pending | Poll::Ready(Err(_)) => {}
+                }
+                state.enqueue(frame.clone());
+                let writer = state.wake();
+                drop(state);
+                if let Some(writer) = writer {
+                    writer.wake();
+                }
+                return Pushed::Queued { dropped: 0 };
+            }
+        }
+        let size = frame.wire.len();
         let fits = |s: &State| {
             s.frames.len() < self.limits.max_messages && s.bytes + size <= self.limits.max_bytes
         };
         let mut dropped = 0;
         while !fits(&state) {
+            let first = state.front();
             let Some(oldest_metrics) = state
                 .frames
                 .iter()
+                .skip(first)
                 .position(|f| f.kind == FrameKind::Metrics)
             else {
                 break;
             };
-            if let Some(removed) = state.frames.remove(oldest_metrics) {
-                state.bytes -= removed.text.len();
+            if let Some(removed) = state.frames.remove(first + oldest_metrics) {
+                state.bytes -= removed.wire.len();
                 dropped += 1;
             }
         }
         let hopeless = if fits(&state) {
-            state.bytes += size;
-            state.frames.push_back(frame);
+            state.enqueue(frame.clone());
             false
         } else {
             if frame.kind == FrameKind::Metrics {
@@ -110,29 +228,107 @@ impl ClientQueue {
             }
             frame.kind != FrameKind::Metrics
         };
-        state.dropped_since_drain += dropped as usize;
-        if hopeless || state.dropped_since_drain >= self.limits.max_messages {
-            state.frames.clear();
-            state.bytes = 0;
+        state.dropped_since_progress += dropped as usize;
+        if hopeless || state.dropped_since_progress >= self.limits.max_messages {
+            state.clear_unstarted();
             state.close = Some(CloseReason::SLOW_CONSUMER);
+            let writer = state.wake();
             drop(state);
-            self.ready.notify_one();
+            if let Some(writer) = writer {
+                writer.wake();
+            }
             self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
+        let writer = state.wake();
         drop(state);
-        self.ready.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
         Pushed::Queued { dropped }
+    }
+
+    /// Queues frames of the connection's own (greeting, answers, a ping, what `drain_now` took)
+    /// before everything queued, outside the bounds, and lets pushes write directly again.
+    pub(crate) fn put_front(&self, frames: impl IntoIterator<Item = Frame>) {
+        let mut state = self.lock();
+        let at = state.front();
+        for (i, frame) in frames.into_iter().enumerate() {
+            state.bytes += frame.wire.len();
+            state.frames.insert(at + i, frame);
+        }
+        state.held = false;
+        let writer = state.wake();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+
+    /// Queues a frame of the connection's own after everything queued (a ping), outside the
+    /// bounds; nothing once the close frame is queued.
+    pub(crate) fn push_control(&self, frame: Frame) {
+        let mut state = self.lock();
+        if state.close_queued {
+            return;
+        }
+        state.enqueue(frame);
+        let writer = state.wake();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+
+    /// Starts live delivery with `greeting` first (hello, snapshot, a replay): alerts up to
+    /// `floor` were replayed, so their live copies, queued or to come, are discarded.
+    pub(crate) fn go_live(&self, greeting: Vec<Frame>, floor: Option<LogId>) {
+        let mut state = self.lock();
+        if let Some(floor) = floor {
+            let mut index = state.front();
+            while index < state.frames.len() {
+                if state.frames[index].alert_id.is_some_and(|id| id <= floor) {
+                    if let Some(removed) = state.frames.remove(index) {
+                        state.bytes -= removed.wire.len();
+                    }
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        let at = state.front();
+        for (i, frame) in greeting.into_iter().enumerate() {
+            state.bytes += frame.wire.len();
+            state.frames.insert(at + i, frame);
+        }
+        state.floor = floor;
+        state.live = true;
+        let writer = state.wake();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// Asks the writer to send what is queued, then close with `reason` (the first reason wins).
     pub(crate) fn close(&self, reason: CloseReason) {
-        self.lock().close.get_or_insert(reason);
-        self.ready.notify_one();
+        let mut state = self.lock();
+        state.close.get_or_insert(reason);
+        let writer = state.wake();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
         self.closing.notify_waiters();
     }
 
-    /// Resolves once the client is to be closed; the writer races its socket writes against it.
+    /// Closes with `reason` at once: what is queued and not started is dropped.
+    pub(crate) fn close_now(&self, reason: CloseReason) {
+        self.lock().clear_unstarted();
+        self.close(reason);
+    }
+
+    /// Resolves once the client is to be closed.
     pub(crate) async fn closed(&self) -> CloseReason {
         loop {
             let closing = self.closing.notified();
@@ -148,43 +344,117 @@ impl ClientQueue {
         self.lock().frames.len()
     }
 
-    /// Moves every queued frame into `out` without waiting.
-    pub(crate) fn drain_now(&self, out: &mut Vec<Frame>) {
-        let mut state = self.lock();
-        out.extend(state.frames.drain(..));
-        state.bytes = 0;
-        state.dropped_since_drain = 0;
+    /// Since when the socket has taken nothing of what is queued, if it is behind.
+    pub(crate) fn blocked_since(&self) -> Option<Instant> {
+        self.lock().blocked_since
     }
 
-    /// Waits until there is something to write, moves every queued frame into `out`, and returns
-    /// the close reason once one is set (after the frames queued before it).
-    pub(crate) async fn next_batch(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
-        loop {
-            {
-                let mut state = self.lock();
-                if !state.frames.is_empty() || state.close.is_some() {
-                    out.extend(state.frames.drain(..));
-                    state.bytes = 0;
-                    state.dropped_since_drain = 0;
-                    return state.close;
+    /// Moves every queued frame not yet started into `out`, and holds pushes from writing
+    /// directly until [`ClientQueue::put_front`] gives the frames back (with what goes after
+    /// them): a request's answer goes out after what was queued before it.
+    pub(crate) fn drain_now(&self, out: &mut Vec<Frame>) {
+        let mut state = self.lock();
+        let first = state.front();
+        for frame in state.frames.drain(first..) {
+            out.push(frame);
+        }
+        state.bytes = state.frames.iter().map(|f| f.wire.len()).sum();
+        state.dropped_since_progress = 0;
+        state.held = true;
+    }
+
+    /// The connection task's turn: writes what is queued until the socket pushes back, queueing
+    /// the close frame once a close is set. Pending while there is nothing to write (the task is
+    /// woken by a push) or the socket is full (woken by the socket).
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>) -> Poll<Drove> {
+        let mut state = self.lock();
+        if let (Some(reason), false) = (state.close, state.close_queued) {
+            state.close_queued = true;
+            state.enqueue(reason.frame());
+        }
+        let state = &mut *state;
+        if state.close_queued && state.frames.is_empty() {
+            return Poll::Ready(Drove::CloseSent);
+        }
+        let mut wrote = 0;
+        let mut progressed = false;
+        let Some(out) = state.out.as_mut() else {
+            state.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        while let Some(front) = state.frames.front() {
+            match out.as_mut().poll_write(cx, &front.wire[state.started..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
+                Poll::Ready(Ok(n)) => {
+                    progressed = true;
+                    state.started += n;
+                    if state.started < front.wire.len() {
+                        continue;
+                    }
+                    state.started = 0;
+                    let kind = front.kind;
+                    if let Some(done) = state.frames.pop_front() {
+                        state.bytes -= done.wire.len();
+                    }
+                    if kind != FrameKind::Control {
+                        wrote += 1;
+                    }
+                }
+                Poll::Pending => {
+                    if progressed || state.blocked_since.is_none() {
+                        state.blocked_since = Some(Instant::now());
+                    }
+                    break;
                 }
             }
-            self.ready.notified().await;
         }
+        if progressed {
+            state.dropped_since_progress = 0;
+        }
+        if state.frames.is_empty() {
+            state.blocked_since = None;
+            if !state
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.writer = Some(cx.waker().clone());
+            }
+        }
+        if wrote > 0 {
+            Poll::Ready(Drove::Wrote(wrote))
+        } else if state.close_queued && state.frames.is_empty() {
+            Poll::Ready(Drove::CloseSent)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// [`ClientQueue::poll_write`] as a future.
+    pub(crate) async fn write(&self) -> Drove {
+        std::future::poll_fn(|cx| self.poll_write(cx)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::ws::Utf8Bytes;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
+    use crate::wire;
 
-    fn frame(kind: FrameKind, text: &'static str) -> Frame {
+    fn frame(kind: FrameKind, text: &str) -> Frame {
         Frame {
             kind,
-            text: Utf8Bytes::from_static(text),
+            wire: wire::text(text.as_bytes()),
             alert_id: None,
+        }
+    }
+
+    fn alert(id: &str) -> Frame {
+        Frame {
+            alert_id: Some(id.parse().unwrap_or_else(|e| panic!("{e:?}"))),
+            ..frame(FrameKind::Alert, id)
         }
     }
 
@@ -195,35 +465,51 @@ mod tests {
         })
     }
 
-    async fn drain(queue: &ClientQueue) -> (Vec<String>, Option<CloseReason>) {
-        let mut out = Vec::new();
-        let close = queue.next_batch(&mut out).await;
-        (out.iter().map(|f| f.text.to_string()).collect(), close)
+    /// A live queue whose socket takes `capacity` bytes until the returned end reads them.
+    fn live(capacity: usize) -> (ClientQueue, DuplexStream) {
+        let queue = queue(8, 1024);
+        let (client, server) = tokio::io::duplex(capacity);
+        queue.attach(Box::pin(server));
+        queue.go_live(Vec::new(), None);
+        (queue, client)
     }
 
-    #[tokio::test]
-    async fn overflow_drops_the_oldest_metrics_first() {
+    fn drain(queue: &ClientQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        queue.drain_now(&mut out);
+        out.iter().map(|f| f.text().to_string()).collect()
+    }
+
+    /// Reads `len` bytes as the client would.
+    async fn read(client: &mut DuplexStream, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        client
+            .read_exact(&mut bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bytes
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_metrics_first() {
         let queue = queue(3, 1024);
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "m1")),
+            queue.push(&frame(FrameKind::Metrics, "m1")),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(frame(FrameKind::Alert, "a1")),
+            queue.push(&frame(FrameKind::Alert, "a1")),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "m2")),
+            queue.push(&frame(FrameKind::Metrics, "m2")),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "m3")),
+            queue.push(&frame(FrameKind::Metrics, "m3")),
             Pushed::Queued { dropped: 1 }
         );
-        assert_eq!(
-            drain(&queue).await,
-            (vec!["a1".into(), "m2".into(), "m3".into()], None)
-        );
+        assert_eq!(drain(&queue), ["a1", "m2", "m3"]);
     }
 
     #[tokio::test]
@@ -231,63 +517,165 @@ mod tests {
         let queue = queue(2, 1024);
         for _ in 0..3 {
             assert!(matches!(
-                queue.push(frame(FrameKind::Metrics, "m")),
+                queue.push(&frame(FrameKind::Metrics, "m")),
                 Pushed::Queued { .. }
             ));
         }
-        // Drained: the count starts again.
-        assert_eq!(drain(&queue).await.1, None);
+        // Taken: the count starts again.
+        drain(&queue);
         for _ in 0..3 {
-            queue.push(frame(FrameKind::Metrics, "m"));
+            queue.push(&frame(FrameKind::Metrics, "m"));
         }
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "m")),
+            queue.push(&frame(FrameKind::Metrics, "m")),
             Pushed::Overflowed
         );
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }
 
-    #[tokio::test]
-    async fn the_byte_bound_holds_too() {
-        let queue = queue(100, 4);
-        queue.push(frame(FrameKind::Metrics, "mm"));
-        queue.push(frame(FrameKind::Metrics, "nn"));
+    #[test]
+    fn the_byte_bound_holds_too() {
+        let size = wire::text(b"mm").len();
+        let queue = queue(100, 2 * size);
+        queue.push(&frame(FrameKind::Metrics, "mm"));
+        queue.push(&frame(FrameKind::Metrics, "nn"));
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "oo")),
+            queue.push(&frame(FrameKind::Metrics, "oo")),
             Pushed::Queued { dropped: 1 }
         );
-        assert_eq!(drain(&queue).await.0, ["nn", "oo"]);
+        assert_eq!(drain(&queue), ["nn", "oo"]);
     }
 
     #[tokio::test]
     async fn an_alert_that_cannot_fit_closes_the_client() {
         let queue = queue(2, 1024);
-        queue.push(frame(FrameKind::Alert, "a1"));
-        queue.push(frame(FrameKind::Alert, "a2"));
+        queue.push(&frame(FrameKind::Alert, "a1"));
+        queue.push(&frame(FrameKind::Alert, "a2"));
         assert_eq!(
-            queue.push(frame(FrameKind::Metrics, "m")),
+            queue.push(&frame(FrameKind::Metrics, "m")),
             Pushed::Queued { dropped: 1 }
         );
         assert_eq!(
-            queue.push(frame(FrameKind::Alert, "a3")),
+            queue.push(&frame(FrameKind::Alert, "a3")),
             Pushed::Overflowed
         );
-        assert_eq!(queue.push(frame(FrameKind::Alert, "a4")), Pushed::Closing);
-        assert_eq!(
-            drain(&queue).await,
-            (vec![], Some(CloseReason::SLOW_CONSUMER))
-        );
+        assert_eq!(queue.push(&frame(FrameKind::Alert, "a4")), Pushed::Closing);
+        assert!(drain(&queue).is_empty());
+        assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }
 
     #[tokio::test]
-    async fn close_comes_after_what_was_queued_before_it() {
+    async fn a_live_client_with_nothing_queued_is_written_to_at_once() {
+        let (queue, mut client) = live(1024);
+        let m = frame(FrameKind::Metrics, "m1");
+        assert_eq!(queue.push(&m), Pushed::Written);
+        assert_eq!(read(&mut client, m.wire.len()).await, m.wire);
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn before_the_greeting_nothing_is_written_directly() {
         let queue = queue(8, 1024);
-        queue.push(frame(FrameKind::Metrics, "m"));
+        let (_client, server) = tokio::io::duplex(1024);
+        queue.attach(Box::pin(server));
+        let m = frame(FrameKind::Metrics, "m1");
+        assert_eq!(queue.push(&m), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_took_in_part_is_finished_first_and_never_dropped() {
+        // The socket takes 5 bytes: the first frame is started, then everything queues.
+        let (queue, mut client) = live(5);
+        let first = frame(FrameKind::Metrics, "first metrics frame");
+        assert_eq!(queue.push(&first), Pushed::Queued { dropped: 0 });
+        // Overflow drops the oldest metrics, but not the started one.
+        let mut later = Vec::new();
+        for i in 0..10 {
+            let m = frame(FrameKind::Metrics, &format!("m{i}"));
+            queue.push(&m);
+            later.push(m);
+        }
+        assert_eq!(queue.len(), 8);
+        let expected: Vec<u8> = first
+            .wire
+            .iter()
+            .chain(later[3..].iter().flat_map(|m| m.wire.iter()))
+            .copied()
+            .collect();
+        let reader = tokio::spawn(async move {
+            let read = read(&mut client, expected.len()).await;
+            (read == expected, client)
+        });
+        let mut wrote = 0;
+        while wrote < 8 {
+            match queue.write().await {
+                Drove::Wrote(n) => wrote += n,
+                other => panic!("{other:?}"),
+            }
+        }
+        let (in_order, _client) = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(in_order);
+        // Caught up: direct again.
+        assert_eq!(queue.push(&frame(FrameKind::Metrics, "x")), Pushed::Written);
+    }
+
+    #[tokio::test]
+    async fn live_copies_of_replayed_alerts_are_discarded() {
+        let queue = queue(8, 1024);
+        queue.push(&alert("1-0"));
+        queue.push(&alert("3-0"));
+        // The replay holds 1-0 and 2-0, and goes first.
+        queue.go_live(
+            vec![alert("1-0"), alert("2-0")],
+            Some("2-0".parse().unwrap_or_else(|e| panic!("{e:?}"))),
+        );
+        assert_eq!(queue.push(&alert("2-0")), Pushed::Closing);
+        assert_eq!(queue.push(&alert("4-0")), Pushed::Queued { dropped: 0 });
+        assert_eq!(drain(&queue), ["1-0", "2-0", "3-0", "4-0"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_answer_goes_after_what_was_queued_before_it_and_before_what_follows() {
+        let (queue, mut client) = live(1024);
+        let (a, b, answer) = (
+            frame(FrameKind::Metrics, "a"),
+            frame(FrameKind::Metrics, "b"),
+            frame(FrameKind::Control, "answer"),
+        );
+        // Queued behind a greeting not yet written.
+        queue.put_front([frame(FrameKind::Control, "hello")]);
+        queue.push(&a);
+        let mut before = Vec::new();
+        queue.drain_now(&mut before);
+        // Held: not written directly although nothing is queued but the greeting.
+        assert_eq!(queue.push(&b), Pushed::Queued { dropped: 0 });
+        before.push(answer.clone());
+        queue.put_front(before);
+        let order = ["hello", "a", "answer", "b"];
+        let expected: Vec<u8> = order
+            .iter()
+            .flat_map(|t| wire::text(t.as_bytes()).to_vec())
+            .collect();
+        assert_eq!(queue.write().await, Drove::Wrote(2));
+        assert_eq!(read(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn the_close_frame_goes_after_what_was_queued_before_it() {
+        let (queue, mut client) = live(1024);
+        queue.put_front([frame(FrameKind::Control, "hello")]);
+        queue.push(&frame(FrameKind::Metrics, "m"));
         queue.close(CloseReason::GOING_AWAY);
         queue.close(CloseReason::TOO_BIG);
-        assert_eq!(
-            drain(&queue).await,
-            (vec!["m".into()], Some(CloseReason::GOING_AWAY))
-        );
+        assert_eq!(queue.write().await, Drove::Wrote(1));
+        assert_eq!(queue.write().await, Drove::CloseSent);
+        let expected: Vec<u8> = [
+            wire::text(b"hello"),
+            wire::text(b"m"),
+            wire::close(1001, CloseReason::GOING_AWAY.reason),
+        ]
+        .concat();
+        assert_eq!(read(&mut client, expected.len()).await, expected);
     }
 }

@@ -10,8 +10,10 @@
 //! accounting are one concept.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fanout_domain::{
@@ -138,6 +140,8 @@ pub(crate) enum Applied {
 /// What one fan-out pass did to the queues.
 #[derive(Default)]
 struct Tally {
+    /// Frames written straight to the socket.
+    written: u64,
     dropped: u64,
     overflowed: u64,
 }
@@ -145,7 +149,8 @@ struct Tally {
 impl Tally {
     fn push_all<'a>(&mut self, queues: impl Iterator<Item = &'a Arc<ClientQueue>>, frame: &Frame) {
         for queue in queues {
-            match queue.push(frame.clone()) {
+            match queue.push(frame) {
+                Pushed::Written => self.written += 1,
                 Pushed::Queued { dropped } => self.dropped += dropped,
                 Pushed::Overflowed => self.overflowed += 1,
                 Pushed::Closing => {}
@@ -306,7 +311,7 @@ impl ClientRegistry {
                 };
                 let frames = conflator.take_frames();
                 if !frames.is_empty() {
-                    registry.push_to_group(&filter, &frames);
+                    unbudgeted(|| registry.push_to_group(&filter, &frames));
                 }
             }
         });
@@ -464,6 +469,9 @@ impl ClientRegistry {
     }
 
     fn count(&self, tally: Tally) {
+        if tally.written > 0 {
+            self.delivered.fetch_add(tally.written, Ordering::Relaxed);
+        }
         if tally.dropped > 0 {
             self.dropped_metrics
                 .fetch_add(tally.dropped, Ordering::Relaxed);
@@ -521,7 +529,7 @@ impl LocalDelivery for ClientRegistry {
     /// (`internal_errors`) and logged, so that it can never end the bus listener that called.
     fn deliver(&self, envelope: &Envelope) {
         let fanned_out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.fan_out(envelope);
+            unbudgeted(|| self.fan_out(envelope));
         }));
         if fanned_out.is_err() {
             self.internal_errors.fetch_add(1, Ordering::Relaxed);
@@ -533,6 +541,23 @@ impl LocalDelivery for ClientRegistry {
             );
         }
     }
+}
+
+/// Runs `f`, a fan-out pass, outside tokio's cooperative budget: its socket writes would
+/// otherwise all be refused once the calling task spent its budget (128 I/O operations), and
+/// every client past the 128th of a message be queued and its task woken instead of written to.
+fn unbudgeted(f: impl FnOnce()) {
+    let mut f = Some(f);
+    let pass = tokio::task::coop::unconstrained(std::future::poll_fn(move |_| {
+        if let Some(f) = f.take() {
+            f();
+        }
+        Poll::Ready(())
+    }));
+    // Ready at its first poll: the pass runs once, there and then.
+    let _ = std::pin::pin!(pass)
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
 }
 
 impl ClientRegistry {
@@ -689,12 +714,10 @@ mod tests {
         registry.deliver(&metrics(1.0));
         let frames: Vec<Frame> = queues.iter().flat_map(|q| taken(q)).collect();
         assert_eq!(frames.len(), 3);
-        let first = frames[0].text.as_str();
-        assert_eq!(first, metrics(1.0).to_json());
+        assert_eq!(frames[0].text(), metrics(1.0).to_json());
+        let first = frames[0].wire.as_ptr();
         assert!(
-            frames
-                .iter()
-                .all(|f| f.text.as_str().as_ptr() == first.as_ptr()),
+            frames.iter().all(|f| f.wire.as_ptr() == first),
             "one encoding per message, shared by every client"
         );
     }
@@ -796,7 +819,7 @@ mod tests {
     }
 
     fn names(frame: &Frame) -> Vec<String> {
-        let decoded = Envelope::from_json(fanout_domain::Channel::Metrics, frame.text.as_bytes())
+        let decoded = Envelope::from_json(fanout_domain::Channel::Metrics, frame.text().as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
         match decoded.payload {
             Payload::Metrics(metrics) => metrics.iter().map(|m| m.name().to_owned()).collect(),
@@ -822,15 +845,15 @@ mod tests {
         let api_frames: Vec<Frame> = api.iter().flat_map(|q| taken(q)).collect();
         assert_eq!(api_frames.len(), 3);
         assert_eq!(names(&api_frames[0]), ["api.a", "api.c"]);
-        let first = api_frames[0].text.as_str().as_ptr();
+        let first = api_frames[0].wire.as_ptr();
         assert!(
-            api_frames.iter().all(|f| f.text.as_str().as_ptr() == first),
+            api_frames.iter().all(|f| f.wire.as_ptr() == first),
             "one encoding of the share for the whole group"
         );
         assert_eq!(names(&taken(&db)[0]), ["db.b"]);
         let whole = taken(&everything);
         assert_eq!(
-            whole[0].text.as_str(),
+            whole[0].text(),
             batch(&["api.a", "db.b", "api.c"]).to_json()
         );
 
@@ -932,7 +955,7 @@ mod tests {
         let frames = taken(&client);
         assert_eq!(frames.len(), 1, "the owed value, once");
         let decoded =
-            Envelope::from_json(fanout_domain::Channel::Metrics, frames[0].text.as_bytes())
+            Envelope::from_json(fanout_domain::Channel::Metrics, frames[0].text().as_bytes())
                 .unwrap_or_else(|e| panic!("{e}"));
         let Payload::Metrics(sent) = decoded.payload else {
             panic!("not metrics");
@@ -965,7 +988,7 @@ mod tests {
             );
             let last = Envelope::from_json(
                 fanout_domain::Channel::Metrics,
-                frames[frames.len() - 1].text.as_bytes(),
+                frames[frames.len() - 1].text().as_bytes(),
             )
             .unwrap_or_else(|e| panic!("{e}"));
             let Payload::Metrics(last) = last.payload else {
@@ -1000,7 +1023,7 @@ mod tests {
         assert_eq!(registry.close_all(CloseReason::GOING_AWAY), 2);
         for queue in &queues {
             assert_eq!(
-                queue.push(Frame::for_envelope(FrameKind::Metrics, &metrics(1.0))),
+                queue.push(&Frame::for_envelope(FrameKind::Metrics, &metrics(1.0))),
                 Pushed::Closing
             );
         }

@@ -332,7 +332,7 @@ fn received(frames: &[Frame]) -> (Vec<Metric>, usize) {
     for frame in frames {
         match frame.kind {
             FrameKind::Metrics => {
-                let decoded = Envelope::from_json(Channel::Metrics, frame.text.as_bytes())
+                let decoded = Envelope::from_json(Channel::Metrics, frame.text().as_bytes())
                     .unwrap_or_else(|e| panic!("{e}"));
                 let Payload::Metrics(items) = decoded.payload else {
                     panic!("an alert in a metrics frame")

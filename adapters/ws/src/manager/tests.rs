@@ -174,7 +174,7 @@ async fn a_new_client_gets_the_snapshot_of_what_was_delivered() {
     manager.registry().deliver(&metrics);
     let registered = register(&manager).await;
     assert_eq!(
-        registered.snapshot.text.as_str(),
+        registered.snapshot.text(),
         r#"{"type":"snapshot","data":[{"name":"cpu","value":5.0}]}"#
     );
 }
@@ -186,11 +186,10 @@ async fn hello_counts_the_connections() {
     let hello = manager.hello();
     assert!(
         hello
-            .text
-            .as_str()
+            .text()
             .starts_with(r#"{"type":"hello","worker":"web-1-4242","connections":1,"#),
         "{}",
-        hello.text
+        hello.text()
     );
 }
 
@@ -206,7 +205,7 @@ async fn a_replay_is_the_resume_frame_then_the_alerts_after_the_position() {
         .replay(&from, &everything())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let texts: Vec<String> = replay.frames.iter().map(|f| f.text.to_string()).collect();
+    let texts: Vec<String> = replay.frames.iter().map(|f| f.text().to_string()).collect();
     assert_eq!(
         texts,
         [
@@ -251,7 +250,7 @@ async fn a_replay_holds_only_the_alerts_the_filter_takes_and_stays_complete() {
         .replay(&from, &filter)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let texts: Vec<String> = replay.frames.iter().map(|f| f.text.to_string()).collect();
+    let texts: Vec<String> = replay.frames.iter().map(|f| f.text().to_string()).collect();
     assert_eq!(
         texts,
         [
@@ -280,7 +279,7 @@ async fn a_resume_from_another_epoch_is_incomplete_and_replays_the_whole_log() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        replay.frames[0].text.as_str(),
+        replay.frames[0].text(),
         r#"{"type":"resume","after":"5-0","epoch":"3f9a0c1e5b7d2468","replayed":1,"complete":false}"#
     );
     assert_eq!(replay.frames.len(), 2);
