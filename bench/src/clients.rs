@@ -2,31 +2,37 @@
 //! subscription (see [`Workload`]), then read every frame and hand the bench items to a [`Tally`].
 //!
 //! A client is a [`fanout_client::Connection`], the project's own client, opened over a TCP stream
-//! bound to one of the source addresses, with [`Buffers::SMALL`]. This is the only module that
+//! bound to one of the source addresses (round-robin, see [`SourceAddresses`]), with
+//! [`Buffers::SMALL`]. This is the only module that
 //! knows the client, so counting and reporting do not. It must stay cheap per frame: tens of
 //! thousands of these run in one process next to the server, so frames are read as their raw
 //! text ([`Connection::next_text`], no copy) and searched for the bench message, never decoded.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout_client::{Buffers, ConnectOptions, Connection, Subscription};
-use tokio::net::TcpSocket;
+use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::message::{now_us, Sighting};
-use crate::tally::{Recorded, Taken, Tally};
+use crate::sources::{bound_socket, SourceAddresses};
+use crate::tally::{new_histogram, Recorded, Taken, Tally};
 use crate::workload::Workload;
 
 /// How the clients connect.
 pub struct Ramp {
     /// Clients connecting at once (at least 1).
     pub concurrency: usize,
-    /// Local addresses 127.0.0.1 … 127.0.0.N to connect from (at least 1).
-    pub source_addresses: u8,
+    /// Connects started per second at most (client `i` starts `i / rate` seconds in, at the
+    /// earliest); `None`: as fast as `concurrency` lets them.
+    pub rate: Option<NonZeroU32>,
+    /// Local addresses to connect from, round-robin.
+    pub sources: SourceAddresses,
 }
 
 /// Counters every client bumps as it goes, for progress and the drain.
@@ -36,6 +42,8 @@ struct Shared {
     /// Clients connected now, by selector (one entry without selectors).
     connected_by_selector: Vec<AtomicUsize>,
     epoch: Instant,
+    /// `epoch` on the wall clock, Unix microseconds.
+    epoch_unix_us: u64,
     first_ns: AtomicU64,
     last_ns: AtomicU64,
 }
@@ -46,11 +54,13 @@ pub struct Pool {
     tasks: Vec<(usize, JoinHandle<Option<Tally>>)>,
     shared: Arc<Shared>,
     connected_at_start: usize,
+    /// Each connected client's connect and handshake, µs.
+    connect_latency_us: Histogram<u32>,
 }
 
 /// Opens `count` clients over `targets` (round-robin), client `i` with the subscription of
-/// `workload`'s selector for it, at most `ramp.concurrency` connecting at once; returns once every
-/// attempt succeeded or failed.
+/// `workload`'s selector for it, at most `ramp.concurrency` connecting at once and no faster than
+/// `ramp.rate`; returns once every attempt succeeded or failed.
 pub async fn connect_all(
     targets: &[SocketAddr],
     count: usize,
@@ -65,23 +75,22 @@ pub async fn connect_all(
             .map(|_| AtomicUsize::new(0))
             .collect(),
         epoch: Instant::now(),
+        epoch_unix_us: now_us(),
         first_ns: AtomicU64::new(u64::MAX),
         last_ns: AtomicU64::new(0),
     });
     let connecting = Arc::new(Semaphore::new(ramp.concurrency.max(1)));
-    let source_addresses = usize::from(ramp.source_addresses.max(1));
-    // One message per client, then the channel closes: bounded by `count`.
-    let (attempted_tx, mut attempted) = mpsc::unbounded_channel::<bool>();
+    let started = tokio::time::Instant::now();
+    // One message per client, its connect latency or `None` when it failed, then the channel
+    // closes: bounded by `count`.
+    let (attempted_tx, mut attempted) = mpsc::unbounded_channel::<Option<Duration>>();
     let mut tasks = Vec::with_capacity(count);
     for index in 0..count {
         let target = targets[index % targets.len()];
-        // `index % source_addresses` < 255, so the last octet stays in 1..=255.
-        let source = IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (index % source_addresses) as u8,
-        ));
+        let source = ramp.sources.for_client(index);
+        let start_at = ramp
+            .rate
+            .map(|rate| started + Duration::from_secs_f64(index as f64 / f64::from(rate.get())));
         let selector = workload.selector_of(index);
         let (connecting, shared, attempted_tx, stop, workload) = (
             Arc::clone(&connecting),
@@ -91,11 +100,16 @@ pub async fn connect_all(
             Arc::clone(workload),
         );
         let task = tokio::spawn(async move {
+            if let Some(start_at) = start_at {
+                tokio::time::sleep_until(start_at).await;
+            }
             let permit = connecting.acquire_owned().await.ok();
             let subscription = workload.subscription(selector);
+            let began = Instant::now();
             let connected = connect(source, target, subscription.as_ref()).await;
+            let took = began.elapsed();
             drop(permit);
-            let _ = attempted_tx.send(connected.is_ok());
+            let _ = attempted_tx.send(connected.as_ref().ok().map(|_| took));
             drop(attempted_tx);
             match connected {
                 Ok(connection) => {
@@ -110,7 +124,9 @@ pub async fn connect_all(
                     Some(tally)
                 }
                 Err(error) => {
-                    eprintln!("bench: client {index} could not connect to {target}: {error}");
+                    eprintln!(
+                        "bench: client {index} could not connect from {source} to {target}: {error:#}"
+                    );
                     None
                 }
             }
@@ -119,9 +135,15 @@ pub async fn connect_all(
     }
     drop(attempted_tx);
     let mut connected_at_start = 0;
+    let mut connect_latency_us = new_histogram();
     for _ in 0..count {
         match attempted.recv().await {
-            Some(ok) => connected_at_start += usize::from(ok),
+            Some(Some(took)) => {
+                connected_at_start += 1;
+                // Out of range only past 60 s; such a sample is dropped rather than clamped.
+                let _ = connect_latency_us.record((took.as_micros() as u64).max(1));
+            }
+            Some(None) => {}
             None => break,
         }
     }
@@ -129,6 +151,7 @@ pub async fn connect_all(
         tasks,
         shared,
         connected_at_start,
+        connect_latency_us,
     }
 }
 
@@ -136,12 +159,11 @@ pub async fn connect_all(
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 async fn connect(
-    source: IpAddr,
+    source: Ipv4Addr,
     target: SocketAddr,
     subscription: Option<&Subscription>,
 ) -> anyhow::Result<Connection> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
+    let socket = bound_socket(source)?;
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
     // Small buffers: the tool holds tens of thousands of these. No token, no resume.
@@ -254,11 +276,25 @@ impl Pool {
         }
     }
 
+    /// Each connected client's connect and handshake, µs.
+    pub fn connect_latency_us(&self) -> &Histogram<u32> {
+        &self.connect_latency_us
+    }
+
     /// Time from the first to the last bench message received, by any client.
     pub fn first_to_last(&self) -> Duration {
         let first = self.shared.first_ns.load(Ordering::Relaxed);
         let last = self.shared.last_ns.load(Ordering::Relaxed);
         Duration::from_nanos(last.saturating_sub(first))
+    }
+
+    /// When the first and the last bench item were received (by any client), Unix microseconds;
+    /// `None` before any was.
+    pub fn receipts_unix_us(&self) -> Option<(u64, u64)> {
+        let first = self.shared.first_ns.load(Ordering::Relaxed);
+        let last = self.shared.last_ns.load(Ordering::Relaxed);
+        let unix = |ns: u64| self.shared.epoch_unix_us + ns / 1_000;
+        (first != u64::MAX).then(|| (unix(first), unix(last.max(first))))
     }
 
     /// Waits for every client to end (after the stop signal), settles each against what a

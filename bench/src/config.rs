@@ -1,12 +1,15 @@
 //! The command line of `fanout-bench`, parsed once into typed values.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::rendezvous::Loader;
+use crate::sources::SourceAddresses;
 use crate::workload::{parse_interval, Workload};
 
 /// fanout-bench: the load tool of fanout. Opens WebSocket clients against running workers,
@@ -64,6 +67,11 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
 
+    /// Connects started per second at most during the ramp (by this process); without it, as
+    /// fast as --connect-concurrency lets them.
+    #[arg(long)]
+    pub connect_rate: Option<NonZeroU32>,
+
     /// Idle mode: open this many clients, publish nothing, hold them for `--hold`, report the
     /// connect time (for memory measurements of the server).
     #[arg(long)]
@@ -94,9 +102,29 @@ pub struct BenchConfig {
     #[arg(long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
 
-    /// Local addresses 127.0.0.1 … 127.0.0.N to connect from (each gives ~28k ports).
-    #[arg(long, default_value_t = 4)]
-    pub source_addresses: u8,
+    /// Local addresses the clients connect from, round-robin (each gives ~28k ports towards one
+    /// server address): a count N (127.0.0.1 … 127.0.0.N), a range (`127.0.0.2-127.0.0.21`), or
+    /// a comma-separated list of ranges and addresses.
+    #[arg(long, default_value = "4", value_parser = SourceAddresses::parse)]
+    pub source_addresses: SourceAddresses,
+
+    /// Be loader I of N (`2/4`) of one run split over N processes (one process holds as many
+    /// clients as it may open files), each given the same flags but its own --clients and
+    /// --json, and the same --rendezvous: loader 1 publishes once every loader's clients are
+    /// connected; the others publish nothing, and count what their clients got against what it
+    /// published. `--merge` makes the run's report of theirs.
+    #[arg(long, value_parser = Loader::parse, requires = "rendezvous")]
+    pub loader: Option<Loader>,
+
+    /// With --loader: the directory the loaders of a run meet in, fresh for each run.
+    #[arg(long, requires = "loader")]
+    pub rendezvous: Option<PathBuf>,
+
+    /// Make nothing: read the --json reports of the loaders of one run (every loader's, 1 to N),
+    /// and print and write (--json) the run's: counts summed, latency histograms merged,
+    /// connect time from the first loader's first connect to the last loader's last.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["loader", "idle"])]
+    pub merge: Vec<PathBuf>,
 
     /// Also write the report as JSON to this file.
     #[arg(long)]
@@ -237,7 +265,10 @@ mod tests {
         assert_eq!(config.connect_concurrency, 64);
         assert_eq!(config.idle, Some(10));
         assert_eq!(config.hold, Duration::from_secs(2));
-        assert_eq!(config.source_addresses, 8);
+        assert_eq!(
+            config.source_addresses.to_string(),
+            "8 addresses, 127.0.0.1 … 127.0.0.8"
+        );
         assert_eq!(config.json, Some(PathBuf::from("out.json")));
         let targets = config.targets().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -247,6 +278,35 @@ mod tests {
                 SocketAddr::from(([127, 0, 0, 1], 8081))
             ]
         );
+    }
+
+    #[test]
+    fn a_loader_needs_a_rendezvous_and_merging_makes_no_load() {
+        let config = BenchConfig::try_parse_from([
+            "fanout-bench",
+            "--loader",
+            "2/3",
+            "--rendezvous",
+            "/tmp/run",
+            "--source-addresses",
+            "127.0.0.2-127.0.0.21",
+            "--connect-rate",
+            "5000",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.loader, Some(Loader { index: 2, of: 3 }));
+        assert_eq!(
+            config.source_addresses.to_string(),
+            "20 addresses, 127.0.0.2 … 127.0.0.21"
+        );
+        assert_eq!(config.connect_rate.map(NonZeroU32::get), Some(5_000));
+        let alone = BenchConfig::try_parse_from(["fanout-bench", "--loader", "1/2"]).err();
+        assert!(alone.is_some_and(|e| e.to_string().contains("--rendezvous")));
+        let merge = BenchConfig::try_parse_from(["fanout-bench", "--merge", "a.json", "b.json"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(merge.merge.len(), 2);
+        let both = ["fanout-bench", "--merge", "a.json", "--idle", "3"];
+        assert!(BenchConfig::try_parse_from(both).is_err());
     }
 
     #[test]

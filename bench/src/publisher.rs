@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fanout_domain::{Channel, WorkerId};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
@@ -30,7 +31,8 @@ const SLICE: Duration = Duration::from_millis(5);
 /// The origin of the envelopes the tool puts on the bus with `--publish redis`.
 const ORIGIN: &str = "bench";
 
-/// What the publishing phase did.
+/// What the publishing phase did (what loader 1 hands the other loaders, see `rendezvous`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     /// Messages scheduled (numbered `0..total`).
     pub total: u64,

@@ -1,16 +1,20 @@
 //! The load tool's report, as a table for people and JSON for scripts (`scripts/bench` reads the
-//! JSON: its field names are the script's interface).
+//! JSON: its field names are the script's interface). A loader of a run split over several
+//! processes (`--loader`) adds to its JSON what `--merge` needs to make the run's report of them
+//! ([`ForMerge`]); the merged report is again a [`Report`].
 
 use std::time::Duration;
 
-use serde::Serialize;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::config::BenchConfig;
 use crate::tally::Tally;
 use crate::workload::{Owed, Workload};
 
 /// What a run did and saw.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub clients: usize,
     /// Distinct selectors the clients were spread over (0: none, broadcast).
@@ -23,9 +27,13 @@ pub struct Report {
     pub interval_ms: Option<u64>,
     /// What clients were owed: `every item` their selector takes, or with conflation the
     /// `latest value per series`; `expected` and `lost` count those.
-    pub owed: &'static str,
+    pub owed: String,
     pub connected: usize,
+    /// From the first connect to the last client's connect or failure (of every loader, merged).
     pub connect_seconds: f64,
+    /// Each client's TCP connect and WebSocket handshake, from when it was let start (the ramp's
+    /// concurrency and rate aside) to the open session.
+    pub connect_latency_ms: Latency,
     pub still_connected: usize,
     pub rate: u32,
     pub duration_seconds: f64,
@@ -46,18 +54,55 @@ pub struct Report {
     pub deliveries_per_second: f64,
     pub frames_per_second: f64,
     pub latency_ms: Latency,
+    /// `I/N` for loader I of N (`--loader`); `N merged` for their merged report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader: Option<String>,
+    /// What `--merge` needs of a loader's report (only with `--loader`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub for_merge: Option<ForMerge>,
     #[serde(skip)]
     pub first_to_last: Duration,
 }
 
-/// End-to-end latency quantiles, in milliseconds.
-#[derive(Debug, Default, Serialize)]
+/// Latency quantiles, in milliseconds.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+impl Latency {
+    /// The quantiles of a histogram of microseconds; zeros when it is empty.
+    pub fn of(histogram: &Histogram<u32>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        Self {
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// What a loader's report carries for `--merge`, beside its counts: its histograms whole, and
+/// its times on the wall clock (Unix microseconds), which the loaders share.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ForMerge {
+    pub connect_started_unix_us: u64,
+    pub connect_ended_unix_us: u64,
+    /// The first and the last bench item any of its clients received (none: none received).
+    pub receipts_unix_us: Option<(u64, u64)>,
+    /// End-to-end latency, µs: `[value, count]` per bucket (`tally::histogram_pairs`).
+    pub latency_us: Vec<[u64; 2]>,
+    /// Connect latency, µs, the same way.
+    pub connect_latency_us: Vec<[u64; 2]>,
 }
 
 impl Report {
@@ -77,7 +122,8 @@ impl Report {
             owed: match workload.owed() {
                 Owed::EveryItem => "every item",
                 Owed::LatestValues => "latest value per series",
-            },
+            }
+            .to_owned(),
             connected,
             connect_seconds: connect_time.as_secs_f64(),
             rate: config.rate,
@@ -103,17 +149,7 @@ impl Report {
             .max(1e-3);
         self.deliveries_per_second = self.received as f64 / window;
         self.frames_per_second = self.frames as f64 / window;
-        let h = &totals.latency_us;
-        let ms = |us: u64| us as f64 / 1000.0;
-        if !h.is_empty() {
-            self.latency_ms = Latency {
-                p50: ms(h.value_at_quantile(0.50)),
-                p90: ms(h.value_at_quantile(0.90)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-            };
-        }
+        self.latency_ms = Latency::of(&totals.latency_us);
     }
 
     pub fn print(&self) {
@@ -125,6 +161,7 @@ impl Report {
                     self.connected, self.clients, self.connect_seconds
                 ),
             ),
+            ("connect latency ms", self.connect_latency_ms.to_string()),
             ("still connected", self.still_connected.to_string()),
             (
                 "published",
@@ -161,22 +198,25 @@ impl Report {
                     self.deliveries_per_second, self.frames_per_second
                 ),
             ),
-            (
-                "latency ms",
-                format!(
-                    "p50 {:.2}  p90 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
-                    self.latency_ms.p50,
-                    self.latency_ms.p90,
-                    self.latency_ms.p99,
-                    self.latency_ms.p999,
-                    self.latency_ms.max
-                ),
-            ),
+            ("latency ms", self.latency_ms.to_string()),
         ];
         println!();
+        if let Some(loader) = &self.loader {
+            println!("{:<20} {loader}", "loader");
+        }
         for (name, value) in rows {
             println!("{name:<20} {value}");
         }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
     }
 }
 

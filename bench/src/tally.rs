@@ -15,6 +15,29 @@ pub fn new_histogram() -> Histogram<u32> {
         .unwrap_or_else(|e| unreachable!("valid bounds: {e}"))
 }
 
+/// A histogram as `[value, count]` pairs, one per recorded bucket (its highest equivalent value):
+/// how a loader's report carries its latencies to `--merge`, in plain JSON.
+pub fn histogram_pairs(histogram: &Histogram<u32>) -> Vec<[u64; 2]> {
+    histogram
+        .iter_recorded()
+        .map(|bucket| [bucket.value_iterated_to(), bucket.count_at_value().into()])
+        .collect()
+}
+
+/// The histogram of [`histogram_pairs`]: each pair's value falls in the bucket it came from, so
+/// quantiles and the maximum are those of the original.
+pub fn histogram_from_pairs(pairs: &[[u64; 2]]) -> anyhow::Result<Histogram<u32>> {
+    let mut histogram = new_histogram();
+    for &[value, count] in pairs {
+        let count = u32::try_from(count)
+            .map_err(|_| anyhow::anyhow!("a bucket of {count} samples is over a u32"))?;
+        histogram
+            .record_n(value, count)
+            .map_err(|e| anyhow::anyhow!("latency {value} µs: {e}"))?;
+    }
+    Ok(histogram)
+}
+
 /// What one client, or all of them, saw.
 pub struct Tally {
     /// Frames holding at least one bench item.
@@ -172,6 +195,29 @@ mod tests {
         // Two significant digits: compare within the histogram's resolution.
         assert!(tally.latency_us.equivalent(tally.latency_us.max(), 2_000));
         assert_eq!(tally.latency_us.min(), 1);
+    }
+
+    #[test]
+    fn a_histogram_survives_its_pairs() {
+        let mut histogram = new_histogram();
+        for (value, count) in [(1, 3), (950, 1), (12_345, 40), (59_000_000, 2)] {
+            histogram
+                .record_n(value, count)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let pairs = histogram_pairs(&histogram);
+        assert_eq!(pairs.len(), 4);
+        let back = histogram_from_pairs(&pairs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.len(), histogram.len());
+        assert_eq!(back.max(), histogram.max());
+        for quantile in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(
+                back.value_at_quantile(quantile),
+                histogram.value_at_quantile(quantile),
+                "q {quantile}"
+            );
+        }
+        assert!(histogram_from_pairs(&[[1, u64::from(u32::MAX) + 1]]).is_err());
     }
 
     #[test]
