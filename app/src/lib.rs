@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod config_file;
+mod http_server;
 pub mod limits;
 mod monitor;
 mod outbox;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use fanout_domain::{
     AlertLog, Broadcaster, BusSubscriber, Clock, PerformanceService, PublishQuota, RuleEngine,
     SelectorLimits, WorkerId,
@@ -312,16 +311,13 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
             }
         };
         // Frames are small and latency matters more than packet count.
-        let listener = listener.tap_io(move |tcp| {
+        let tune = move |tcp: &tokio::net::TcpStream| {
             let _ = tcp.set_nodelay(true);
             if let Some(bytes) = send_buffer {
-                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
+                let _ = socket2::SockRef::from(tcp).set_send_buffer_size(bytes);
             }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        };
+        crate::http_server::serve(listener, app, tune, shutdown).await;
         if tokio::time::timeout(shutdown_timeout, serve_manager.wait_until_empty())
             .await
             .is_err()

@@ -19,7 +19,8 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Interval, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -30,6 +31,7 @@ use crate::manager::{ConnectionManager, Registered};
 use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
 use crate::queue::{ClientQueue, Drove};
 use crate::slots::Slot;
+use crate::socket::{Socket, Tcp, TcpReader, Writer};
 use crate::{wire, ClientLimits};
 
 /// How long the server waits for the client's answer to its close frame before dropping the
@@ -47,7 +49,7 @@ type Reader = WebSocketStream<Duplex>;
 
 /// The client's socket as tungstenite sees it: reads from the socket, writes into the queue.
 struct Duplex {
-    read: ReadHalf<TokioIo<Upgraded>>,
+    read: Pin<Box<dyn AsyncRead + Send>>,
     queue: Arc<ClientQueue>,
 }
 
@@ -57,7 +59,7 @@ impl AsyncRead for Duplex {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        self.read.as_mut().poll_read(cx, buf)
     }
 }
 
@@ -89,13 +91,29 @@ impl AsyncWrite for Duplex {
 /// connection slot given back, the moment the connection is over for delivery purposes.
 pub(crate) async fn serve(
     manager: Arc<ConnectionManager>,
-    io: TokioIo<Upgraded>,
+    upgraded: Upgraded,
     resume_from: Option<LogPosition>,
     grant: Grant,
     first: Subscribe,
     slot: Slot,
 ) {
-    let (read, mut write) = tokio::io::split(io);
+    // The socket itself when fanout's server served the handshake (see `socket`).
+    let (read, mut write, early_bytes): (Pin<Box<dyn AsyncRead + Send>>, Box<dyn Socket>, _) =
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let tcp = Arc::new(parts.io.into_inner());
+                let early_bytes = parts.read_buf.to_vec();
+                (
+                    Box::pin(TcpReader(Arc::clone(&tcp))),
+                    Box::new(Tcp(tcp)),
+                    early_bytes,
+                )
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                (Box::pin(read), Box::new(Writer(write)), Vec::new())
+            }
+        };
     let Registered {
         id,
         queue,
@@ -104,13 +122,13 @@ pub(crate) async fn serve(
     } = match manager.register(&grant, first).await {
         Ok(registered) => registered,
         Err(refused) => {
-            use tokio::io::AsyncWriteExt;
-            let _ = write.write_all(&CloseReason::GOING_AWAY.frame().wire).await;
+            // One try: the client is told why if its socket takes the frame.
+            let _ = write.try_write(&CloseReason::GOING_AWAY.frame().wire);
             tracing::debug!(%refused, "client refused after upgrade");
             return;
         }
     };
-    queue.attach(Box::pin(write));
+    queue.attach(write);
     let limits = manager.limits();
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -121,7 +139,9 @@ pub(crate) async fn serve(
         read,
         queue: Arc::clone(&queue),
     };
-    let reader = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(config)).await;
+    // What the client sent right after its handshake, already read by the HTTP server, first.
+    let reader =
+        WebSocketStream::from_partially_read(duplex, early_bytes, Role::Server, Some(config)).await;
     // Whatever happens to the connection from here, a panic included (a bug), the client is
     // unregistered and its slot given back: a connection that ended never stays counted.
     let served = AssertUnwindSafe(serve_registered(

@@ -24,6 +24,7 @@ mod queue;
 mod registry;
 mod slots;
 mod snapshot;
+mod socket;
 #[cfg(test)]
 mod subscriptions_model;
 mod upgrade;
@@ -185,7 +186,9 @@ async fn upgrade(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    upgrade.on_upgrade(move |io| client::serve(manager, io, resume_from, grant, first, slot))
+    upgrade.on_upgrade(move |upgraded| {
+        client::serve(manager, upgraded, resume_from, grant, first, slot)
+    })
 }
 
 #[cfg(test)]

@@ -18,16 +18,15 @@
 //! frames come encoded, framed and shared, from `protocol`).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use fanout_domain::LogId;
-use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
 use crate::protocol::{CloseReason, Frame, FrameKind};
+use crate::socket::Socket;
 
 /// The bounds of one client's queue.
 #[derive(Clone, Copy, Debug)]
@@ -39,8 +38,8 @@ pub struct QueueLimits {
     pub max_bytes: usize,
 }
 
-/// The writing half of a client's socket.
-pub(crate) type Out = Pin<Box<dyn AsyncWrite + Send>>;
+/// The client's socket, to write to.
+pub(crate) type Out = Box<dyn Socket>;
 
 /// What became of a pushed frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -178,17 +177,17 @@ impl ClientQueue {
         }
         if state.direct() {
             if let Some(out) = state.out.as_mut() {
-                // A waker that does nothing: when the socket pushes back, the frame is queued and
-                // the task woken, and its own write attempt registers its own waker.
-                let mut cx = Context::from_waker(Waker::noop());
-                match out.as_mut().poll_write(&mut cx, &frame.wire) {
-                    Poll::Ready(Ok(n)) if n == frame.wire.len() => {
+                // When the socket pushes back, the frame is queued and the task woken: its own
+                // write attempt registers its waker with the socket.
+                match out.try_write(&frame.wire) {
+                    Ok(n) if n == frame.wire.len() => {
                         state.dropped_since_progress = 0;
                         return Pushed::Written;
                     }
-                    Poll::Ready(Ok(n)) => state.started = n,
-                    // The task's own attempt meets the error and ends the connection.
-                    Poll::Pending | Poll::Ready(Err(_)) => {}
+                    Ok(n) => state.started = n,
+                    // `WouldBlock`; any other error the task's own attempt meets too, and ends
+                    // the connection.
+                    Err(_) => {}
                 }
                 state.enqueue(frame.clone());
                 let writer = state.wake();
@@ -383,7 +382,7 @@ impl ClientQueue {
             return Poll::Pending;
         };
         while let Some(front) = state.frames.front() {
-            match out.as_mut().poll_write(cx, &front.wire[state.started..]) {
+            match out.poll_write(cx, &front.wire[state.started..]) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
                 Poll::Ready(Ok(n)) => {
                     progressed = true;
@@ -441,6 +440,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
+    use crate::socket::Writer;
     use crate::wire;
 
     fn frame(kind: FrameKind, text: &str) -> Frame {
@@ -469,7 +469,7 @@ mod tests {
     fn live(capacity: usize) -> (ClientQueue, DuplexStream) {
         let queue = queue(8, 1024);
         let (client, server) = tokio::io::duplex(capacity);
-        queue.attach(Box::pin(server));
+        queue.attach(Box::new(Writer(server)));
         queue.go_live(Vec::new(), None);
         (queue, client)
     }
@@ -577,7 +577,7 @@ mod tests {
     async fn before_the_greeting_nothing_is_written_directly() {
         let queue = queue(8, 1024);
         let (_client, server) = tokio::io::duplex(1024);
-        queue.attach(Box::pin(server));
+        queue.attach(Box::new(Writer(server)));
         let m = frame(FrameKind::Metrics, "m1");
         assert_eq!(queue.push(&m), Pushed::Queued { dropped: 0 });
         assert_eq!(queue.len(), 1);

@@ -12,7 +12,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 
 /// An accepted WebSocket handshake, before the response is sent.
 pub(crate) struct Upgrade {
@@ -98,13 +97,13 @@ impl Upgrade {
     /// The `101 Switching Protocols` response; `serve` gets the connection once it is sent.
     pub(crate) fn on_upgrade<F, Fut>(self, serve: F) -> Response
     where
-        F: FnOnce(TokioIo<Upgraded>) -> Fut + Send + 'static,
+        F: FnOnce(Upgraded) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+                Ok(upgraded) => serve(upgraded).await,
                 Err(error) => tracing::debug!(%error, "the WebSocket upgrade failed"),
             }
         });
