@@ -39,9 +39,9 @@ use crate::{wire, ClientLimits};
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The read buffer tungstenite allocates up front for each connection. Clients send little, and
-/// a larger frame (up to `--max-client-message`) is still read, in more reads: 1 KiB instead of
-/// 4 KiB saved 3.2 KB of worker RSS per idle connection (`scripts/bench idle 10000 10s`).
-const READ_BUFFER: usize = 1024;
+/// a larger frame (up to `--max-client-message`) is still read, in more reads: each step down
+/// from 4 KiB saved its difference in worker RSS per idle connection (`scripts/bench idle`).
+const READ_BUFFER: usize = 256;
 
 /// What the client sends, read by tungstenite; what tungstenite writes itself (pongs, the answer
 /// to a client's close) goes into the client's queue, after what is queued.
@@ -87,16 +87,73 @@ impl AsyncWrite for Duplex {
     }
 }
 
-/// Serves one upgraded connection until it closes; the client is unregistered, and its
-/// connection slot given back, the moment the connection is over for delivery purposes.
-pub(crate) async fn serve(
+/// What admission decided for a connection, handed to its task (boxed: see [`serve`]).
+pub(crate) struct Start {
+    pub(crate) resume_from: Option<LogPosition>,
+    pub(crate) grant: Grant,
+    pub(crate) first: Subscribe,
+    pub(crate) slot: Slot,
+}
+
+/// A registered client, before its greeting.
+struct Opened {
     manager: Arc<ConnectionManager>,
-    upgraded: Upgraded,
+    id: u64,
+    queue: Arc<ClientQueue>,
+    reader: Reader,
+    snapshot: Frame,
+    filter: Arc<Filter>,
     resume_from: Option<LogPosition>,
     grant: Grant,
-    first: Subscribe,
-    slot: Slot,
-) {
+}
+
+/// Serves one upgraded connection until it closes; the client is unregistered, and its
+/// connection slot given back, the moment the connection is over for delivery purposes.
+///
+/// This task lives as long as the connection, and a future is as large as its largest stage
+/// (with every argument and captured value kept for its whole life): so the stages that run
+/// once (opening, greeting, unregistering, lingering) are boxed futures, gone once done, and
+/// what is handed between them is boxed. An idle connection keeps only [`Connection`] and its
+/// loop (docs/PERFORMANCE.md, idle memory).
+pub(crate) async fn serve(manager: Arc<ConnectionManager>, upgraded: Upgraded, start: Box<Start>) {
+    let Some((opened, slot)) = Box::pin(open(manager, upgraded, start)).await else {
+        return;
+    };
+    let (manager, id) = (Arc::clone(&opened.manager), opened.id);
+    // Whatever happens to the connection from here, a panic included (a bug), the client is
+    // unregistered and its slot given back: a connection that ended never stays counted.
+    let served = AssertUnwindSafe(async move {
+        let mut connection = Box::pin(greet(opened)).await?;
+        match connection.run().await {
+            Ending::CloseSent => Some(Box::new(connection.reader)),
+            Ending::Gone => None,
+        }
+    })
+    .catch_unwind()
+    .await;
+    Box::pin(manager.unregister(id, slot)).await;
+    match served {
+        Ok(Some(mut closed)) => Box::pin(linger(&mut closed)).await,
+        Ok(None) => {}
+        Err(_) => tracing::error!(
+            client = id,
+            "the connection ended on a bug (please report it); the client was unregistered"
+        ),
+    }
+}
+
+/// Takes the socket from the upgraded connection, registers the client and sets up the reader.
+async fn open(
+    manager: Arc<ConnectionManager>,
+    upgraded: Upgraded,
+    start: Box<Start>,
+) -> Option<(Box<Opened>, Slot)> {
+    let Start {
+        resume_from,
+        grant,
+        first,
+        slot,
+    } = *start;
     // The socket itself when fanout's server served the handshake (see `socket`).
     let (read, mut write, early_bytes): (Pin<Box<dyn AsyncRead + Send>>, Box<dyn Socket>, _) =
         match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -125,7 +182,7 @@ pub(crate) async fn serve(
             // One try: the client is told why if its socket takes the frame.
             let _ = write.try_write(&CloseReason::GOING_AWAY.frame().wire);
             tracing::debug!(%refused, "client refused after upgrade");
-            return;
+            return None;
         }
     };
     queue.attach(write);
@@ -142,51 +199,38 @@ pub(crate) async fn serve(
     // What the client sent right after its handshake, already read by the HTTP server, first.
     let reader =
         WebSocketStream::from_partially_read(duplex, early_bytes, Role::Server, Some(config)).await;
-    // Whatever happens to the connection from here, a panic included (a bug), the client is
-    // unregistered and its slot given back: a connection that ended never stays counted.
-    let served = AssertUnwindSafe(serve_registered(
-        &manager,
-        reader,
-        resume_from,
-        &grant,
+    let opened = Opened {
+        manager,
         id,
-        &queue,
+        queue,
+        reader,
         snapshot,
-        &filter,
-    ))
-    .catch_unwind()
-    .await;
-    manager.unregister(id, slot).await;
-    match served {
-        Ok(Some(mut closed)) => linger(&mut closed).await,
-        Ok(None) => {}
-        Err(_) => tracing::error!(
-            client = id,
-            "the connection ended on a bug (please report it); the client was unregistered"
-        ),
-    }
+        filter,
+        resume_from,
+        grant,
+    };
+    Some((Box::new(opened), slot))
 }
 
-/// Greets, resumes and then serves a registered client until the connection is over for
-/// delivery; the caller unregisters it. Returns the reader when the server sent a close frame,
-/// for the closing handshake.
-#[allow(clippy::too_many_arguments)]
-async fn serve_registered(
-    manager: &Arc<ConnectionManager>,
-    mut reader: Reader,
-    resume_from: Option<LogPosition>,
-    grant: &Grant,
-    id: u64,
-    queue: &ClientQueue,
-    snapshot: Frame,
-    filter: &Filter,
-) -> Option<Reader> {
+/// Greets and resumes a registered client, and returns its connection, live; `None` when the
+/// client left meanwhile.
+async fn greet(opened: Box<Opened>) -> Option<Connection> {
+    let Opened {
+        manager,
+        id,
+        queue,
+        mut reader,
+        snapshot,
+        filter,
+        resume_from,
+        grant,
+    } = *opened;
     // `hello` promises that every message published from now on reaches the client: it waits
     // for the bus subscription to be live.
     let mut greeting = Vec::new();
     // Requests sent before `hello` are carried out after the greeting (and the replay).
     let mut early = Vec::new();
-    match until_live(manager, &mut reader, queue, &mut early).await {
+    match until_live(&manager, &mut reader, &queue, &mut early).await {
         Waited::Live => greeting.extend([manager.hello(), snapshot]),
         Waited::Closing => {}
         Waited::Gone => return None,
@@ -195,7 +239,7 @@ async fn serve_registered(
     // first, then the queue without the replayed ids.
     let mut floor = None;
     if let Some(from) = resume_from.filter(|_| grant.alerts && !greeting.is_empty()) {
-        match manager.replay(&from, filter).await {
+        match manager.replay(&from, &filter).await {
             Ok(replay) => {
                 greeting.extend(replay.frames);
                 floor = replay.floor;
@@ -209,25 +253,23 @@ async fn serve_registered(
         }
     }
     queue.go_live(greeting, floor);
-    let mut connection = Connection {
+    let limits = *manager.limits();
+    Some(Connection {
         id,
         reader,
         queue,
         manager,
-        limits: *manager.limits(),
+        limits,
         last_heard: Instant::now(),
-        ping: ping_interval(manager.limits().ping_interval),
+        ping: ping_interval(limits.ping_interval),
         // One timer for the connection's life, not one per loop turn.
         expiry: grant.expires_at.map(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             Box::pin(tokio::time::sleep(left))
         }),
         requests: (Instant::now(), 0),
-    };
-    match connection.run(early).await {
-        Ending::CloseSent => Some(connection.reader),
-        Ending::Gone => None,
-    }
+        early,
+    })
 }
 
 /// How the wait for a live subscription ended.
@@ -284,12 +326,12 @@ enum Ending {
     Gone,
 }
 
-struct Connection<'a> {
+struct Connection {
     /// The client's id in the registry.
     id: u64,
     reader: Reader,
-    queue: &'a ClientQueue,
-    manager: &'a ConnectionManager,
+    queue: Arc<ClientQueue>,
+    manager: Arc<ConnectionManager>,
     limits: ClientLimits,
     /// When the client last sent anything (a pong counts).
     last_heard: Instant,
@@ -298,11 +340,13 @@ struct Connection<'a> {
     expiry: Option<Pin<Box<Sleep>>>,
     /// Requests carried out in the current one-second window, and when it started.
     requests: (Instant, u32),
+    /// Requests the client sent before its `hello`, carried out first.
+    early: Vec<Utf8Bytes>,
 }
 
-impl Connection<'_> {
-    async fn run(&mut self, early: Vec<Utf8Bytes>) -> Ending {
-        for request in early {
+impl Connection {
+    async fn run(&mut self) -> Ending {
+        for request in std::mem::take(&mut self.early) {
             self.request(&request);
         }
         // Once this side decided to close, nothing more is read until the close frame is out

@@ -186,9 +186,13 @@ async fn upgrade(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    upgrade.on_upgrade(move |upgraded| {
-        client::serve(manager, upgraded, resume_from, grant, first, slot)
-    })
+    let start = Box::new(client::Start {
+        resume_from,
+        grant,
+        first,
+        slot,
+    });
+    upgrade.on_upgrade(move |upgraded| client::serve(manager, upgraded, start))
 }
 
 #[cfg(test)]
