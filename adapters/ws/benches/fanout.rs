@@ -1,11 +1,12 @@
 //! The fan-out itself: one message encoded once and queued for N clients, then taken by their
-//! writers. What it costs per client is the worker's CPU per delivery before the socket write.
+//! writers (what it costs per client before the socket write); and the pieces issue 14 added:
+//! the frame built once, and the direct write to live sockets.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fanout_domain::{Envelope, Metric, Payload, WorkerId};
-use fanout_ws::bench_support::Fanout;
+use fanout_ws::bench_support::{Fanout, LiveFanout};
 
 fn envelope() -> Envelope {
     let metric = Metric::new("bench.load", 1234.0)
@@ -41,5 +42,26 @@ fn enqueue(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, enqueue);
+/// Issue 14's pieces of the hot path: the frame built once per message (JSON and WebSocket
+/// header), and the direct write from the fan-out to live clients' sockets over loopback, until
+/// every client has read it (the socket writes and the reads dominate: compare with the
+/// `enqueue` group's cost before the socket).
+fn frame_and_write(c: &mut Criterion) {
+    let envelope = envelope();
+    c.bench_function("frame once per message", |b| {
+        b.iter(|| Fanout::frame(black_box(&envelope)))
+    });
+    let bytes = Fanout::frame(&envelope) as u64;
+    let mut group = c.benchmark_group("direct write to N live clients");
+    for clients in [1usize, 100] {
+        let live = LiveFanout::new(clients).unwrap_or_else(|e| panic!("{e}"));
+        group.throughput(Throughput::Elements(clients as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(clients), &clients, |b, _| {
+            b.iter(|| live.deliver(black_box(&envelope), bytes * clients as u64))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, enqueue, frame_and_write);
 criterion_main!(benches);

@@ -252,6 +252,13 @@ pub mod bench_support {
             self.registry.deliver(envelope);
         }
 
+        /// Encodes and frames `envelope` once, as the fan-out does per message: its bytes' length.
+        pub fn frame(envelope: &Envelope) -> usize {
+            crate::protocol::Frame::for_envelope(crate::protocol::FrameKind::Metrics, envelope)
+                .wire
+                .len()
+        }
+
         /// Empties every queue (what the writers would do), returning how many frames were taken.
         pub fn drain(&self) -> usize {
             let mut batch = Vec::new();
@@ -262,6 +269,98 @@ pub mod bench_support {
                 batch.clear();
             }
             taken
+        }
+    }
+
+    /// A registry whose `clients` are live over loopback TCP, read by one thread: the direct
+    /// write path, socket writes included.
+    pub struct LiveFanout {
+        registry: Arc<ClientRegistry>,
+        /// Bytes the clients have read, all together.
+        read: Arc<std::sync::atomic::AtomicU64>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        reader: Option<std::thread::JoinHandle<()>>,
+        /// The runtime whose I/O driver tells the sockets' readiness.
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl LiveFanout {
+        pub fn new(clients: usize) -> std::io::Result<Self> {
+            use std::sync::atomic::{AtomicBool, AtomicU64};
+
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_io()
+                .build()?;
+            let _entered = runtime.enter();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let registry = ClientRegistry::new();
+            let mut readers = Vec::new();
+            for id in 0..clients {
+                let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+                client.set_nonblocking(true)?;
+                readers.push(client);
+                let (server, _) = listener.accept()?;
+                server.set_nonblocking(true)?;
+                server.set_nodelay(true)?;
+                let socket = crate::socket::Tcp(Arc::new(tokio::net::TcpStream::from_std(server)?));
+                let queue = Arc::new(ClientQueue::new(QueueLimits {
+                    max_messages: 1024,
+                    max_bytes: 1024 * 1024,
+                }));
+                queue.attach(Box::new(socket));
+                queue.go_live(Vec::new(), None);
+                registry.insert(id as u64, queue);
+            }
+            let read = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (read, stop) = (Arc::clone(&read), Arc::clone(&stop));
+                std::thread::spawn(move || read_all(&mut readers, &read, &stop))
+            };
+            Ok(Self {
+                registry,
+                read,
+                stop,
+                reader: Some(reader),
+                _runtime: runtime,
+            })
+        }
+
+        /// Hands `envelope` to every client and waits until they have read `bytes` more in all.
+        pub fn deliver(&self, envelope: &Envelope, bytes: u64) {
+            use std::sync::atomic::Ordering;
+            let before = self.read.load(Ordering::Acquire);
+            self.registry.deliver(envelope);
+            while self.read.load(Ordering::Acquire) < before + bytes {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    impl Drop for LiveFanout {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Release);
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+        }
+    }
+
+    fn read_all(
+        clients: &mut [std::net::TcpStream],
+        read: &std::sync::atomic::AtomicU64,
+        stop: &std::sync::atomic::AtomicBool,
+    ) {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let mut buffer = [0u8; 64 * 1024];
+        while !stop.load(Ordering::Acquire) {
+            for client in clients.iter_mut() {
+                while let Ok(n @ 1..) = client.read(&mut buffer) {
+                    read.fetch_add(n as u64, Ordering::AcqRel);
+                }
+            }
         }
     }
 }
