@@ -7,6 +7,9 @@
 //! its timers. One task and no per-client framing keeps an idle client cheap and a delivery to
 //! one write. A client that stops reading only fills its own bounded queue; a close decided
 //! meanwhile (slow consumer, shutdown) is written after what the socket already started.
+//!
+//! Over 400 lines on purpose: one connection's life (open, greet, serve, close) in one place; the
+//! stages are small functions, and splitting them would spread the one task's invariants.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

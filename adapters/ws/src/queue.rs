@@ -16,6 +16,9 @@
 //!
 //! It must never make the pusher wait, hold its lock across an `.await`, or encode a frame (the
 //! frames come encoded, framed and shared, from `protocol`).
+//!
+//! Over 400 lines on purpose: more than half is the unit tests, with a real duplex socket; the
+//! queue and the direct write share one lock and one set of invariants, so they stay together.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};

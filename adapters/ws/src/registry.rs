@@ -8,6 +8,8 @@
 //!
 //! About half of this file is its tests, with real client queues: the hot path and its
 //! accounting are one concept.
+//!
+//! Over 400 lines on purpose: see the line above (half tests, one concept).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
