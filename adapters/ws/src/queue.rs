@@ -21,6 +21,7 @@
 //! queue and the direct write share one lock and one set of invariants, so they stay together.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -40,6 +41,9 @@ pub struct QueueLimits {
     /// Most bytes of encoded frames queued for one client (`--client-queue-bytes`).
     pub max_bytes: usize,
 }
+
+/// Most frames one write of the connection's task hands the socket.
+const WRITE_SLICES: usize = 64;
 
 /// The client's socket, to write to.
 pub(crate) type Out = Box<dyn Socket>;
@@ -166,9 +170,9 @@ impl ClientQueue {
         self.lock().out = Some(out);
     }
 
-    /// Hands a bus message's frame to the client: written at once when the socket takes it,
-    /// else queued within the bounds.
-    pub(crate) fn push(&self, frame: &Frame) -> Pushed {
+    /// Hands a bus message's frame to the client: written at once when `direct` and the socket
+    /// takes it, else queued within the bounds (and the connection's task woken to write it).
+    pub(crate) fn push(&self, frame: &Frame, direct: bool) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;
@@ -178,7 +182,7 @@ impl ClientQueue {
                 return Pushed::Closing;
             }
         }
-        if state.direct() {
+        if direct && state.direct() {
             if let Some(out) = state.out.as_mut() {
                 // When the socket pushes back, the frame is queued and the task woken: its own
                 // write attempt registers its waker with the socket.
@@ -384,22 +388,37 @@ impl ClientQueue {
             state.writer = Some(cx.waker().clone());
             return Poll::Pending;
         };
-        while let Some(front) = state.frames.front() {
-            match out.poll_write(cx, &front.wire[state.started..]) {
+        // Everything queued goes out in one `writev` (up to WRITE_SLICES frames): a client that
+        // fell behind gets its backlog in one write, not one per frame.
+        while !state.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slice, frame) in slices.iter_mut().zip(state.frames.iter()) {
+                let skip = if count == 0 { state.started } else { 0 };
+                *slice = IoSlice::new(&frame.wire[skip..]);
+                count += 1;
+            }
+            match out.poll_write_vectored(cx, &slices[..count]) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
-                Poll::Ready(Ok(n)) => {
+                Poll::Ready(Ok(mut n)) => {
                     progressed = true;
-                    state.started += n;
-                    if state.started < front.wire.len() {
-                        continue;
-                    }
-                    state.started = 0;
-                    let kind = front.kind;
-                    if let Some(done) = state.frames.pop_front() {
-                        state.bytes -= done.wire.len();
-                    }
-                    if kind != FrameKind::Control {
-                        wrote += 1;
+                    while n > 0 {
+                        let Some(front) = state.frames.front() else {
+                            break;
+                        };
+                        let left = front.wire.len() - state.started;
+                        if n < left {
+                            state.started += n;
+                            break;
+                        }
+                        n -= left;
+                        state.started = 0;
+                        if let Some(done) = state.frames.pop_front() {
+                            state.bytes -= done.wire.len();
+                            if done.kind != FrameKind::Control {
+                                wrote += 1;
+                            }
+                        }
                     }
                 }
                 Poll::Pending => {
@@ -497,19 +516,19 @@ mod tests {
     fn overflow_drops_the_oldest_metrics_first() {
         let queue = queue(3, 1024);
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "m1")),
+            queue.push(&frame(FrameKind::Metrics, "m1"), true),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(&frame(FrameKind::Alert, "a1")),
+            queue.push(&frame(FrameKind::Alert, "a1"), true),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "m2")),
+            queue.push(&frame(FrameKind::Metrics, "m2"), true),
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "m3")),
+            queue.push(&frame(FrameKind::Metrics, "m3"), true),
             Pushed::Queued { dropped: 1 }
         );
         assert_eq!(drain(&queue), ["a1", "m2", "m3"]);
@@ -520,17 +539,17 @@ mod tests {
         let queue = queue(2, 1024);
         for _ in 0..3 {
             assert!(matches!(
-                queue.push(&frame(FrameKind::Metrics, "m")),
+                queue.push(&frame(FrameKind::Metrics, "m"), true),
                 Pushed::Queued { .. }
             ));
         }
         // Taken: the count starts again.
         drain(&queue);
         for _ in 0..3 {
-            queue.push(&frame(FrameKind::Metrics, "m"));
+            queue.push(&frame(FrameKind::Metrics, "m"), true);
         }
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "m")),
+            queue.push(&frame(FrameKind::Metrics, "m"), true),
             Pushed::Overflowed
         );
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
@@ -540,10 +559,10 @@ mod tests {
     fn the_byte_bound_holds_too() {
         let size = wire::text(b"mm").len();
         let queue = queue(100, 2 * size);
-        queue.push(&frame(FrameKind::Metrics, "mm"));
-        queue.push(&frame(FrameKind::Metrics, "nn"));
+        queue.push(&frame(FrameKind::Metrics, "mm"), true);
+        queue.push(&frame(FrameKind::Metrics, "nn"), true);
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "oo")),
+            queue.push(&frame(FrameKind::Metrics, "oo"), true),
             Pushed::Queued { dropped: 1 }
         );
         assert_eq!(drain(&queue), ["nn", "oo"]);
@@ -552,17 +571,20 @@ mod tests {
     #[tokio::test]
     async fn an_alert_that_cannot_fit_closes_the_client() {
         let queue = queue(2, 1024);
-        queue.push(&frame(FrameKind::Alert, "a1"));
-        queue.push(&frame(FrameKind::Alert, "a2"));
+        queue.push(&frame(FrameKind::Alert, "a1"), true);
+        queue.push(&frame(FrameKind::Alert, "a2"), true);
         assert_eq!(
-            queue.push(&frame(FrameKind::Metrics, "m")),
+            queue.push(&frame(FrameKind::Metrics, "m"), true),
             Pushed::Queued { dropped: 1 }
         );
         assert_eq!(
-            queue.push(&frame(FrameKind::Alert, "a3")),
+            queue.push(&frame(FrameKind::Alert, "a3"), true),
             Pushed::Overflowed
         );
-        assert_eq!(queue.push(&frame(FrameKind::Alert, "a4")), Pushed::Closing);
+        assert_eq!(
+            queue.push(&frame(FrameKind::Alert, "a4"), true),
+            Pushed::Closing
+        );
         assert!(drain(&queue).is_empty());
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }
@@ -571,7 +593,7 @@ mod tests {
     async fn a_live_client_with_nothing_queued_is_written_to_at_once() {
         let (queue, mut client) = live(1024);
         let m = frame(FrameKind::Metrics, "m1");
-        assert_eq!(queue.push(&m), Pushed::Written);
+        assert_eq!(queue.push(&m, true), Pushed::Written);
         assert_eq!(read(&mut client, m.wire.len()).await, m.wire);
         assert_eq!(queue.len(), 0);
     }
@@ -582,7 +604,7 @@ mod tests {
         let (_client, server) = tokio::io::duplex(1024);
         queue.attach(Box::new(Writer(server)));
         let m = frame(FrameKind::Metrics, "m1");
-        assert_eq!(queue.push(&m), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.push(&m, true), Pushed::Queued { dropped: 0 });
         assert_eq!(queue.len(), 1);
     }
 
@@ -591,12 +613,12 @@ mod tests {
         // The socket takes 5 bytes: the first frame is started, then everything queues.
         let (queue, mut client) = live(5);
         let first = frame(FrameKind::Metrics, "first metrics frame");
-        assert_eq!(queue.push(&first), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.push(&first, true), Pushed::Queued { dropped: 0 });
         // Overflow drops the oldest metrics, but not the started one.
         let mut later = Vec::new();
         for i in 0..10 {
             let m = frame(FrameKind::Metrics, &format!("m{i}"));
-            queue.push(&m);
+            queue.push(&m, true);
             later.push(m);
         }
         assert_eq!(queue.len(), 8);
@@ -620,21 +642,27 @@ mod tests {
         let (in_order, _client) = reader.await.unwrap_or_else(|e| panic!("{e}"));
         assert!(in_order);
         // Caught up: direct again.
-        assert_eq!(queue.push(&frame(FrameKind::Metrics, "x")), Pushed::Written);
+        assert_eq!(
+            queue.push(&frame(FrameKind::Metrics, "x"), true),
+            Pushed::Written
+        );
     }
 
     #[tokio::test]
     async fn live_copies_of_replayed_alerts_are_discarded() {
         let queue = queue(8, 1024);
-        queue.push(&alert("1-0"));
-        queue.push(&alert("3-0"));
+        queue.push(&alert("1-0"), true);
+        queue.push(&alert("3-0"), true);
         // The replay holds 1-0 and 2-0, and goes first.
         queue.go_live(
             vec![alert("1-0"), alert("2-0")],
             Some("2-0".parse().unwrap_or_else(|e| panic!("{e:?}"))),
         );
-        assert_eq!(queue.push(&alert("2-0")), Pushed::Closing);
-        assert_eq!(queue.push(&alert("4-0")), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.push(&alert("2-0"), true), Pushed::Closing);
+        assert_eq!(
+            queue.push(&alert("4-0"), true),
+            Pushed::Queued { dropped: 0 }
+        );
         assert_eq!(drain(&queue), ["1-0", "2-0", "3-0", "4-0"]);
     }
 
@@ -648,11 +676,11 @@ mod tests {
         );
         // Queued behind a greeting not yet written.
         queue.put_front([frame(FrameKind::Control, "hello")]);
-        queue.push(&a);
+        queue.push(&a, true);
         let mut before = Vec::new();
         queue.drain_now(&mut before);
         // Held: not written directly although nothing is queued but the greeting.
-        assert_eq!(queue.push(&b), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.push(&b, true), Pushed::Queued { dropped: 0 });
         before.push(answer.clone());
         queue.put_front(before);
         let order = ["hello", "a", "answer", "b"];
@@ -668,7 +696,7 @@ mod tests {
     async fn the_close_frame_goes_after_what_was_queued_before_it() {
         let (queue, mut client) = live(1024);
         queue.put_front([frame(FrameKind::Control, "hello")]);
-        queue.push(&frame(FrameKind::Metrics, "m"));
+        queue.push(&frame(FrameKind::Metrics, "m"), true);
         queue.close(CloseReason::GOING_AWAY);
         queue.close(CloseReason::TOO_BIG);
         assert_eq!(queue.write().await, Drove::Wrote(1));
@@ -680,5 +708,35 @@ mod tests {
         ]
         .concat();
         assert_eq!(read(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn frames_queued_while_behind_go_out_in_one_write() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut client = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (server, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let queue = queue(64, 1 << 20);
+        queue.attach(Box::new(crate::socket::Tcp(std::sync::Arc::new(server))));
+        queue.go_live(Vec::new(), None);
+        let frames: Vec<Frame> = (0..10)
+            .map(|i| frame(FrameKind::Metrics, &format!("m{i}")))
+            .collect();
+        for f in &frames {
+            // Behind: not written at once.
+            assert_eq!(queue.push(f, false), Pushed::Queued { dropped: 0 });
+        }
+        // One turn of the task, one `writev`: all ten.
+        assert_eq!(queue.write().await, Drove::Wrote(10));
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.wire.to_vec()).collect();
+        let mut got = vec![0; expected.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, expected);
     }
 }

@@ -60,6 +60,13 @@ pub struct DeliveryStats {
 /// an outside publisher's `published_at_us`, not latency, and would swamp the histogram.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
+/// A message older than this (µs from its publication to its fan-out) finds the worker behind:
+/// its frame is queued for every client rather than written to each at once, so that a client's
+/// task writes the frames that pile up in one write. At a load the worker keeps up with, messages
+/// are younger, and each client gets a message with one write and no task woken. (An outside
+/// publisher's made-up `published_at_us`, or a clock apart by more, only costs the direct path.)
+const BEHIND_US: u64 = 2_000;
+
 /// The clients of one worker; the bus listener's [`LocalDelivery`].
 pub(crate) struct ClientRegistry {
     /// Held for an insert, a remove, a change of subscriptions or one fan-out pass; never across
@@ -151,9 +158,16 @@ struct Tally {
 }
 
 impl Tally {
-    fn push_all<'a>(&mut self, queues: impl Iterator<Item = &'a Arc<ClientQueue>>, frame: &Frame) {
+    /// Pushes `frame` to every queue; `direct`: a live client with nothing queued is written to
+    /// at once.
+    fn push_all<'a>(
+        &mut self,
+        queues: impl Iterator<Item = &'a Arc<ClientQueue>>,
+        frame: &Frame,
+        direct: bool,
+    ) {
         for queue in queues {
-            match queue.push(frame) {
+            match queue.push(frame, direct) {
                 Pushed::Written => self.written += 1,
                 Pushed::Queued { dropped } => self.dropped += dropped,
                 Pushed::Overflowed => self.overflowed += 1,
@@ -326,7 +340,7 @@ impl ClientRegistry {
         let mut tally = Tally::default();
         if let Some(group) = self.lock().groups.get(filter) {
             for frame in frames {
-                tally.push_all(group.queues.values(), frame);
+                tally.push_all(group.queues.values(), frame, true);
             }
         }
         self.count(tally);
@@ -519,9 +533,10 @@ impl ClientRegistry {
         self.fanout_latency.clone()
     }
 
-    fn observe_latency(&self, envelope: &Envelope) {
+    /// Observes the message's age, and returns it in µs (0 when unknown).
+    fn observe_latency(&self, envelope: &Envelope) -> u64 {
         if envelope.published_at_us == 0 {
-            return;
+            return 0;
         }
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -532,6 +547,7 @@ impl ClientRegistry {
         if age_us <= MAX_LATENCY_US {
             self.fanout_latency.observe(age_us as f64 / 1e6);
         }
+        age_us
     }
 }
 
@@ -583,7 +599,9 @@ impl ClientRegistry {
         if clients.members.is_empty() {
             return;
         }
-        self.observe_latency(envelope);
+        // Behind (the message waited): queued, not written, so that each client's task writes
+        // what piles up in one write instead of one per frame.
+        let direct = self.observe_latency(envelope) <= BEHIND_US;
         let mut tally = Tally::default();
         let mut unkept = 0;
         match &envelope.payload {
@@ -594,7 +612,7 @@ impl ClientRegistry {
                     if group.everything || group.filter.takes_alert(alert) {
                         let frame = frame
                             .get_or_insert_with(|| Frame::for_envelope(FrameKind::Alert, envelope));
-                        tally.push_all(group.queues.values(), frame);
+                        tally.push_all(group.queues.values(), frame, direct);
                     }
                 }
             }
@@ -609,7 +627,7 @@ impl ClientRegistry {
                         let frame = whole.get_or_insert_with(|| {
                             Frame::for_envelope(FrameKind::Metrics, envelope)
                         });
-                        tally.push_all(group.queues.values(), frame);
+                        tally.push_all(group.queues.values(), frame, direct);
                         continue;
                     }
                     now.clear();
@@ -639,7 +657,7 @@ impl ClientRegistry {
                         }
                         &shares[&now]
                     };
-                    tally.push_all(group.queues.values(), frame);
+                    tally.push_all(group.queues.values(), frame, direct);
                 }
             }
         }
@@ -1034,7 +1052,10 @@ mod tests {
         assert_eq!(registry.close_all(CloseReason::GOING_AWAY), 2);
         for queue in &queues {
             assert_eq!(
-                queue.push(&Frame::for_envelope(FrameKind::Metrics, &metrics(1.0))),
+                queue.push(
+                    &Frame::for_envelope(FrameKind::Metrics, &metrics(1.0)),
+                    true
+                ),
                 Pushed::Closing
             );
         }

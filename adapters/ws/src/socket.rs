@@ -6,7 +6,7 @@
 //! tokio's cooperative budget. Any other upgraded connection (another server, a test's duplex)
 //! works too, through its `AsyncWrite` polled with a waker that does nothing.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -19,8 +19,13 @@ pub(crate) trait Socket: Send {
     /// Writes what the socket takes now, without waiting: `WouldBlock` when it takes nothing.
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize>;
 
-    /// Writes, or registers `cx` to be woken when the socket can take more.
-    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>>;
+    /// Writes as much of `slices`, in order, as the socket takes (one `writev`), or registers `cx`
+    /// to be woken when it can take more.
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
 }
 
 /// A TCP connection, shared by its reader and its writer.
@@ -31,10 +36,14 @@ impl Socket for Tcp {
         self.0.try_write(bytes)
     }
 
-    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(bytes) {
+            match self.0.try_write_vectored(slices) {
                 // Readiness was stale; it is cleared, and the next poll registers `cx`.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 written => return Poll::Ready(written),
@@ -77,7 +86,11 @@ impl<W: AsyncWrite + Send + Unpin> Socket for Writer<W> {
         }
     }
 
-    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, bytes)
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, slices)
     }
 }
