@@ -303,7 +303,10 @@ pub mod bench_support {
                 let (server, _) = listener.accept()?;
                 server.set_nonblocking(true)?;
                 server.set_nodelay(true)?;
-                let socket = crate::socket::Tcp(Arc::new(tokio::net::TcpStream::from_std(server)?));
+                let server = tokio::net::TcpStream::from_std(server)?;
+                // Until the runtime has seen the socket writable, `try_write` would refuse.
+                runtime.block_on(server.writable())?;
+                let socket = crate::socket::Tcp(Arc::new(server));
                 let queue = Arc::new(ClientQueue::new(QueueLimits {
                     max_messages: 1024,
                     max_bytes: 1024 * 1024,
@@ -328,11 +331,17 @@ pub mod bench_support {
         }
 
         /// Hands `envelope` to every client and waits until they have read `bytes` more in all.
+        /// Panics after 10 s: a frame was queued, not written (nothing here writes queues).
         pub fn deliver(&self, envelope: &Envelope, bytes: u64) {
             use std::sync::atomic::Ordering;
             let before = self.read.load(Ordering::Acquire);
             self.registry.deliver(envelope);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while self.read.load(Ordering::Acquire) < before + bytes {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a frame was queued instead of written"
+                );
                 std::hint::spin_loop();
             }
         }
