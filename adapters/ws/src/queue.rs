@@ -124,9 +124,23 @@ impl State {
         }
     }
 
-    /// Takes the waker of a waiting writer, to wake it after the lock is released.
-    fn wake(&mut self) -> Option<Waker> {
-        self.writer.take()
+    /// Inserts `frames`, in order, before everything queued but a started frame, outside the
+    /// bounds.
+    fn insert_front(&mut self, frames: impl IntoIterator<Item = Frame>) {
+        let at = self.front();
+        for (i, frame) in frames.into_iter().enumerate() {
+            self.bytes += frame.wire.len();
+            self.frames.insert(at + i, frame);
+        }
+    }
+}
+
+/// Releases the lock, then wakes the connection's task if it waits for something to write.
+fn release_and_wake(mut state: MutexGuard<'_, State>) {
+    let writer = state.writer.take();
+    drop(state);
+    if let Some(writer) = writer {
+        writer.wake();
     }
 }
 
@@ -197,11 +211,7 @@ impl ClientQueue {
                     Err(_) => {}
                 }
                 state.enqueue(frame.clone());
-                let writer = state.wake();
-                drop(state);
-                if let Some(writer) = writer {
-                    writer.wake();
-                }
+                release_and_wake(state);
                 return Pushed::Queued { dropped: 0 };
             }
         }
@@ -238,19 +248,11 @@ impl ClientQueue {
         if hopeless || state.dropped_since_progress >= self.limits.max_messages {
             state.clear_unstarted();
             state.close = Some(CloseReason::SLOW_CONSUMER);
-            let writer = state.wake();
-            drop(state);
-            if let Some(writer) = writer {
-                writer.wake();
-            }
+            release_and_wake(state);
             self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
-        let writer = state.wake();
-        drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        release_and_wake(state);
         Pushed::Queued { dropped }
     }
 
@@ -258,17 +260,9 @@ impl ClientQueue {
     /// before everything queued, outside the bounds, and lets pushes write directly again.
     pub(crate) fn put_front(&self, frames: impl IntoIterator<Item = Frame>) {
         let mut state = self.lock();
-        let at = state.front();
-        for (i, frame) in frames.into_iter().enumerate() {
-            state.bytes += frame.wire.len();
-            state.frames.insert(at + i, frame);
-        }
+        state.insert_front(frames);
         state.held = false;
-        let writer = state.wake();
-        drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        release_and_wake(state);
     }
 
     /// Queues a frame of the connection's own after everything queued (a ping), outside the
@@ -279,11 +273,7 @@ impl ClientQueue {
             return;
         }
         state.enqueue(frame);
-        let writer = state.wake();
-        drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        release_and_wake(state);
     }
 
     /// Starts live delivery with `greeting` first (hello, snapshot, a replay): alerts up to
@@ -302,29 +292,17 @@ impl ClientQueue {
                 }
             }
         }
-        let at = state.front();
-        for (i, frame) in greeting.into_iter().enumerate() {
-            state.bytes += frame.wire.len();
-            state.frames.insert(at + i, frame);
-        }
+        state.insert_front(greeting);
         state.floor = floor;
         state.live = true;
-        let writer = state.wake();
-        drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        release_and_wake(state);
     }
 
     /// Asks the writer to send what is queued, then close with `reason` (the first reason wins).
     pub(crate) fn close(&self, reason: CloseReason) {
         let mut state = self.lock();
         state.close.get_or_insert(reason);
-        let writer = state.wake();
-        drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        release_and_wake(state);
         self.closing.notify_waiters();
     }
 
