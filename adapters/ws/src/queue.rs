@@ -56,9 +56,10 @@ pub(crate) enum Pushed {
     /// Queued; `dropped` older metrics frames made room (or the new metrics frame itself was
     /// dropped when nothing could make room).
     Queued { dropped: u64 },
-    /// The client is being closed, or already has the alert (a replay sent it); the frame was
-    /// discarded.
+    /// The client is being closed; the frame was discarded.
     Closing,
+    /// The client already has this alert (its resume replayed it); the frame was discarded.
+    Replayed,
     /// This push overflowed the queue with an alert: the client is now being closed.
     Overflowed,
 }
@@ -193,7 +194,7 @@ impl ClientQueue {
         }
         if let (Some(floor), Some(id)) = (state.floor, frame.alert_id) {
             if id <= floor {
-                return Pushed::Closing;
+                return Pushed::Replayed;
             }
         }
         if direct && state.direct() {
@@ -636,7 +637,7 @@ mod tests {
             vec![alert("1-0"), alert("2-0")],
             Some("2-0".parse().unwrap_or_else(|e| panic!("{e:?}"))),
         );
-        assert_eq!(queue.push(&alert("2-0"), true), Pushed::Closing);
+        assert_eq!(queue.push(&alert("2-0"), true), Pushed::Replayed);
         assert_eq!(
             queue.push(&alert("4-0"), true),
             Pushed::Queued { dropped: 0 }

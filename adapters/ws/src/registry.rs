@@ -171,7 +171,7 @@ impl Tally {
                 Pushed::Written => self.written += 1,
                 Pushed::Queued { dropped } => self.dropped += dropped,
                 Pushed::Overflowed => self.overflowed += 1,
-                Pushed::Closing => {}
+                Pushed::Closing | Pushed::Replayed => {}
             }
         }
     }
@@ -1059,5 +1059,50 @@ mod tests {
                 Pushed::Closing
             );
         }
+    }
+
+    /// A message that waited longer than `BEHIND_US` is queued for the connections' tasks (which
+    /// write backlogs in one write), a fresh one written at once; both reach the client.
+    #[tokio::test]
+    async fn a_message_that_waited_is_queued_and_a_fresh_one_written_at_once() {
+        use tokio::io::AsyncReadExt;
+
+        let registry = ClientRegistry::new();
+        let client = queue(8);
+        let (mut reader, socket) = tokio::io::duplex(64 * 1024);
+        client.attach(Box::new(crate::socket::Writer(socket)));
+        client.go_live(Vec::new(), None);
+        add(&registry, 1, Arc::clone(&client));
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        let stamped = |published_at_us| Envelope {
+            published_at_us,
+            ..metrics(1.0)
+        };
+
+        let fresh = stamped(now_us);
+        registry.deliver(&fresh);
+        assert_eq!(client.len(), 0, "a fresh message is written at once");
+        let old = stamped(now_us - 10 * BEHIND_US);
+        registry.deliver(&old);
+        assert_eq!(client.len(), 1, "a message that waited is queued");
+        assert_eq!(
+            client.write().await,
+            crate::queue::Drove::Wrote(1),
+            "and the task writes it"
+        );
+        let expected: Vec<u8> = [&fresh, &old]
+            .iter()
+            .flat_map(|e| Frame::for_envelope(FrameKind::Metrics, e).wire.to_vec())
+            .collect();
+        let mut got = vec![0; expected.len()];
+        reader
+            .read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, expected);
+        assert_eq!(registry.stats().delivered, 1, "the direct write is counted");
     }
 }
