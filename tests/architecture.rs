@@ -10,8 +10,13 @@
 //!
 //! Each rule is also checked against a made-up workspace that breaks it, so the test cannot pass
 //! by checking nothing.
+//!
+//! And one rule of the source: a file over 400 lines says why at its top (a line
+//! `Over 400 lines on purpose: <reason>` among its first 30), checked over every Rust, HTML and
+//! JavaScript file of the workspace.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -272,4 +277,83 @@ fn each_rule_catches_the_arrow_that_breaks_it() {
             "{edge:?}: expected {expected:?}, got {broken:?}"
         );
     }
+}
+
+/// Most lines a source file may have without a reason at its top.
+const LONG_FILE: usize = 400;
+const LONG_FILE_REASON: &str = "Over 400 lines on purpose: ";
+
+/// Whether `text` is over [`LONG_FILE`] lines without a reason among its first 30 lines.
+fn long_without_reason(text: &str) -> bool {
+    let gives_reason = |line: &str| {
+        line.split_once(LONG_FILE_REASON)
+            .is_some_and(|(_, reason)| reason.trim_end_matches("-->").trim().len() > 3)
+    };
+    text.lines().count() > LONG_FILE && !text.lines().take(30).any(gives_reason)
+}
+
+/// Every `.rs`, `.html` and `.js` file under `dir`, skipping build output and hidden folders.
+fn source_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "target" || name.starts_with("target-") {
+            continue;
+        }
+        if path.is_dir() {
+            source_files(&path, found);
+        } else if ["rs", "html", "js"]
+            .iter()
+            .any(|ext| path.extension().is_some_and(|e| e == *ext))
+        {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_long_source_file_says_why_at_its_top() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in ["domain", "adapters", "app", "client", "bench", "tests"] {
+        source_files(&root.join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 50,
+        "the walk found the workspace's sources ({} files)",
+        files.len()
+    );
+    let unexplained: Vec<String> = files
+        .iter()
+        .filter(|path| long_without_reason(&std::fs::read_to_string(path).unwrap_or_default()))
+        .map(|path| {
+            path.strip_prefix(&root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "over {LONG_FILE} lines without a line `{LONG_FILE_REASON}<reason>` among the first 30: \
+         {unexplained:?}"
+    );
+}
+
+#[test]
+fn a_long_file_needs_a_reason_and_a_short_one_does_not() {
+    let body = "fn f() {}\n".repeat(LONG_FILE);
+    assert!(!long_without_reason(&body), "{LONG_FILE} lines are fine");
+    let long = format!("{body}fn g() {{}}\n");
+    assert!(long_without_reason(&long), "one line more needs a reason");
+    let empty_reason = format!("//! {LONG_FILE_REASON}\n{long}");
+    assert!(
+        long_without_reason(&empty_reason),
+        "the reason may not be empty"
+    );
+    let explained = format!("//! {LONG_FILE_REASON}one concept and its tests.\n{long}");
+    assert!(!long_without_reason(&explained));
 }

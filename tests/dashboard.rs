@@ -2,6 +2,8 @@
 //! WebDriver): served by worker A, fed by messages published through worker B, through a real
 //! Redis; then Redis restarts and the page shows it and recovers. And its filter box: applied
 //! through the form, kept over a reload and a reconnect, refused filters shown at their field.
+//!
+//! Over 400 lines on purpose: one browser session's scenarios and the WebDriver helpers they share.
 
 mod harness;
 

@@ -8,6 +8,8 @@
 //! reaches that worker's clients, `/readyz` goes 503 and back to 200,
 //! `/healthz` names the new master, and a client that resumes across the failover is told
 //! `complete: true` and gets exactly what it missed.
+//!
+//! Over 400 lines on purpose: four failover scenarios on one topology and the load and checks they share.
 
 mod harness;
 

@@ -2,6 +2,8 @@
 //! and the frames that follow, until the connection ends; the client's requests (`subscribe`,
 //! `unsubscribe`) are sent on it and answered among those frames. No reconnection: that is
 //! [`crate::Watch`]'s job, built on this.
+//!
+//! Over 400 lines on purpose: one session's handshake, frames and requests are one concept; its tests are in connection/tests.rs.
 
 use fanout_domain::{LogEpoch, LogId};
 use futures_util::{SinkExt, StreamExt};

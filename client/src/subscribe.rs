@@ -9,6 +9,8 @@
 //! (the worker answers an `error` frame, or refuses the connect with 400, naming the field), so the
 //! client cannot drift from the server. It refuses only what its own encoding would change the
 //! meaning of: a `,` in a pattern or matcher, which the query reads as a separator.
+//!
+//! Over 400 lines on purpose: one subscription, its two encodings and their tests stay together.
 
 use std::fmt::Write;
 use std::time::Duration;

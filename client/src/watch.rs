@@ -19,6 +19,8 @@
 //! stops the task from reading its socket, and the worker then treats the client as any slow
 //! consumer (drops its oldest metrics, closes it with 4008 and the task resumes elsewhere). The
 //! task never buffers without bound.
+//!
+//! Over 400 lines on purpose: the reconnect, resume and failover logic of the event stream is one state machine; a third is its tests.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -10,6 +10,8 @@
 //!
 //! About half of this file is its tests and the request parser's: the grammar, its errors and
 //! the matcher are one concept.
+//!
+//! Over 400 lines on purpose: see the paragraph above.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

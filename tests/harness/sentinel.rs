@@ -18,6 +18,8 @@
 //! - a restarted old master answers as an empty master (no persistence) until Sentinel converts
 //!   it, 8 s after it came back; restarted before the failover, it would wipe the replica;
 //! - a sentinel does not fail the same master over again within 2 × failover-timeout (6 s).
+//!
+//! Over 400 lines on purpose: the topology, its operations (kill, pause, failover) and their waits are one harness.
 
 mod node;
 mod probe;

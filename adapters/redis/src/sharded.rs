@@ -14,6 +14,8 @@
 //! publisher knows whether the partition it publishes on is live, and whether it stayed live
 //! across its `SPUBLISH`. The alert channel's session reads the alert log on its own node and
 //! holds the worker's [`AlertFeed`] while it lives (one session at a time: a lock).
+//!
+//! Over 400 lines on purpose: the supervisor of the node sessions and its slot-map bookkeeping are one state machine.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -6,6 +6,8 @@
 //! Every refusal is an HTTP status with a JSON body `{"error": …}` (docs/PROTOCOL.md,
 //! "Connecting"). Admission must never happen after a client is registered, never wait (no
 //! await, no lock held), and never touch the bus or a client's queue.
+//!
+//! Over 400 lines on purpose: every admission rule is decided in one place, before the upgrade; more than half is its tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

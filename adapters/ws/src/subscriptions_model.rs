@@ -13,6 +13,8 @@
 //!
 //! The reference matcher is written from the grammar, not from `fanout_domain::Selector`: a
 //! recursive glob, matchers split on `!=`, `=` and `|`.
+//!
+//! Over 400 lines on purpose: a test only: the reference model, the generators and the checks of one property test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
