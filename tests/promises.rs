@@ -443,6 +443,53 @@ async fn what_the_server_fills_in_outside_messages_is_identical_on_every_worker(
     );
 }
 
+/// RELIABILITY.md: a Redis Cluster master let go after a failover sends on what it held, so a
+/// worker can be handed a message twice. A second copy of a numbered and stamped message (every
+/// worker's publishes) is dropped and counted; a message that differs in any byte, or an outside
+/// message without `seq` or time repeated on purpose, is delivered every time.
+#[tokio::test]
+async fn a_second_copy_of_a_message_reaches_clients_once_and_repeated_outside_messages_every_time()
+{
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("d", On::Redis(&redis.url()), &[]).await;
+    let mut client = Client::connect(worker.addr).await;
+    let numbered = |value: u32| {
+        json!({"type":"metrics","origin":"web-9-1","seq":7,"published_at_us":1764380000123456u64,
+               "data":[{"name":"copied","value":value}]})
+        .to_string()
+    };
+    let bare = json!({"type":"metrics","data":[{"name":"bare","value":1}]}).to_string();
+    let sent = [
+        numbered(1),
+        numbered(1),
+        numbered(2),
+        bare.clone(),
+        bare,
+        numbered(1),
+    ];
+    for message in &sent {
+        assert_eq!(redis.publish_raw("performance:metrics", message).await, 1);
+    }
+    let end = json!({"type":"metrics","data":[{"name":"end","value":0}]}).to_string();
+    redis.publish_raw("performance:metrics", &end).await;
+    let mut got = Vec::new();
+    loop {
+        let frame = client.next_frame().await;
+        let item = &frame["data"][0];
+        if item["name"] == "end" {
+            break;
+        }
+        got.push(format!(
+            "{}={}",
+            item["name"].as_str().unwrap_or("?"),
+            item["value"]
+        ));
+    }
+    assert_eq!(got, ["copied=1.0", "copied=2.0", "bare=1.0", "bare=1.0"]);
+    let bus = health(worker.addr).await["bus"].clone();
+    assert_eq!(bus["duplicates"], 2, "{bus}");
+}
+
 /// One step of the interleaving: a real alert through a worker's API, or anything an outside
 /// system might put on the alerts channel.
 #[derive(Clone, Debug)]

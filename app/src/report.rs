@@ -115,6 +115,11 @@ impl WorkerReport for WorkerStatus {
             "Alerts on the bus whose id the alert log did not assign (delivered without it)",
             ConstCounter::new(bus.foreign_ids),
         );
+        registry.register(
+            "bus_duplicates",
+            "Second copies of a message the bus delivered again (dropped)",
+            ConstCounter::new(bus.duplicates),
+        );
         let subscribed = usize::from(bus.state == SubscriberState::Subscribed);
         registry.register(
             "bus_subscribed",

@@ -7,6 +7,8 @@
 //! `resume`) and the answers to a client's requests (`subscribed`, `unsubscribed`, `error`) are
 //! plain structs here. Unknown fields are ignored, so a newer server's additions do
 //! not break an older client; an unknown `type` is an error the caller sees.
+//!
+//! Over 400 lines on purpose: every server frame's client-side type, in one place like the server's protocol module; a third is its tests.
 
 use fanout_domain::{
     Alert, Channel, DecodeError, Envelope, LogEpoch, LogId, Metric, Payload, SubscriberState,
@@ -75,6 +77,10 @@ pub struct BusReport {
     pub lost: u64,
     /// Alerts on the bus whose `id` the alert log did not assign (delivered without it).
     pub foreign_ids: u64,
+    /// Second copies of a message that the bus delivered to the worker again (dropped); 0 from
+    /// a worker too old to report it.
+    #[serde(default)]
+    pub duplicates: u64,
     /// The Redis the worker subscribed on, `HOST:PORT` (with Sentinel, the master it was
     /// named); absent for the in-memory bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +329,7 @@ mod tests {
 
     // The examples of docs/PROTOCOL.md, verbatim.
     const HELLO: &str = r#"{"type":"hello","worker":"web-1-4242","connections":12,
- "bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0}}"#;
+ "bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0,"duplicates":0}}"#;
     const SNAPSHOT: &str = r#"{"type":"snapshot","data":[{"name":"host.cpu_percent","value":12.5,"unit":"%","labels":{"worker":"web-1-4242"},"timestamp":1764380000123,"source":"web-1-4242"}]}"#;
     const RESUME: &str = r#"{"type":"resume","after":"1764380000456-0","epoch":"3f9a0c1e5b7d2468","replayed":3,"complete":true}"#;
     const METRICS: &str = r#"{"type":"metrics","origin":"web-1-4242","seq":17,"published_at_us":1764380000123456,

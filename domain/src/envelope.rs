@@ -13,6 +13,8 @@
 //!
 //! About half of this file is its tests (examples, and properties of the codec): the wire form
 //! and its decoder are one concept, and their tests sit beside them.
+//!
+//! Over 400 lines on purpose: see the paragraph above.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -106,6 +106,9 @@ pub struct BusStatus {
     pub lost: u64,
     /// Alerts on the channel whose `id` the alert log did not assign: delivered without it.
     pub foreign_ids: u64,
+    /// Second copies of a message already delivered (Redis Cluster can hand a worker the same
+    /// message twice after a failover): dropped.
+    pub duplicates: u64,
     /// The Redis the subscriber last subscribed on, `HOST:PORT` (the master the sentinels named,
     /// with Sentinel); `None` for the in-memory bus or before the first subscribe.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -238,6 +238,7 @@ impl BusSubscriber for MemorySubscriber {
             malformed: 0,
             lost: self.counters.lost.load(Ordering::Relaxed),
             foreign_ids: 0,
+            duplicates: 0,
             master: None,
         }
     }

@@ -4,7 +4,7 @@
 //! source of alert ids.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ pub(crate) struct Inbox {
     pub(crate) delivery: Arc<dyn LocalDelivery>,
     malformed_log: RateLimitedLog,
     foreign_log: RateLimitedLog,
+    duplicate_log: RateLimitedLog,
 }
 
 impl Inbox {
@@ -38,6 +39,7 @@ impl Inbox {
             delivery,
             malformed_log: RateLimitedLog::new(LOG_INTERVAL),
             foreign_log: RateLimitedLog::new(LOG_INTERVAL),
+            duplicate_log: RateLimitedLog::new(LOG_INTERVAL),
         }
     }
 
@@ -72,6 +74,28 @@ impl Inbox {
                 return Ok(());
             }
         };
+        if envelope.seq != 0 && envelope.published_at_us != 0 {
+            let first = self
+                .status
+                .recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first_copy(envelope.channel(), payload, Instant::now());
+            if !first {
+                let total = self.status.duplicates.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.duplicate_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        channel = channel_name,
+                        origin = %envelope.origin,
+                        seq = envelope.seq,
+                        duplicates_total = total,
+                        suppressed,
+                        "dropped a second copy of a message Redis had delivered already"
+                    );
+                }
+                return Ok(());
+            }
+        }
         self.status.received.fetch_add(1, Ordering::Relaxed);
         let (Payload::Alert(_), Some(feed)) = (&envelope.payload, feed) else {
             self.delivery.deliver(&envelope);

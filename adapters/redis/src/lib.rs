@@ -18,6 +18,7 @@
 mod backoff;
 mod cluster;
 mod connect;
+mod copies;
 mod inbox;
 mod log;
 mod master;

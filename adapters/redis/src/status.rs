@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use fanout_domain::{BusStatus, SubscriberState};
 use tokio::sync::{watch, Notify};
 
+use crate::copies::{self, RecentMessages};
+
 /// Redis Cluster: where one sharded channel is live (session 0: it is not).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ChannelLive {
@@ -43,6 +45,11 @@ pub(crate) struct SharedStatus {
     pub(crate) lost: AtomicU64,
     /// Live alerts whose id the log did not assign.
     pub(crate) foreign_ids: AtomicU64,
+    /// Second copies of a message, dropped (see `copies`).
+    pub(crate) duplicates: AtomicU64,
+    /// What every session of this worker received lately: a copy can arrive on another session
+    /// (a Cluster node's) than the first.
+    pub(crate) recent: Mutex<RecentMessages>,
 }
 
 impl SharedStatus {
@@ -60,6 +67,8 @@ impl SharedStatus {
             malformed: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             foreign_ids: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            recent: Mutex::new(RecentMessages::new(copies::WINDOW, copies::CAPACITY)),
         }
     }
 
@@ -194,6 +203,7 @@ impl SharedStatus {
             malformed: self.malformed.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             foreign_ids: self.foreign_ids.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
             master: self
                 .master
                 .lock()

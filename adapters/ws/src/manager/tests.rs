@@ -46,6 +46,7 @@ impl BusSubscriber for FakeBus {
             malformed: 0,
             lost: 0,
             foreign_ids: 0,
+            duplicates: 0,
             master: None,
         }
     }
