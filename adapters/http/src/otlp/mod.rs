@@ -207,6 +207,8 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
 fn answer(encoding: Encoding, response: &ExportMetricsServiceResponse) -> Response {
     let body = match encoding {
         Encoding::Protobuf => response.encode_to_vec(),
+        // proto3 JSON leaves an unset message out (the generated serde would write `null`).
+        Encoding::Json if response.partial_success.is_none() => b"{}".to_vec(),
         // Plain data (a number and a string): serializing cannot fail.
         Encoding::Json => serde_json::to_vec(response).unwrap_or_default(),
     };
