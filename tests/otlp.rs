@@ -24,8 +24,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics,
-    ScopeMetrics,
+    metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
@@ -71,7 +70,10 @@ impl Answer {
     }
 
     fn status_message(&self) -> Status {
-        assert_eq!(self.content_type, PROTOBUF, "a refusal in the request's encoding");
+        assert_eq!(
+            self.content_type, PROTOBUF,
+            "a refusal in the request's encoding"
+        );
         Status::decode(self.body.as_slice())
             .unwrap_or_else(|e| panic!("the refusal is not a google.rpc.Status: {e}"))
     }
@@ -107,7 +109,11 @@ async fn post(
     let status = response.status().as_u16();
     let content_type = header("content-type").unwrap_or_default();
     let retry_after = header("retry-after");
-    let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    let body = response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
     Answer {
         status,
         content_type,
@@ -276,7 +282,9 @@ fn assert_the_sdk_export(metrics: &HashMap<String, Value>) {
     assert_eq!(orders["labels"]["service.name"], "checkout");
     assert_eq!(orders["labels"]["host.name"], "h1");
     assert_eq!(orders["labels"]["route"], "/pay");
-    assert!(orders["timestamp"].as_u64().is_some_and(|t| t > 1_700_000_000_000));
+    assert!(orders["timestamp"]
+        .as_u64()
+        .is_some_and(|t| t > 1_700_000_000_000));
     // The point's attribute wins over the resource's.
     assert_eq!(metrics["queue.depth"]["labels"]["host.name"], "h2");
     assert_eq!(metrics["latency.p50"]["unit"], "ms");
@@ -306,7 +314,11 @@ async fn gzip_and_json_exports_arrive_the_same() {
     let a = start_worker::<InProcess>("a", On::SharedMemory(&bus), &[]).await;
     let b = start_worker::<InProcess>("b", On::SharedMemory(&bus), &[]).await;
     let mut client = Client::connect(b.addr()).await;
-    for (protocol, gzip) in [(Protocol::HttpBinary, true), (Protocol::HttpJson, false), (Protocol::HttpJson, true)] {
+    for (protocol, gzip) in [
+        (Protocol::HttpBinary, true),
+        (Protocol::HttpJson, false),
+        (Protocol::HttpJson, true),
+    ] {
         let exporter = Exporter {
             protocol,
             gzip,
@@ -319,11 +331,20 @@ async fn gzip_and_json_exports_arrive_the_same() {
     }
     // The answer to OTLP/JSON is OTLP/JSON.
     let body = json!({"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"j","gauge":{"dataPoints":[{"asInt":"5","timeUnixNano":"1764380000000000000"}]}}]}]}]});
-    let answer = post(a.addr(), "application/json", &[], body.to_string().into_bytes()).await;
+    let answer = post(
+        a.addr(),
+        "application/json",
+        &[],
+        body.to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json(), json!({}));
     let j = &next_metrics(&mut client).await["j"];
-    assert_eq!((j["value"].as_f64(), j["timestamp"].as_u64()), (Some(5.0), Some(1_764_380_000_000)));
+    assert_eq!(
+        (j["value"].as_f64(), j["timestamp"].as_u64()),
+        (Some(5.0), Some(1_764_380_000_000))
+    );
 }
 
 #[tokio::test]
@@ -337,13 +358,31 @@ async fn malformed_bodies_are_400_with_a_status_in_the_request_encoding_and_publ
     assert_eq!(answer.status, 400);
     let status = answer.status_message();
     assert_eq!(status.code, 3, "INVALID_ARGUMENT");
-    assert!(status.message.contains("not an ExportMetricsServiceRequest"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("not an ExportMetricsServiceRequest"),
+        "{}",
+        status.message
+    );
 
-    let answer = post(addr, PROTOBUF, &[("content-encoding", "gzip")], b"not gzip".to_vec()).await;
+    let answer = post(
+        addr,
+        PROTOBUF,
+        &[("content-encoding", "gzip")],
+        b"not gzip".to_vec(),
+    )
+    .await;
     assert_eq!(answer.status, 400);
     assert!(answer.status_message().message.contains("not valid gzip"));
 
-    let answer = post(addr, "application/json", &[], br#"{"resourceMetrics":[{"scopeMetrics":7}]}"#.to_vec()).await;
+    let answer = post(
+        addr,
+        "application/json",
+        &[],
+        br#"{"resourceMetrics":[{"scopeMetrics":7}]}"#.to_vec(),
+    )
+    .await;
     assert_eq!(answer.status, 400);
     let status = answer.json();
     assert_eq!(status["code"], 3);
@@ -358,13 +397,18 @@ async fn malformed_bodies_are_400_with_a_status_in_the_request_encoding_and_publ
 
     let answer = post(addr, "text/plain", &[], b"cpu 1".to_vec()).await;
     assert_eq!(answer.status, 415);
-    assert!(answer.json()["message"].as_str().is_some_and(|m| m.contains("application/x-protobuf")));
+    assert!(answer.json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("application/x-protobuf")));
     let answer = post(addr, PROTOBUF, &[("content-encoding", "br")], vec![]).await;
     assert_eq!(answer.status, 415);
 
     // Nothing of the above was published: the next frame is this.
     let fine = gauges(vec![("after", vec![gauge_point(1.0, vec![])])]);
-    assert_eq!(post(addr, PROTOBUF, &[], fine.encode_to_vec()).await.status, 200);
+    assert_eq!(
+        post(addr, PROTOBUF, &[], fine.encode_to_vec()).await.status,
+        200
+    );
     let metrics = next_metrics(&mut client).await;
     assert_eq!(metrics.keys().collect::<Vec<_>>(), ["after"]);
 }
@@ -373,7 +417,9 @@ async fn malformed_bodies_are_400_with_a_status_in_the_request_encoding_and_publ
 async fn refused_points_are_counted_in_a_partial_success_and_the_rest_is_delivered() {
     let worker = start_worker::<InProcess>("w", On::OwnMemory, &[]).await;
     let mut client = Client::connect(worker.addr()).await;
-    let many: Vec<KeyValue> = (0..40).map(|i| attribute(&format!("k{i:02}"), "v")).collect();
+    let many: Vec<KeyValue> = (0..40)
+        .map(|i| attribute(&format!("k{i:02}"), "v"))
+        .collect();
     let long = "x".repeat(300);
     let request = gauges(vec![
         (
@@ -395,16 +441,31 @@ async fn refused_points_are_counted_in_a_partial_success_and_the_rest_is_deliver
     assert_eq!(partial.rejected_data_points, 2);
     let message = partial.error_message;
     assert!(message.starts_with("2 data points refused"), "{message}");
-    assert!(message.contains("metrics[0].gauge.dataPoints[0] (cpu): value: must be a finite number"), "{message}");
-    assert!(message.contains("name: must not contain control characters"), "{message}");
-    assert!(message.contains("1 attribute values shortened to 256 bytes"), "{message}");
+    assert!(
+        message.contains("metrics[0].gauge.dataPoints[0] (cpu): value: must be a finite number"),
+        "{message}"
+    );
+    assert!(
+        message.contains("name: must not contain control characters"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1 attribute values shortened to 256 bytes"),
+        "{message}"
+    );
     // 40 of its own and service.name: 9 beyond 32.
-    assert!(message.contains("9 attributes dropped beyond 32 labels"), "{message}");
+    assert!(
+        message.contains("9 attributes dropped beyond 32 labels"),
+        "{message}"
+    );
 
     let metrics = next_metrics(&mut client).await;
     assert_eq!(metrics.len(), 2, "{metrics:?}");
     assert_eq!(metrics["cpu"]["value"], 12.5);
-    assert_eq!(metrics["cpu"]["labels"]["long"].as_str().map(str::len), Some(256));
+    assert_eq!(
+        metrics["cpu"]["labels"]["long"].as_str().map(str::len),
+        Some(256)
+    );
     assert_eq!(metrics["cpu"]["labels"]["service.name"], "svc");
     let wide = metrics["wide"]["labels"].as_object().map(|l| l.len());
     assert_eq!(wide, Some(32));
@@ -423,8 +484,12 @@ fn token(claims: Value) -> String {
         + 600;
     let mut claims = claims;
     claims["exp"] = json!(exp);
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
-        .unwrap_or_else(|e| panic!("{e}"))
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,13 +512,25 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     assert_eq!(answer.status, 401);
     assert_eq!(answer.status_message().code, 16, "UNAUTHENTICATED");
     let bearer = |token: &str| format!("Bearer {token}");
-    let answer = post(addr, PROTOBUF, &[("authorization", &bearer(&reader))], body.clone()).await;
+    let answer = post(
+        addr,
+        PROTOBUF,
+        &[("authorization", &bearer(&reader))],
+        body.clone(),
+    )
+    .await;
     assert_eq!(answer.status, 403);
     assert_eq!(answer.status_message().code, 7, "PERMISSION_DENIED");
 
     // A scoped publisher: a point without its label refuses the whole request.
     let scoped = token(json!({"sub": "acme", "publish": true, "where": {"tenant": "acme"}}));
-    let answer = post(addr, PROTOBUF, &[("authorization", &bearer(&scoped))], body.clone()).await;
+    let answer = post(
+        addr,
+        PROTOBUF,
+        &[("authorization", &bearer(&scoped))],
+        body.clone(),
+    )
+    .await;
     assert_eq!(answer.status, 403);
     let message = answer.status_message().message;
     assert!(message.contains("lacks label tenant=acme"), "{message}");
@@ -470,7 +547,13 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     assert_the_sdk_export(&next_metrics(&mut client).await);
 
     // --publish-rate 1: the same credential again at once is throttled, retryable.
-    let answer = post(addr, PROTOBUF, &[("authorization", &bearer(&publisher))], body).await;
+    let answer = post(
+        addr,
+        PROTOBUF,
+        &[("authorization", &bearer(&publisher))],
+        body,
+    )
+    .await;
     assert_eq!(answer.status, 429);
     assert!(answer.retry_after.is_some(), "429 without Retry-After");
     assert_eq!(answer.status_message().code, 8, "RESOURCE_EXHAUSTED");
@@ -478,27 +561,47 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
 
 #[tokio::test]
 async fn more_points_than_the_limit_are_413_and_nothing_is_published() {
-    let worker =
-        start_worker::<InProcess>("w", On::OwnMemory, &["--otlp-max-points", "2"]).await;
+    let worker = start_worker::<InProcess>("w", On::OwnMemory, &["--otlp-max-points", "2"]).await;
     let mut client = Client::connect(worker.addr()).await;
     let three = gauges(vec![
-        ("a", vec![gauge_point(1.0, vec![]), gauge_point(2.0, vec![])]),
+        (
+            "a",
+            vec![gauge_point(1.0, vec![]), gauge_point(2.0, vec![])],
+        ),
         ("b", vec![gauge_point(3.0, vec![])]),
     ]);
     let answer = post(worker.addr(), PROTOBUF, &[], three.encode_to_vec()).await;
     assert_eq!(answer.status, 413);
     let message = answer.status_message().message;
-    assert!(message.contains("3 data points") && message.contains("--otlp-max-points"), "{message}");
+    assert!(
+        message.contains("3 data points") && message.contains("--otlp-max-points"),
+        "{message}"
+    );
 
     // Gzipped, a body that inflates past --max-body-bytes is 413 too.
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gzip.write_all(&vec![0u8; 300 * 1024]).unwrap_or_else(|e| panic!("{e}"));
+    gzip.write_all(&vec![0u8; 300 * 1024])
+        .unwrap_or_else(|e| panic!("{e}"));
     let bomb = gzip.finish().unwrap_or_else(|e| panic!("{e}"));
-    let answer = post(worker.addr(), PROTOBUF, &[("content-encoding", "gzip")], bomb).await;
+    let answer = post(
+        worker.addr(),
+        PROTOBUF,
+        &[("content-encoding", "gzip")],
+        bomb,
+    )
+    .await;
     assert_eq!(answer.status, 413);
 
-    let two = gauges(vec![("c", vec![gauge_point(4.0, vec![]), gauge_point(5.0, vec![])])]);
-    assert_eq!(post(worker.addr(), PROTOBUF, &[], two.encode_to_vec()).await.status, 200);
+    let two = gauges(vec![(
+        "c",
+        vec![gauge_point(4.0, vec![]), gauge_point(5.0, vec![])],
+    )]);
+    assert_eq!(
+        post(worker.addr(), PROTOBUF, &[], two.encode_to_vec())
+            .await
+            .status,
+        200
+    );
     let frame = loop {
         let frame = client.next_frame().await;
         if frame["type"] == "metrics" {
@@ -511,5 +614,9 @@ async fn more_points_than_the_limit_are_413_and_nothing_is_published() {
         .flatten()
         .filter_map(|m| m["name"].as_str())
         .collect();
-    assert_eq!(names, ["c", "c"], "only the request within the limit: {frame}");
+    assert_eq!(
+        names,
+        ["c", "c"],
+        "only the request within the limit: {frame}"
+    );
 }

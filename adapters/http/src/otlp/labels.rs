@@ -55,7 +55,10 @@ impl Cuts {
                 self.refused_keys
             ));
         }
-        Some(format!("labels cut to fanout's limits: {}", parts.join("; ")))
+        Some(format!(
+            "labels cut to fanout's limits: {}",
+            parts.join("; ")
+        ))
     }
 }
 
@@ -65,8 +68,7 @@ pub(crate) fn convert(attributes: &[KeyValue], cuts: &mut Cuts) -> Vec<Label> {
     let mut labels: Vec<Label> = Vec::with_capacity(attributes.len());
     for attribute in attributes {
         let key = &attribute.key;
-        if key.trim().is_empty() || key.len() > MAX_TEXT_LEN || key.chars().any(char::is_control)
-        {
+        if key.trim().is_empty() || key.len() > MAX_TEXT_LEN || key.chars().any(char::is_control) {
             cuts.refused_keys += 1;
             continue;
         }
@@ -242,16 +244,16 @@ mod tests {
             &[string("service.name", "api"), string("host.name", "h1")],
             &mut cuts,
         );
-        let point = convert(&[string("host.name", "h2"), string("route", "/")], &mut cuts);
+        let point = convert(
+            &[string("host.name", "h2"), string("route", "/")],
+            &mut cuts,
+        );
         let labels = merge(point, &resource, &mut cuts);
-        let expected: BTreeMap<String, String> = [
-            ("host.name", "h2"),
-            ("route", "/"),
-            ("service.name", "api"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+        let expected: BTreeMap<String, String> =
+            [("host.name", "h2"), ("route", "/"), ("service.name", "api")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
         assert_eq!(labels, expected);
         assert!(!cuts.any());
     }
@@ -273,9 +275,7 @@ mod tests {
         );
         assert_eq!(point.len(), 1);
         assert_eq!(point[0].1, "x".repeat(255));
-        let resource: Vec<KeyValue> = (0..40)
-            .map(|i| string(&format!("r{i:02}"), "v"))
-            .collect();
+        let resource: Vec<KeyValue> = (0..40).map(|i| string(&format!("r{i:02}"), "v")).collect();
         let resource = convert(&resource, &mut cuts);
         let labels = merge(point, &resource, &mut cuts);
         assert_eq!(labels.len(), MAX_LABELS);
@@ -290,8 +290,14 @@ mod tests {
             }
         );
         let said = cuts.describe().unwrap_or_default();
-        assert!(said.contains("1 attribute values shortened to 256 bytes"), "{said}");
-        assert!(said.contains("9 attributes dropped beyond 32 labels"), "{said}");
+        assert!(
+            said.contains("1 attribute values shortened to 256 bytes"),
+            "{said}"
+        );
+        assert!(
+            said.contains("9 attributes dropped beyond 32 labels"),
+            "{said}"
+        );
         assert!(said.contains("3 attributes dropped for a key"), "{said}");
     }
 }

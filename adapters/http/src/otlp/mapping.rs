@@ -281,7 +281,11 @@ fn number<'a>(point: &'a NumberDataPoint) -> Result<Point<'a>, String> {
 }
 
 /// `.count`, `.sum` (when the point has one) and the estimated quantiles (when it has values).
-fn distribution_rows(count: u64, sum: Option<f64>, distribution: Option<&Distribution>) -> Vec<Row> {
+fn distribution_rows(
+    count: u64,
+    sum: Option<f64>,
+    distribution: Option<&Distribution>,
+) -> Vec<Row> {
     let mut rows = vec![Row {
         suffix: ".count".to_owned(),
         value: count as f64,

@@ -91,7 +91,8 @@ async fn export(
     encoding: Encoding,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OtlpRefusal> {
-    let body = body.map_err(|rejection| OtlpRefusal::new(rejection.status(), rejection.body_text()))?;
+    let body =
+        body.map_err(|rejection| OtlpRefusal::new(rejection.status(), rejection.body_text()))?;
     let grant = admit_publisher(state, headers).await.map_err(from_api)?;
     let started = Instant::now();
     let body = decompress(headers, body, state.max_body_bytes)?;
@@ -184,7 +185,10 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
                 let path = error.path().to_string();
                 let refusal = OtlpRefusal::new(
                     StatusCode::BAD_REQUEST,
-                    format!("not an OTLP/JSON ExportMetricsServiceRequest: {}", error.inner()),
+                    format!(
+                        "not an OTLP/JSON ExportMetricsServiceRequest: {}",
+                        error.inner()
+                    ),
                 );
                 // `.` is serde_path_to_error's name for the top of the body.
                 if path == "." {

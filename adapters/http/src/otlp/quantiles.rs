@@ -10,7 +10,8 @@ use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::B
 use opentelemetry_proto::tonic::metrics::v1::{ExponentialHistogramDataPoint, HistogramDataPoint};
 
 /// The quantiles a histogram is published with, and the suffix of each metric's name.
-pub(crate) const HISTOGRAM_QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")];
+pub(crate) const HISTOGRAM_QUANTILES: [(f64, &str); 3] =
+    [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")];
 
 /// One bucket, in ascending order of value: the values it counts lie in `(lower, upper]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,11 +87,13 @@ impl Distribution {
             upper: 0.0,
             count: point.zero_count,
         });
-        ordered.extend(indexed(point.positive.as_ref()).map(|(index, count)| Bucket {
-            lower: boundary(index),
-            upper: boundary(index + 1),
-            count,
-        }));
+        ordered.extend(
+            indexed(point.positive.as_ref()).map(|(index, count)| Bucket {
+                lower: boundary(index),
+                upper: boundary(index + 1),
+                count,
+            }),
+        );
         Self::checked(ordered, point.count, point.min, point.max)
     }
 
@@ -136,9 +139,11 @@ impl Distribution {
             lower if lower.is_finite() => lower,
             // The first explicit bucket, (-inf, upper]: its values start at `min`, or, as
             // Prometheus assumes, at 0 when the bound is positive.
-            _ => self
-                .min
-                .unwrap_or(if bucket.upper > 0.0 { 0.0 } else { bucket.upper }),
+            _ => self.min.unwrap_or(if bucket.upper > 0.0 {
+                0.0
+            } else {
+                bucket.upper
+            }),
         };
         let upper = match bucket.upper {
             upper if upper.is_finite() => upper,
@@ -181,7 +186,12 @@ pub(crate) fn suffix(quantile: f64) -> String {
 mod tests {
     use super::*;
 
-    fn explicit(bounds: &[f64], counts: &[u64], min: Option<f64>, max: Option<f64>) -> Distribution {
+    fn explicit(
+        bounds: &[f64],
+        counts: &[u64],
+        min: Option<f64>,
+        max: Option<f64>,
+    ) -> Distribution {
         let point = HistogramDataPoint {
             count: counts.iter().sum(),
             explicit_bounds: bounds.to_vec(),
@@ -213,14 +223,20 @@ mod tests {
         // Clamped to max 4.
         assert_eq!(low.quantile(0.99), Some(4.0));
         // Without min, a positive first bound starts at 0 (Prometheus's assumption).
-        assert_eq!(explicit(&[5.0], &[4, 0], None, None).quantile(0.5), Some(2.5));
+        assert_eq!(
+            explicit(&[5.0], &[4, 0], None, None).quantile(0.5),
+            Some(2.5)
+        );
         // Everything above the last bound with max 30: 10 + 20 × 0.5.
         assert_eq!(
             explicit(&[10.0], &[0, 2], None, Some(30.0)).quantile(0.5),
             Some(20.0)
         );
         // Without max, the overflow bucket is its lower bound.
-        assert_eq!(explicit(&[10.0], &[0, 2], None, None).quantile(0.9), Some(10.0));
+        assert_eq!(
+            explicit(&[10.0], &[0, 2], None, None).quantile(0.9),
+            Some(10.0)
+        );
     }
 
     #[test]
@@ -278,10 +294,7 @@ mod tests {
             .unwrap_or_default();
         // Rank 1 of 2: half-way through (2, 2√2].
         assert!((median - (1.0 + 2f64.sqrt())).abs() < 1e-9, "{median}");
-        let wrong_count = ExponentialHistogramDataPoint {
-            count: 3,
-            ..finer
-        };
+        let wrong_count = ExponentialHistogramDataPoint { count: 3, ..finer };
         assert!(Distribution::exponential(&wrong_count).is_err());
     }
 

@@ -93,12 +93,12 @@ impl OtlpRefusal {
     /// the server; clients go by the HTTP status).
     fn code(&self) -> i32 {
         match self.status {
-            StatusCode::UNAUTHORIZED => 16,     // UNAUTHENTICATED
-            StatusCode::FORBIDDEN => 7,         // PERMISSION_DENIED
+            StatusCode::UNAUTHORIZED => 16, // UNAUTHENTICATED
+            StatusCode::FORBIDDEN => 7,     // PERMISSION_DENIED
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => 8, // RESOURCE_EXHAUSTED
-            StatusCode::SERVICE_UNAVAILABLE => 14, // UNAVAILABLE
-            status if status.is_server_error() => 13, // INTERNAL
-            _ => 3,                             // INVALID_ARGUMENT
+            StatusCode::SERVICE_UNAVAILABLE => 14,                              // UNAVAILABLE
+            status if status.is_server_error() => 13,                           // INTERNAL
+            _ => 3,                                                             // INVALID_ARGUMENT
         }
     }
 
@@ -162,7 +162,8 @@ mod tests {
     #[test]
     fn the_protobuf_body_decodes_as_a_status_with_a_bad_request() {
         let refusal = OtlpRefusal::new(StatusCode::BAD_REQUEST, "no good").at("resourceMetrics");
-        let status = Status::decode(refusal.protobuf().as_slice()).unwrap_or_else(|e| panic!("{e}"));
+        let status =
+            Status::decode(refusal.protobuf().as_slice()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((status.code, status.message.as_str()), (3, "no good"));
         assert_eq!(status.details.len(), 1);
         assert_eq!(status.details[0].type_url, BAD_REQUEST_TYPE);
@@ -171,20 +172,38 @@ mod tests {
         assert_eq!(bad.field_violations[0].field, "resourceMetrics");
         let json: serde_json::Value =
             serde_json::from_slice(&refusal.json()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(json["details"][0]["fieldViolations"][0]["field"], "resourceMetrics");
+        assert_eq!(
+            json["details"][0]["fieldViolations"][0]["field"],
+            "resourceMetrics"
+        );
     }
 
     #[test]
     fn retryable_refusals_say_when_to_retry() {
         let unavailable = OtlpRefusal::new(StatusCode::SERVICE_UNAVAILABLE, "bus down")
             .respond(Encoding::Protobuf);
-        assert_eq!(unavailable.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert_eq!(
+            unavailable
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
         let limited = OtlpRefusal::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
             .retry_after(Some(3))
             .respond(Encoding::Json);
-        assert_eq!(limited.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"3"[..]));
         assert_eq!(
-            limited.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            limited
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        assert_eq!(
+            limited
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
             Some(&b"application/json"[..])
         );
     }

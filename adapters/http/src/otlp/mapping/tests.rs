@@ -4,8 +4,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
 use opentelemetry_proto::tonic::metrics::v1::summary_data_point::ValueAtQuantile;
 use opentelemetry_proto::tonic::metrics::v1::{
-    ExponentialHistogram, Gauge, Histogram, Metric as OtlpMetric, ResourceMetrics,
-    ScopeMetrics, Sum, Summary,
+    ExponentialHistogram, Gauge, Histogram, Metric as OtlpMetric, ResourceMetrics, ScopeMetrics,
+    Sum, Summary,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -62,7 +62,12 @@ fn values(mapped: &Mapped) -> BTreeMap<String, (f64, Option<String>)> {
     mapped
         .metrics
         .iter()
-        .map(|m| (m.name().to_owned(), (m.value(), m.unit().map(str::to_owned))))
+        .map(|m| {
+            (
+                m.name().to_owned(),
+                (m.value(), m.unit().map(str::to_owned)),
+            )
+        })
         .collect()
 }
 
@@ -76,7 +81,10 @@ fn pairs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn gauge_and_sum_points_are_one_metric_each_with_merged_labels_and_the_time() {
     let mapped = map(request(
-        vec![attribute("service.name", "checkout"), attribute("host.name", "h1")],
+        vec![
+            attribute("service.name", "checkout"),
+            attribute("host.name", "h1"),
+        ],
         vec![
             instrument(
                 "cpu",
@@ -99,17 +107,30 @@ fn gauge_and_sum_points_are_one_metric_each_with_merged_labels_and_the_time() {
             ),
         ],
     ));
-    assert!(mapped.refused.is_empty() && mapped.message().is_none(), "{mapped:?}");
+    assert!(
+        mapped.refused.is_empty() && mapped.message().is_none(),
+        "{mapped:?}"
+    );
     assert_eq!(mapped.metrics.len(), 2);
     let cpu = &mapped.metrics[0];
-    assert_eq!((cpu.name(), cpu.value(), cpu.unit()), ("cpu", 93.5, Some("%")));
+    assert_eq!(
+        (cpu.name(), cpu.value(), cpu.unit()),
+        ("cpu", 93.5, Some("%"))
+    );
     assert_eq!(
         cpu.labels(),
-        &pairs(&[("core", "0"), ("host.name", "h2"), ("service.name", "checkout")])
+        &pairs(&[
+            ("core", "0"),
+            ("host.name", "h2"),
+            ("service.name", "checkout")
+        ])
     );
     assert_eq!(cpu.timestamp(), Some(T / 1_000_000));
     let requests = &mapped.metrics[1];
-    assert_eq!((requests.name(), requests.value(), requests.unit()), ("requests", 7.0, None));
+    assert_eq!(
+        (requests.name(), requests.value(), requests.unit()),
+        ("requests", 7.0, None)
+    );
     assert_eq!(
         requests.labels(),
         &pairs(&[("host.name", "h1"), ("service.name", "checkout")])
@@ -349,7 +370,11 @@ fn points_are_counted_across_every_kind() {
     let empty = OtlpMetric::default();
     let request = request(
         vec![],
-        vec![instrument("a", "", gauge), instrument("b", "", summary), empty],
+        vec![
+            instrument("a", "", gauge),
+            instrument("b", "", summary),
+            empty,
+        ],
     );
     assert_eq!(count_points(&request), 5);
 }
