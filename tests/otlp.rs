@@ -1,3 +1,6 @@
+//! Over 400 lines on purpose: a list of independent scenarios on one endpoint, each readable on
+//! its own, with the few helpers they share (the SDK export, OTLP requests, the Status decoder).
+//!
 //! `POST /v1/metrics` from the outside (docs/PROTOCOL.md, "OTLP metrics"): a real OpenTelemetry
 //! SDK with its OTLP/HTTP exporter (protobuf, gzip, JSON) exports to one worker and a WebSocket
 //! client of another worker receives the mapped values; hand-built OTLP requests for what an SDK
