@@ -5,8 +5,9 @@
 //!   thiserror): no I/O, no runtime, nothing of ours;
 //! - an adapter depends on no other adapter (if it needs one, a port is missing);
 //! - the server binary (`fanout-app`, normal dependencies, transitively) carries none of the load
-//!   tool's or the client's crates, and no WebSocket client of its own (tokio-tungstenite only
-//!   through axum).
+//!   tool's or the client's crates, none of the OpenTelemetry exporter's (the tests' OTLP sender:
+//!   the server only receives OTLP, through opentelemetry-proto's types), and no WebSocket client
+//!   of its own (tokio-tungstenite only through axum).
 //!
 //! Each rule is also checked against a made-up workspace that breaks it, so the test cannot pass
 //! by checking nothing.
@@ -24,8 +25,16 @@ use serde_json::{json, Value};
 const DOMAIN: &str = "fanout-domain";
 const DOMAIN_MAY_USE: [&str; 4] = ["serde", "serde_json", "async-trait", "thiserror"];
 const SERVER: &str = "fanout-app";
-/// Crates the server binary must not carry: the load tool's and the client's.
-const NOT_IN_SERVER: [&str; 4] = ["reqwest", "hdrhistogram", "fanout-bench", "fanout-client"];
+/// Crates the server binary must not carry: the load tool's, the client's, and the OpenTelemetry
+/// exporter the OTLP tests send with (and its HTTP client).
+const NOT_IN_SERVER: [&str; 6] = [
+    "reqwest",
+    "hdrhistogram",
+    "fanout-bench",
+    "fanout-client",
+    "opentelemetry-otlp",
+    "opentelemetry-http",
+];
 
 /// The workspace as `cargo metadata` sees it, resolved for normal (not dev, not build) use.
 struct Workspace {
@@ -217,6 +226,9 @@ fn made_up(extra: &[(&str, &str)]) -> Workspace {
         package("axum", "registry/axum"),
         package("tokio-tungstenite", "registry/tokio-tungstenite"),
         package("reqwest", "registry/reqwest"),
+        package("fanout-http", "adapters/http"),
+        package("opentelemetry-proto", "registry/opentelemetry-proto"),
+        package("opentelemetry-otlp", "registry/opentelemetry-otlp"),
     ];
     let mut edges = vec![
         ("fanout-domain", "serde"),
@@ -227,6 +239,9 @@ fn made_up(extra: &[(&str, &str)]) -> Workspace {
         ("fanout-app", "fanout-redis"),
         ("fanout-app", "fanout-ws"),
         ("fanout-bench", "reqwest"),
+        ("fanout-http", "fanout-domain"),
+        ("fanout-http", "opentelemetry-proto"),
+        ("fanout-app", "fanout-http"),
     ];
     edges.extend_from_slice(extra);
     let nodes: Vec<Value> = packages
@@ -243,7 +258,7 @@ fn made_up(extra: &[(&str, &str)]) -> Workspace {
         .collect();
     Workspace::from_metadata(&json!({
         "packages": packages,
-        "workspace_members": ["fanout-domain", "fanout-redis", "fanout-ws", "fanout-app", "fanout-bench"],
+        "workspace_members": ["fanout-domain", "fanout-redis", "fanout-ws", "fanout-http", "fanout-app", "fanout-bench"],
         "resolve": {"nodes": nodes},
     }))
 }
@@ -264,6 +279,10 @@ fn each_rule_catches_the_arrow_that_breaks_it() {
         (
             ("fanout-app", "fanout-bench"),
             "the server carries fanout-bench: fanout-app → fanout-bench",
+        ),
+        (
+            ("fanout-http", "opentelemetry-otlp"),
+            "the server carries opentelemetry-otlp: fanout-app → fanout-http → opentelemetry-otlp",
         ),
         (
             ("fanout-app", "tokio-tungstenite"),

@@ -212,6 +212,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_MAX_BODY_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..), global = true)]
     pub max_body_bytes: u32,
 
+    /// Most data points in one OTLP/HTTP metrics export (`POST /v1/metrics`); beyond it 413.
+    /// Each Gauge or Sum point becomes one metric, a histogram point up to five.
+    #[arg(long, env = "FANOUT_OTLP_MAX_POINTS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub otlp_max_points: u32,
+
     /// How often each client is pinged.
     #[arg(long, env = "FANOUT_PING_INTERVAL", default_value = "15s", value_parser = parse_duration, global = true)]
     pub ping_interval: Duration,

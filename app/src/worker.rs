@@ -257,6 +257,7 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
             .map(|rate| bus.publish_quota(rate))
             .transpose()?,
         publish_latency,
+        otlp_max_points: config.otlp_max_points as usize,
     };
     let app = fanout_http::router(Arc::clone(&service), report, access, api)
         .merge(fanout_ws::router(Arc::clone(&manager)))

@@ -33,7 +33,7 @@ pub use channel::Channel;
 pub use envelope::{DecodeError, Envelope, Payload, EXTERNAL_ORIGIN};
 pub use error::{error_chain, Cause, HistoryError, InvalidMessage, PublishError};
 pub use log_id::{InvalidLogEpoch, InvalidLogId, LogEpoch, LogId};
-pub use metric::{Metric, MetricFields};
+pub use metric::{Metric, MetricFields, MAX_LABELS, MAX_TEXT_LEN};
 pub use outbox::Outbox;
 pub use ports::{
     AlertHistory, AlertLog, Broadcaster, BusStatus, BusSubscriber, Clock, LocalDelivery,

@@ -8,9 +8,9 @@ use crate::json_object::ObjectOnly;
 use crate::{InvalidMessage, WorkerId};
 
 /// Longest metric name, unit, label key or label value accepted, in bytes.
-pub(crate) const MAX_TEXT_LEN: usize = 256;
+pub const MAX_TEXT_LEN: usize = 256;
 /// Most labels on one metric or alert.
-pub(crate) const MAX_LABELS: usize = 32;
+pub const MAX_LABELS: usize = 32;
 
 /// One metric as a publisher sent it, before validation: the wire form, plain data.
 ///

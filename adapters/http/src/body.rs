@@ -89,6 +89,12 @@ impl ApiError {
         }
     }
 
+    /// The status, the reason and `Retry-After` (seconds), for a route that answers refusals in
+    /// another form (OTLP's `Status`).
+    pub(crate) fn into_parts(self) -> (StatusCode, String, Option<u64>) {
+        (self.status, self.error, self.retry_after)
+    }
+
     fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,

@@ -1,5 +1,5 @@
 //! The HTTP side of a worker: the dashboard (`GET /`), `POST /api/metrics`, `POST /api/alerts`,
-//! `GET /healthz`, `GET /readyz` and `GET /metrics`.
+//! `POST /v1/metrics` (OTLP/HTTP, in [`otlp`]), `GET /healthz`, `GET /readyz` and `GET /metrics`.
 //!
 //! An inbound adapter: it decodes and checks requests, calls the domain's
 //! [`PerformanceService`], and maps its errors to status codes. Every refusal is a JSON body
@@ -11,6 +11,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod body;
+mod otlp;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ pub struct ApiConfig {
     pub publish_quota: Option<Arc<dyn PublishQuota>>,
     /// Observes how long each accepted publish took, in seconds.
     pub publish_latency: Histogram,
+    /// Most data points in one `POST /v1/metrics` request (413 beyond).
+    pub otlp_max_points: usize,
 }
 
 #[derive(Clone)]
@@ -61,6 +64,9 @@ struct ApiState {
     access: Arc<dyn AccessControl>,
     quota: Option<Arc<dyn PublishQuota>>,
     publish_latency: Histogram,
+    /// The body limit, for what a gzipped OTLP body inflates to.
+    max_body_bytes: usize,
+    otlp_max_points: usize,
 }
 
 /// The routes of this adapter.
@@ -73,6 +79,7 @@ pub fn router(
     Router::new()
         .route("/api/metrics", post(publish_metrics))
         .route("/api/alerts", post(publish_alert))
+        .route("/v1/metrics", post(otlp::export_metrics))
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -84,6 +91,8 @@ pub fn router(
             access,
             quota: config.publish_quota,
             publish_latency: config.publish_latency,
+            max_body_bytes: config.max_body_bytes,
+            otlp_max_points: config.otlp_max_points,
         })
 }
 

@@ -93,6 +93,7 @@ fn api(scope: &[(&str, &str)]) -> (Router, Arc<RecordingBus>) {
         max_body_bytes: 64 * 1024,
         publish_quota: None,
         publish_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 4)),
+        otlp_max_points: 100,
     };
     let router = router(
         Arc::new(service),
