@@ -560,7 +560,13 @@ mod tests {
                 id: LogId::new(7, 1),
             }))
         );
-        for malformed in ["", "7-1/", "/3f9a0c1e5b7d2468", "x/3f9a0c1e5b7d2468", "7-1/x/y"] {
+        for malformed in [
+            "",
+            "7-1/",
+            "/3f9a0c1e5b7d2468",
+            "x/3f9a0c1e5b7d2468",
+            "7-1/x/y",
+        ] {
             let refused = position(ResumeFrom::LastEventId(malformed));
             assert!(
                 matches!(

@@ -198,8 +198,8 @@ mod tests {
     fn a_long_frame_is_cut_after_its_longer_header() {
         for len in [200, 70_000] {
             let json = format!(r#"{{"type":"metrics","data":"{}"}}"#, "x".repeat(len));
-            let event = Event::of(&Frame::metrics(json.clone()))
-                .unwrap_or_else(|| panic!("no event"));
+            let event =
+                Event::of(&Frame::metrics(json.clone())).unwrap_or_else(|| panic!("no event"));
             assert_eq!(event.parts[1], json.as_bytes());
         }
     }
@@ -250,8 +250,8 @@ mod tests {
         let event = Event::of(&ping).unwrap_or_else(|| panic!("no event"));
         assert_eq!(text(&event), ": ping\n\n");
         assert!(!event.last);
-        let close = Event::of(&CloseReason::SLOW_CONSUMER.frame())
-            .unwrap_or_else(|| panic!("no event"));
+        let close =
+            Event::of(&CloseReason::SLOW_CONSUMER.frame()).unwrap_or_else(|| panic!("no event"));
         assert_eq!(
             text(&close),
             "event: close\ndata: {\"code\":4008,\"reason\":\"slow consumer: queue overflow\"}\n\n"

@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::admission::{Admitted, ResumeFrom, UpgradeRequest, LAST_EVENT_ID};
-use crate::{bearer_token, client, ConnectionManager, ConnectParams};
+use crate::{bearer_token, client, ConnectParams, ConnectionManager};
 
 pub(crate) use pipe::{Departure, EventPipe};
 
@@ -90,7 +90,10 @@ pub(crate) async fn stream(
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             (ACCEL_BUFFERING, HeaderValue::from_static("no")),
         ],

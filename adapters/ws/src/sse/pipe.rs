@@ -157,7 +157,9 @@ impl Socket for EventPipe {
     ) -> Poll<io::Result<usize>> {
         if started != 0 {
             // The pipe takes whole frames only, so the queue never has a started one.
-            return Poll::Ready(Err(io::Error::other("a frame was started on an SSE stream")));
+            return Poll::Ready(Err(io::Error::other(
+                "a frame was started on an SSE stream",
+            )));
         }
         let mut state = self.0.lock();
         if let Some(error) = Self::refuses(&state) {
