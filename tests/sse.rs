@@ -444,3 +444,33 @@ async fn shutdown_ends_every_stream_with_close_1001() {
         .await
         .unwrap_or_else(|e| panic!("worker failed: {e:#}"));
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_hold_up_shutdown() {
+    let args = [
+        "--client-send-buffer",
+        "4096",
+        "--client-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "1s",
+    ];
+    let a = start_worker::<InProcess>("sse-a", On::OwnMemory, &args).await;
+    let _stalled = SseClient::greeted(a.addr(), "", &[]).await;
+    // It reads nothing more; metrics until its socket, and then its queue, are full.
+    let pad = "x".repeat(200);
+    let mut published = 0;
+    while health(a.addr()).await["delivery"]["dropped_metrics"] == 0 {
+        assert!(published < 2000, "the client's queue never filled");
+        let batch: Vec<Value> = (0..16)
+            .map(|i| json!({ "name": "load", "value": i, "labels": { "i": i.to_string(), "pad": pad } }))
+            .collect();
+        publish(a.addr(), "/api/metrics", &json!(batch)).await;
+        published += 1;
+    }
+    a.shutdown();
+    // Its close event cannot get through; the worker stops after --shutdown-timeout anyway.
+    within("the worker to stop", a.wait())
+        .await
+        .unwrap_or_else(|e| panic!("worker failed: {e:#}"));
+}
