@@ -1,3 +1,6 @@
+//! Over 400 lines on purpose: more than half is the unit tests, one per refusal and per resume
+//! form; the checks themselves are one short function in one order.
+//!
 //! Admission: who may open a WebSocket connection or an SSE stream, decided in the request
 //! handler, before the upgrade or the first byte of the stream — the worker still accepting
 //! clients, the credential and its channels, the browser origin, a well-formed resume position
