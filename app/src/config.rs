@@ -257,7 +257,8 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_PUBLISH_RATE", global = true)]
     pub publish_rate: Option<u32>,
 
-    /// How long shutdown waits for clients to acknowledge the close frame.
+    /// How long shutdown waits for clients to acknowledge the close frame (and, before that,
+    /// for an HTTP response still being written, such as an SSE stream, to be taken).
     #[arg(long, env = "FANOUT_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_timeout: Duration,
 }

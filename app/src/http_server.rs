@@ -24,13 +24,17 @@ use tokio_util::task::TaskTracker;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener`, each accepted socket first given to `tune`, until `shutdown`
-/// resolves; then stops accepting and waits for the requests in flight to be answered (upgraded
-/// connections are not waited for: their owner closes them).
+/// resolves; then stops accepting and waits, at most `grace`, for the responses in flight to be
+/// written (upgraded connections are not waited for: their owner closes them). A response still
+/// unwritten after `grace` — an SSE stream whose client stopped reading, whose `close` event
+/// cannot get through — has its connection dropped: a client that reads nothing cannot hold the
+/// worker's shutdown.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     tune: impl Fn(&TcpStream),
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -61,7 +65,13 @@ pub(crate) async fn serve(
                 served = connection.as_mut() => served,
                 () = stopping.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    match tokio::time::timeout(grace, connection).await {
+                        Ok(served) => served,
+                        Err(_) => {
+                            tracing::debug!("a response was still unwritten at shutdown: dropped");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(error) = served {

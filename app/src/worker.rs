@@ -318,7 +318,7 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
                 let _ = socket2::SockRef::from(tcp).set_send_buffer_size(bytes);
             }
         };
-        crate::http_server::serve(listener, app, tune, shutdown).await;
+        crate::http_server::serve(listener, app, tune, shutdown, shutdown_timeout).await;
         if tokio::time::timeout(shutdown_timeout, serve_manager.wait_until_empty())
             .await
             .is_err()

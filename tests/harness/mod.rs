@@ -11,6 +11,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod sse;
 pub mod worker;
 
 pub use client::Client;

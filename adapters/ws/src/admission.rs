@@ -1,7 +1,11 @@
-//! Admission: who may open a WebSocket connection, decided in the request handler, before the
-//! upgrade — the worker still accepting clients, the credential and its channels, the browser
-//! origin, a well-formed resume position, and a free connection slot (`--max-connections`,
-//! reserved through `slots`).
+//! Over 400 lines on purpose: more than half is the unit tests, one per refusal and per resume
+//! form; the checks themselves are one short function in one order.
+//!
+//! Admission: who may open a WebSocket connection or an SSE stream, decided in the request
+//! handler, before the upgrade or the first byte of the stream — the worker still accepting
+//! clients, the credential and its channels, the browser origin, a well-formed resume position
+//! (the query's, or an SSE client's `Last-Event-ID`), and a free connection slot
+//! (`--max-connections`, reserved through `slots`).
 //!
 //! Every refusal is an HTTP status with a JSON body `{"error": …}` (docs/PROTOCOL.md,
 //! "Connecting"). Admission must never happen after a client is registered, never wait (no
@@ -50,16 +54,30 @@ pub(crate) struct UpgradeRequest<'a> {
     pub(crate) token: Option<&'a str>,
     /// The `Origin` header, if any (and valid text).
     pub(crate) origin: Option<&'a str>,
-    /// `?last_alert_id=`
-    pub(crate) last_alert_id: Option<&'a str>,
-    /// `?epoch=`
-    pub(crate) epoch: Option<&'a str>,
+    /// Where a resuming client says it stands.
+    pub(crate) resume: ResumeFrom<'a>,
     /// `?metrics=`, `?where=`, `?alerts=`, `?interval=`: the first subscription.
     pub(crate) metrics: Option<&'a str>,
     pub(crate) where_: Option<&'a str>,
     pub(crate) alerts: Option<&'a str>,
     pub(crate) interval: Option<&'a str>,
 }
+
+/// Where a resuming client says it stands, as it said it.
+#[derive(Clone, Copy)]
+pub(crate) enum ResumeFrom<'a> {
+    /// `?last_alert_id=&epoch=` (neither: a fresh session).
+    Query {
+        last_alert_id: Option<&'a str>,
+        epoch: Option<&'a str>,
+    },
+    /// An SSE client's `Last-Event-ID: ID/EPOCH` header (or a bare `ID`); it wins over the query,
+    /// since a browser's `EventSource` reconnects with its first URL and this header.
+    LastEventId(&'a str),
+}
+
+/// The header an SSE client resumes with.
+pub(crate) const LAST_EVENT_ID: &str = "Last-Event-ID";
 
 /// An admitted request: what its connection starts with.
 pub(crate) struct Admitted {
@@ -79,8 +97,12 @@ pub(crate) enum NotAdmitted {
     Credential(AccessError),
     NoChannel,
     Origin(String),
-    /// A malformed `last_alert_id` or `epoch`, or an `epoch` without `last_alert_id`.
-    ResumePosition(String),
+    /// A malformed `last_alert_id`, `epoch` or `Last-Event-ID`, or an `epoch` without
+    /// `last_alert_id`; `field` names the parameter or header.
+    ResumePosition {
+        reason: String,
+        field: &'static str,
+    },
     /// A malformed or over-limit selector in the query.
     Selector(SelectorError),
     AtConnectionLimit,
@@ -92,7 +114,7 @@ impl NotAdmitted {
             Self::Draining | Self::AtConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credential(_) => StatusCode::UNAUTHORIZED,
             Self::NoChannel | Self::Origin(_) => StatusCode::FORBIDDEN,
-            Self::ResumePosition(_) | Self::Selector(_) => StatusCode::BAD_REQUEST,
+            Self::ResumePosition { .. } | Self::Selector(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -103,7 +125,7 @@ impl NotAdmitted {
             Self::Credential(error) => error.to_string(),
             Self::NoChannel => "the token allows no channel".into(),
             Self::Origin(origin) => format!("origin {origin} is not allowed"),
-            Self::ResumePosition(reason) => reason.clone(),
+            Self::ResumePosition { reason, .. } => reason.clone(),
             Self::Selector(error) => error.reason.clone(),
             Self::AtConnectionLimit => "this worker is at its connection limit".into(),
         }
@@ -115,6 +137,9 @@ impl IntoResponse for NotAdmitted {
         let body = match &self {
             Self::Selector(error) => {
                 serde_json::json!({ "error": self.reason(), "field": error.field })
+            }
+            Self::ResumePosition { field, .. } => {
+                serde_json::json!({ "error": self.reason(), "field": field })
             }
             _ => serde_json::json!({ "error": self.reason() }),
         };
@@ -162,8 +187,7 @@ impl Gate {
             let origin = request.origin.unwrap_or_default().to_owned();
             return Err(NotAdmitted::Origin(origin));
         }
-        let resume_from = resume_position(request.last_alert_id, request.epoch)
-            .map_err(NotAdmitted::ResumePosition)?;
+        let resume_from = resume_position(request.resume)?;
         let first = Subscribe::from_query(
             request.metrics,
             request.where_,
@@ -199,20 +223,41 @@ impl Gate {
     }
 }
 
-/// Where a resuming client stands: `last_alert_id` and, when given, its `epoch`.
-fn resume_position(
-    last_alert_id: Option<&str>,
-    epoch: Option<&str>,
-) -> Result<Option<LogPosition>, String> {
+/// Where a resuming client stands: `last_alert_id` and, when given, its `epoch`; or the
+/// `Last-Event-ID` header's `ID/EPOCH` (or bare `ID`).
+fn resume_position(from: ResumeFrom<'_>) -> Result<Option<LogPosition>, NotAdmitted> {
+    let refused = |field| move |reason: String| NotAdmitted::ResumePosition { reason, field };
+    let (last_alert_id, epoch, id_field, epoch_field) = match from {
+        ResumeFrom::Query {
+            last_alert_id,
+            epoch,
+        } => (last_alert_id, epoch, "last_alert_id", "epoch"),
+        ResumeFrom::LastEventId(value) => {
+            let (id, epoch) = match value.split_once('/') {
+                Some((id, epoch)) => (id, Some(epoch)),
+                None => (value, None),
+            };
+            (Some(id), epoch, LAST_EVENT_ID, LAST_EVENT_ID)
+        }
+    };
     let epoch = match epoch {
         None => None,
-        Some(text) => Some(text.parse::<LogEpoch>().map_err(|e| e.to_string())?),
+        Some(text) => Some(
+            text.parse::<LogEpoch>()
+                .map_err(|e| e.to_string())
+                .map_err(refused(epoch_field))?,
+        ),
     };
     match last_alert_id {
-        None if epoch.is_some() => Err("epoch is given without last_alert_id".into()),
+        None if epoch.is_some() => Err(refused(epoch_field)(
+            "epoch is given without last_alert_id".into(),
+        )),
         None => Ok(None),
         Some(text) => {
-            let id = text.parse::<LogId>().map_err(|e| e.to_string())?;
+            let id = text
+                .parse::<LogId>()
+                .map_err(|e| e.to_string())
+                .map_err(refused(id_field))?;
             Ok(Some(LogPosition { epoch, id }))
         }
     }
@@ -244,8 +289,10 @@ mod tests {
     const FRESH: UpgradeRequest<'static> = UpgradeRequest {
         token: None,
         origin: None,
-        last_alert_id: None,
-        epoch: None,
+        resume: ResumeFrom::Query {
+            last_alert_id: None,
+            epoch: None,
+        },
         metrics: None,
         where_: None,
         alerts: None,
@@ -348,8 +395,10 @@ mod tests {
     fn a_resume_position_is_read_from_id_and_epoch() {
         let gate = Gate::new(Admission::default());
         let request = UpgradeRequest {
-            last_alert_id: Some("1764380000456-0"),
-            epoch: Some("3f9a0c1e5b7d2468"),
+            resume: ResumeFrom::Query {
+                last_alert_id: Some("1764380000456-0"),
+                epoch: Some("3f9a0c1e5b7d2468"),
+            },
             ..FRESH
         };
         let admitted = gate
@@ -374,8 +423,10 @@ mod tests {
         ];
         for (last_alert_id, epoch) in requests {
             let request = UpgradeRequest {
-                last_alert_id,
-                epoch,
+                resume: ResumeFrom::Query {
+                    last_alert_id,
+                    epoch,
+                },
                 ..FRESH
             };
             let refused = refusal(&gate, &OpenAccess, &request);
@@ -386,7 +437,10 @@ mod tests {
             );
         }
         let request = UpgradeRequest {
-            epoch: Some("3f9a0c1e5b7d2468"),
+            resume: ResumeFrom::Query {
+                last_alert_id: None,
+                epoch: Some("3f9a0c1e5b7d2468"),
+            },
             ..FRESH
         };
         assert_eq!(
@@ -468,17 +522,67 @@ mod tests {
             max_connections: Some(1),
         });
         let malformed = UpgradeRequest {
-            last_alert_id: Some("not-an-id"),
+            resume: ResumeFrom::Query {
+                last_alert_id: Some("not-an-id"),
+                epoch: None,
+            },
             ..FRESH
         };
         assert!(matches!(
             refusal(&gate, &OpenAccess, &malformed),
-            NotAdmitted::ResumePosition(_)
+            NotAdmitted::ResumePosition {
+                field: "last_alert_id",
+                ..
+            }
         ));
         assert!(
             gate.admit(&OpenAccess, &FRESH, &SelectorLimits::default())
                 .is_ok(),
             "the slot is still free"
         );
+    }
+
+    #[test]
+    fn last_event_id_is_id_and_epoch_or_a_bare_id_and_a_malformed_one_is_400_naming_it() {
+        let gate = Gate::new(Admission::default());
+        let position = |resume| {
+            let request = UpgradeRequest { resume, ..FRESH };
+            gate.admit(&OpenAccess, &request, &SelectorLimits::default())
+                .map(|admitted| admitted.resume_from)
+        };
+        let epoch = LogEpoch::new("3f9a0c1e5b7d2468").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            position(ResumeFrom::LastEventId("1764380000456-0/3f9a0c1e5b7d2468")),
+            Ok(Some(LogPosition {
+                epoch: Some(epoch),
+                id: LogId::new(1_764_380_000_456, 0),
+            }))
+        );
+        assert_eq!(
+            position(ResumeFrom::LastEventId("7-1")),
+            Ok(Some(LogPosition {
+                epoch: None,
+                id: LogId::new(7, 1),
+            }))
+        );
+        for malformed in [
+            "",
+            "7-1/",
+            "/3f9a0c1e5b7d2468",
+            "x/3f9a0c1e5b7d2468",
+            "7-1/x/y",
+        ] {
+            let refused = position(ResumeFrom::LastEventId(malformed));
+            assert!(
+                matches!(
+                    &refused,
+                    Err(NotAdmitted::ResumePosition {
+                        field: "Last-Event-ID",
+                        ..
+                    })
+                ),
+                "{malformed:?}: {refused:?}"
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
-//! One WebSocket connection, served by one task: it writes what the hot path could not write
-//! at once (and the connection's own frames), reads what the client sends (requests, pongs,
-//! close, garbage), and pings it.
+//! One connection, served by one task: it writes what the hot path could not write at once (and
+//! the connection's own frames), reads what the client sends (requests, pongs, close, garbage),
+//! and pings it. A WebSocket client is read by tungstenite; an SSE client (`sse`) sends nothing,
+//! so its task only hears when it leaves, and does not close it for silence: the same task, over
+//! a different [`Peer`].
 //!
 //! The hot path writes a live client's frames itself while the socket takes them (see `queue`):
 //! this task is woken only when the socket pushes back, when the client sends something, or by
@@ -35,6 +37,7 @@ use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
 use crate::queue::{ClientQueue, Drove};
 use crate::slots::Slot;
 use crate::socket::{Socket, Tcp, TcpReader, Writer};
+use crate::sse::{Departure, EventPipe};
 use crate::{wire, ClientLimits};
 
 /// How long the server waits for the client's answer to its close frame before dropping the
@@ -49,6 +52,24 @@ const READ_BUFFER: usize = 256;
 /// What the client sends, read by tungstenite; what tungstenite writes itself (pongs, the answer
 /// to a client's close) goes into the client's queue, after what is queued.
 type Reader = WebSocketStream<Duplex>;
+
+/// What a connection's task hears from its client, as WebSocket messages: a WebSocket client's
+/// frames, or, from an SSE client, nothing until it leaves (the stream's end).
+pub(crate) trait Peer:
+    futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send + 'static
+{
+    /// Whether the client answers pings: one silent for the client timeout is closed with 4001.
+    /// An SSE client cannot (its pings are comments nobody answers).
+    const ANSWERS_PINGS: bool;
+}
+
+impl Peer for Reader {
+    const ANSWERS_PINGS: bool = true;
+}
+
+impl Peer for Departure {
+    const ANSWERS_PINGS: bool = false;
+}
 
 /// The client's socket as tungstenite sees it: reads from the socket, writes into the queue.
 struct Duplex {
@@ -99,11 +120,11 @@ pub(crate) struct Start {
 }
 
 /// A registered client, before its greeting.
-struct Opened {
+struct Opened<R> {
     manager: Arc<ConnectionManager>,
     id: u64,
     queue: Arc<ClientQueue>,
-    reader: Reader,
+    reader: R,
     snapshot: Frame,
     filter: Arc<Filter>,
     resume_from: Option<LogPosition>,
@@ -122,6 +143,61 @@ pub(crate) async fn serve(manager: Arc<ConnectionManager>, upgraded: Upgraded, s
     let Some((opened, slot)) = Box::pin(open(manager, upgraded, start)).await else {
         return;
     };
+    serve_opened(opened, slot).await;
+}
+
+/// Serves one SSE client, whose frames go into `pipe` (see `sse`), as [`serve`] does a WebSocket.
+pub(crate) async fn serve_events(
+    manager: Arc<ConnectionManager>,
+    pipe: EventPipe,
+    departure: Departure,
+    start: Box<Start>,
+) {
+    let Start {
+        resume_from,
+        grant,
+        first,
+        slot,
+    } = *start;
+    let Some(registered) = register(&manager, Box::new(pipe), &grant, first).await else {
+        return;
+    };
+    let opened = Opened {
+        manager,
+        id: registered.id,
+        queue: registered.queue,
+        reader: departure,
+        snapshot: registered.snapshot,
+        filter: registered.filter,
+        resume_from,
+        grant,
+    };
+    serve_opened(Box::new(opened), slot).await;
+}
+
+/// Registers a client and gives its queue `socket`; `None` when the worker drains (the client
+/// is told with 1001 if its socket takes the frame at once).
+async fn register(
+    manager: &ConnectionManager,
+    mut socket: Box<dyn Socket>,
+    grant: &Grant,
+    first: Subscribe,
+) -> Option<Registered> {
+    match manager.register(grant, first).await {
+        Ok(registered) => {
+            registered.queue.attach(socket);
+            Some(registered)
+        }
+        Err(refused) => {
+            let _ = socket.try_write(&CloseReason::GOING_AWAY.frame());
+            tracing::debug!(%refused, "client refused after admission");
+            None
+        }
+    }
+}
+
+/// Greets a registered client, serves it until its connection ends, and unregisters it.
+async fn serve_opened<R: Peer>(opened: Box<Opened<R>>, slot: Slot) {
     let (manager, id) = (Arc::clone(&opened.manager), opened.id);
     // Whatever happens to the connection from here, a panic included (a bug), the client is
     // unregistered and its slot given back: a connection that ended never stays counted.
@@ -136,7 +212,7 @@ pub(crate) async fn serve(manager: Arc<ConnectionManager>, upgraded: Upgraded, s
     .await;
     Box::pin(manager.unregister(id, slot)).await;
     match served {
-        Ok(Some(mut closed)) => Box::pin(linger(&mut closed)).await,
+        Ok(Some(mut closed)) => Box::pin(linger(&mut *closed)).await,
         Ok(None) => {}
         Err(_) => tracing::error!(
             client = id,
@@ -150,7 +226,7 @@ async fn open(
     manager: Arc<ConnectionManager>,
     upgraded: Upgraded,
     start: Box<Start>,
-) -> Option<(Box<Opened>, Slot)> {
+) -> Option<(Box<Opened<Reader>>, Slot)> {
     let Start {
         resume_from,
         grant,
@@ -158,7 +234,7 @@ async fn open(
         slot,
     } = *start;
     // The socket itself when fanout's server served the handshake (see `socket`).
-    let (read, mut write, early_bytes): (Pin<Box<dyn AsyncRead + Send>>, Box<dyn Socket>, _) =
+    let (read, write, early_bytes): (Pin<Box<dyn AsyncRead + Send>>, Box<dyn Socket>, _) =
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let tcp = Arc::new(parts.io.into_inner());
@@ -179,16 +255,7 @@ async fn open(
         queue,
         snapshot,
         filter,
-    } = match manager.register(&grant, first).await {
-        Ok(registered) => registered,
-        Err(refused) => {
-            // One try: the client is told why if its socket takes the frame.
-            let _ = write.try_write(&CloseReason::GOING_AWAY.frame().wire);
-            tracing::debug!(%refused, "client refused after upgrade");
-            return None;
-        }
-    };
-    queue.attach(write);
+    } = register(&manager, write, &grant, first).await?;
     let limits = manager.limits();
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -217,7 +284,7 @@ async fn open(
 
 /// Greets and resumes a registered client, and returns its connection, live; `None` when the
 /// client left meanwhile.
-async fn greet(opened: Box<Opened>) -> Option<Connection> {
+async fn greet<R: Peer>(opened: Box<Opened<R>>) -> Option<Connection<R>> {
     let Opened {
         manager,
         id,
@@ -292,9 +359,9 @@ const MAX_EARLY_REQUESTS: usize = 64;
 
 /// Waits for the worker's bus subscription to be live, noticing meanwhile a client that leaves
 /// or a close the server decided, and keeping the requests the client sends meanwhile.
-async fn until_live(
+async fn until_live<R: Peer>(
     manager: &ConnectionManager,
-    reader: &mut Reader,
+    reader: &mut R,
     queue: &ClientQueue,
     early: &mut Vec<Utf8Bytes>,
 ) -> Waited {
@@ -329,10 +396,10 @@ enum Ending {
     Gone,
 }
 
-struct Connection {
+struct Connection<R> {
     /// The client's id in the registry.
     id: u64,
-    reader: Reader,
+    reader: R,
     queue: Arc<ClientQueue>,
     manager: Arc<ConnectionManager>,
     limits: ClientLimits,
@@ -347,7 +414,7 @@ struct Connection {
     early: Vec<Utf8Bytes>,
 }
 
-impl Connection {
+impl<R: Peer> Connection<R> {
     async fn run(&mut self) -> Ending {
         for request in std::mem::take(&mut self.early) {
             self.request(&request);
@@ -399,7 +466,7 @@ impl Connection {
                     {
                         return Ending::Gone;
                     }
-                    if self.last_heard.elapsed() > self.limits.client_timeout {
+                    if R::ANSWERS_PINGS && self.last_heard.elapsed() > self.limits.client_timeout {
                         self.queue.close(CloseReason::TIMEOUT);
                     } else {
                         self.queue.push_control(Frame {
@@ -441,7 +508,7 @@ impl Connection {
 }
 
 /// The closing handshake: reads until the client answers the close frame, briefly.
-async fn linger(reader: &mut Reader) {
+async fn linger<R: Peer>(reader: &mut R) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         while let Some(Ok(message)) = reader.next().await {
             if let Message::Close(_) = message {

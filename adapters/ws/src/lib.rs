@@ -1,5 +1,6 @@
 //! The axum WebSocket transport: `GET /ws/performance`, the per-worker [`ConnectionManager`],
-//! and each client's bounded queue and writer.
+//! and each client's bounded queue and writer; and the same stream as Server-Sent Events,
+//! `GET /sse/performance`, for clients that do not speak WebSocket (`sse`).
 //!
 //! It implements the domain's [`fanout_domain::LocalDelivery`] port: every bus message is encoded
 //! once per worker and the bytes are shared by every client. It never publishes and never talks
@@ -10,7 +11,8 @@
 //! cap); `manager` is the connection lifecycle (subscription, register, greeting, replay,
 //! drain); `registry` is the hot path (clients, fan-out, counters); `snapshot` keeps the latest
 //! metrics; `queue` is one client's bounded queue; `client` is one connection's task; `protocol`
-//! holds every frame and close code the server writes.
+//! holds every frame and close code the server writes; `sse` serves a client's frames as
+//! Server-Sent Events.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -25,6 +27,7 @@ mod registry;
 mod slots;
 mod snapshot;
 mod socket;
+mod sse;
 #[cfg(test)]
 mod subscriptions_model;
 mod upgrade;
@@ -40,7 +43,7 @@ use axum::routing::get;
 use axum::Router;
 use fanout_domain::SelectorLimits;
 
-use crate::admission::{Admitted, UpgradeRequest};
+use crate::admission::{Admitted, ResumeFrom, UpgradeRequest};
 use crate::upgrade::{NotUpgrade, Upgrade};
 
 pub use admission::Admission;
@@ -51,6 +54,9 @@ pub use registry::DeliveryStats;
 
 /// The WebSocket endpoint's path.
 pub const PATH: &str = "/ws/performance";
+
+/// The Server-Sent Events endpoint's path: the same stream, the same query.
+pub const SSE_PATH: &str = "/sse/performance";
 
 /// Per-client bounds and timers.
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +94,16 @@ impl Default for SubscriptionLimits {
 
 /// The routes of this transport, to be merged into the worker's router.
 pub fn router(manager: Arc<ConnectionManager>) -> Router {
-    Router::new().route(PATH, get(upgrade)).with_state(manager)
+    Router::new()
+        .route(PATH, get(upgrade))
+        .route(SSE_PATH, get(sse::stream))
+        .with_state(manager)
+}
+
+/// A `400` naming the query parameter or header at fault.
+fn bad_request(reason: &str, field: &str) -> Response {
+    let body = serde_json::json!({ "error": reason, "field": field });
+    (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 /// Query parameters of the upgrade request.
@@ -158,10 +173,7 @@ async fn upgrade(
     };
     let params = match ConnectParams::parse(query.as_deref()) {
         Ok(params) => params,
-        Err((reason, field)) => {
-            let body = serde_json::json!({ "error": reason, "field": field });
-            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
+        Err((reason, field)) => return bad_request(&reason, field),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -170,8 +182,10 @@ async fn upgrade(
     let request = UpgradeRequest {
         token: bearer_token(&headers, params.token.as_deref()),
         origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
-        last_alert_id: params.last_alert_id.as_deref(),
-        epoch: params.epoch.as_deref(),
+        resume: ResumeFrom::Query {
+            last_alert_id: params.last_alert_id.as_deref(),
+            epoch: params.epoch.as_deref(),
+        },
         metrics: params.metrics.as_deref(),
         where_: params.where_.as_deref(),
         alerts: params.alerts.as_deref(),

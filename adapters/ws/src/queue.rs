@@ -21,7 +21,6 @@
 //! queue and the direct write share one lock and one set of invariants, so they stay together.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -41,9 +40,6 @@ pub struct QueueLimits {
     /// Most bytes of encoded frames queued for one client (`--client-queue-bytes`).
     pub max_bytes: usize,
 }
-
-/// Most frames one write of the connection's task hands the socket.
-const WRITE_SLICES: usize = 64;
 
 /// The client's socket, to write to.
 pub(crate) type Out = Box<dyn Socket>;
@@ -201,7 +197,7 @@ impl ClientQueue {
             if let Some(out) = state.out.as_mut() {
                 // When the socket pushes back, the frame is queued and the task woken: its own
                 // write attempt registers its waker with the socket.
-                match out.try_write(&frame.wire) {
+                match out.try_write(frame) {
                     Ok(n) if n == frame.wire.len() => {
                         state.dropped_since_progress = 0;
                         return Pushed::Written;
@@ -367,17 +363,10 @@ impl ClientQueue {
             state.writer = Some(cx.waker().clone());
             return Poll::Pending;
         };
-        // Everything queued goes out in one `writev` (up to WRITE_SLICES frames): a client that
+        // Everything queued goes out in one `writev` (up to `WRITE_SLICES` frames): a client that
         // fell behind gets its backlog in one write, not one per frame.
         while !state.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let mut count = 0;
-            for (slice, frame) in slices.iter_mut().zip(state.frames.iter()) {
-                let skip = if count == 0 { state.started } else { 0 };
-                *slice = IoSlice::new(&frame.wire[skip..]);
-                count += 1;
-            }
-            match out.poll_write_vectored(cx, &slices[..count]) {
+            match out.poll_write_frames(cx, &state.frames, state.started) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
                 Poll::Ready(Ok(mut n)) => {
                     progressed = true;

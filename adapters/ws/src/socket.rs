@@ -4,8 +4,12 @@
 //! Served by fanout's own HTTP server, an upgraded connection is a `TcpStream`: the hot path then
 //! writes with one `try_write` (a readiness check and the `send`), without a waker, a lock or
 //! tokio's cooperative budget. Any other upgraded connection (another server, a test's duplex)
-//! works too, through its `AsyncWrite` polled with a waker that does nothing.
+//! works too, through its `AsyncWrite` polled with a waker that does nothing. A socket is handed
+//! whole frames (their shared bytes), not bytes alone, so that a socket that is not a WebSocket
+//! stream — an SSE client's event stream (`sse`) — can turn each frame into its own form without
+//! copying the payload.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,33 +18,61 @@ use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::protocol::Frame;
+
+/// Most frames one vectored write hands the socket.
+const WRITE_SLICES: usize = 64;
+
 /// Where a client's frames are written.
 pub(crate) trait Socket: Send {
-    /// Writes what the socket takes now, without waiting: `WouldBlock` when it takes nothing.
-    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize>;
+    /// Writes what the socket takes of `frame` now, without waiting: the bytes of its wire form
+    /// taken, or `WouldBlock` when it takes nothing.
+    fn try_write(&mut self, frame: &Frame) -> io::Result<usize>;
 
-    /// Writes as much of `slices`, in order, as the socket takes (one `writev`), or registers `cx`
-    /// to be woken when it can take more.
-    fn poll_write_vectored(
+    /// Writes as much of `frames`, in order, as the socket takes (one `writev` of up to
+    /// [`WRITE_SLICES`] frames), the first from byte `started` of its wire form on; or registers
+    /// `cx` to be woken when it can take more. Returns the wire bytes taken.
+    fn poll_write_frames(
         &mut self,
         cx: &mut Context<'_>,
-        slices: &[IoSlice<'_>],
+        frames: &VecDeque<Frame>,
+        started: usize,
     ) -> Poll<io::Result<usize>>;
+}
+
+/// Fills `slices` with the wire bytes of the first `frames` (the first from `started`); returns
+/// how many it filled.
+fn wire_slices<'a>(
+    frames: &'a VecDeque<Frame>,
+    started: usize,
+    slices: &mut [IoSlice<'a>; WRITE_SLICES],
+) -> usize {
+    let mut count = 0;
+    for (slice, frame) in slices.iter_mut().zip(frames.iter()) {
+        let skip = if count == 0 { started } else { 0 };
+        *slice = IoSlice::new(frame.wire.get(skip..).unwrap_or_default());
+        count += 1;
+    }
+    count
 }
 
 /// A TCP connection, shared by its reader and its writer.
 pub(crate) struct Tcp(pub(crate) Arc<TcpStream>);
 
 impl Socket for Tcp {
-    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.try_write(bytes)
+    fn try_write(&mut self, frame: &Frame) -> io::Result<usize> {
+        self.0.try_write(&frame.wire)
     }
 
-    fn poll_write_vectored(
+    fn poll_write_frames(
         &mut self,
         cx: &mut Context<'_>,
-        slices: &[IoSlice<'_>],
+        frames: &VecDeque<Frame>,
+        started: usize,
     ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let count = wire_slices(frames, started, &mut slices);
+        let slices = &slices[..count];
         loop {
             ready!(self.0.poll_write_ready(cx))?;
             match self.0.try_write_vectored(slices) {
@@ -79,18 +111,22 @@ impl AsyncRead for TcpReader {
 pub(crate) struct Writer<W>(pub(crate) W);
 
 impl<W: AsyncWrite + Send + Unpin> Socket for Writer<W> {
-    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match Pin::new(&mut self.0).poll_write(&mut Context::from_waker(Waker::noop()), bytes) {
+    fn try_write(&mut self, frame: &Frame) -> io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.0).poll_write(&mut cx, &frame.wire) {
             Poll::Ready(written) => written,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
-    fn poll_write_vectored(
+    fn poll_write_frames(
         &mut self,
         cx: &mut Context<'_>,
-        slices: &[IoSlice<'_>],
+        frames: &VecDeque<Frame>,
+        started: usize,
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, slices)
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let count = wire_slices(frames, started, &mut slices);
+        Pin::new(&mut self.0).poll_write_vectored(cx, &slices[..count])
     }
 }

@@ -1,0 +1,103 @@
+//! Server-Sent Events: `GET /sse/performance`, the WebSocket stream for clients that cannot or
+//! need not speak WebSocket (curl, proxies that break upgrades, a browser's `EventSource`).
+//!
+//! An SSE client is an ordinary client of the worker, not a second fan-out: the same admission
+//! (before any byte of the stream), the same registry and filters, the same bounded
+//! `ClientQueue` with its slow-consumer policy, the same connection task and lifecycle (`hello`
+//! once the subscription is live, snapshot, resume, drain). Only its socket differs: an
+//! [`EventPipe`] that turns each WebSocket frame it is given into its SSE event (`event`) and
+//! hands the parts to the response body through a bounded pipe (`pipe`). The fan-out does not
+//! know: it writes the same shared frame to a WebSocket's TCP socket or to an SSE client's pipe,
+//! through the one `Socket` call it always makes.
+//!
+//! SSE is one-way: there are no requests (the selectors come from the query string) and no
+//! pongs, so the connection task does not close an SSE client for silence; a write that makes no
+//! progress for the client timeout ends it, as for a WebSocket.
+//!
+//! It must never decide admission differently from a WebSocket upgrade, nor queue or encode
+//! anything of its own on the per-message path.
+
+mod event;
+mod pipe;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::admission::{Admitted, ResumeFrom, UpgradeRequest, LAST_EVENT_ID};
+use crate::{bearer_token, client, ConnectParams, ConnectionManager};
+
+pub(crate) use pipe::{Departure, EventPipe};
+
+/// `X-Accel-Buffering: no`: proxies that buffer responses (nginx) pass the events on at once.
+const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Admits the request as a WebSocket upgrade would be, then answers `200 text/event-stream`
+/// whose body is the client's events; the connection task owns its slot.
+pub(crate) async fn stream(
+    State(manager): State<Arc<ConnectionManager>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = match ConnectParams::parse(query.as_deref()) {
+        Ok(params) => params,
+        Err((reason, field)) => return crate::bad_request(&reason, field),
+    };
+    // An EventSource sends no header while its last id is empty; an empty one means the same.
+    let last_event_id = match headers.get(LAST_EVENT_ID).map(HeaderValue::to_str) {
+        None | Some(Ok("")) => None,
+        Some(Ok(value)) => Some(value.trim()),
+        Some(Err(_)) => {
+            return crate::bad_request("Last-Event-ID is not visible ASCII text", LAST_EVENT_ID)
+        }
+    };
+    let resume = match last_event_id {
+        Some(value) => ResumeFrom::LastEventId(value),
+        None => ResumeFrom::Query {
+            last_alert_id: params.last_alert_id.as_deref(),
+            epoch: params.epoch.as_deref(),
+        },
+    };
+    let request = UpgradeRequest {
+        token: bearer_token(&headers, params.token.as_deref()),
+        origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+        resume,
+        metrics: params.metrics.as_deref(),
+        where_: params.where_.as_deref(),
+        alerts: params.alerts.as_deref(),
+        interval: params.interval.as_deref(),
+    };
+    let Admitted {
+        grant,
+        resume_from,
+        first,
+        slot,
+    } = match manager.admit(&request) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (pipe, body, departure) = pipe::pipe();
+    let start = Box::new(client::Start {
+        resume_from,
+        grant,
+        first,
+        slot,
+    });
+    tokio::spawn(client::serve_events(manager, pipe, departure, start));
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (ACCEL_BUFFERING, HeaderValue::from_static("no")),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
