@@ -305,6 +305,53 @@ async fn a_client_that_never_reads_is_closed_with_4008_after_its_queue_bound() {
     .await;
 }
 
+/// OPERATIONS.md: a client given up (4008) that then reads nothing of the rest of its stream
+/// holds no connection: after `--client-timeout` the worker hangs up, and the client, reading at
+/// last, finds the stream cut before its `close` event (which could not get through).
+#[tokio::test]
+async fn a_given_up_client_that_reads_nothing_is_hung_up_on_after_the_client_timeout() {
+    let args = [
+        "--client-queue-messages",
+        "16",
+        "--client-send-buffer",
+        "4096",
+        "--client-timeout",
+        "1s",
+        "--ping-interval",
+        "500ms",
+    ];
+    let worker = start_worker::<InProcess>("sse-h", On::OwnMemory, &args).await;
+    let mut slow = SseClient::greeted(worker.addr(), "", &[]).await;
+    let pad = "x".repeat(200);
+    let mut published = 0u64;
+    while published < 4000 && health(worker.addr()).await["delivery"]["slow_consumers_closed"] != 1
+    {
+        for _ in 0..25 {
+            let batch: Vec<Value> = (0..16)
+                .map(|i| json!({ "name": "load", "value": published, "labels": { "i": i.to_string(), "pad": pad } }))
+                .collect();
+            publish(worker.addr(), "/api/metrics", &json!(batch)).await;
+            published += 1;
+        }
+    }
+    wait_until(
+        "the worker hangs up on the client that reads nothing",
+        || async { health(worker.addr()).await["delivery"]["hung_up"] == 1 },
+    )
+    .await;
+    loop {
+        match slow.next().await {
+            Next::Block(block) if block.event() == Some("close") => {
+                panic!("the close event got through to a client that read nothing: {block:?}")
+            }
+            Next::Block(_) => {}
+            Next::End => panic!("the stream ended cleanly: it was to be cut"),
+            Next::Cut(_) => break,
+        }
+    }
+    assert_eq!(health(worker.addr()).await["connections"], 0);
+}
+
 /// The status of a WebSocket upgrade with these headers (101 when it succeeded).
 async fn upgrade_status(addr: std::net::SocketAddr, headers: &[(&'static str, &str)]) -> u16 {
     let mut request = format!("ws://{addr}/ws/performance")

@@ -14,11 +14,13 @@ use std::io;
 use std::time::Duration;
 
 use axum::Router;
+use fanout_ws::HangUp;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,7 +56,14 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         tune(&tcp);
-        let service = TowerToHyperService::new(app.clone());
+        let hang_up = HangUp::new();
+        let request_hang_up = hang_up.clone();
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(request_hang_up.clone());
+                request
+            },
+        ));
         let connection = http
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
@@ -63,6 +72,9 @@ pub(crate) async fn serve(
             tokio::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
+                // A response asked for its connection to be closed (an SSE stream whose client
+                // reads nothing): dropping the connection closes the socket.
+                () = hang_up.requested() => Ok(()),
                 () = stopping.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     match tokio::time::timeout(grace, connection).await {

@@ -152,6 +152,11 @@ impl WorkerReport for WorkerStatus {
             ConstCounter::new(stats.conflation_overflow),
         );
         registry.register(
+            "sse_hung_up",
+            "SSE connections closed because the client read nothing of its stream's end for the client timeout",
+            ConstCounter::new(stats.hung_up),
+        );
+        registry.register(
             "internal_errors",
             "Messages whose hand-over to the clients failed on a bug (contained; please report)",
             ConstCounter::new(stats.internal_errors),

@@ -54,6 +54,9 @@ pub struct DeliveryStats {
     /// Messages whose hand-over to the clients failed on a bug (contained: the bus listener goes
     /// on); anything but 0 is worth a bug report.
     pub internal_errors: u64,
+    /// SSE responses cut after their stream ended because the client read nothing of the rest
+    /// for the client timeout: their connection was closed, so that it holds nothing.
+    pub hung_up: u64,
 }
 
 /// Publication-to-fan-out times beyond this (a minute) are not observed: they are replays or
@@ -78,6 +81,7 @@ pub(crate) struct ClientRegistry {
     delivered: AtomicU64,
     dropped_metrics: AtomicU64,
     slow_consumers_closed: AtomicU64,
+    hung_up: AtomicU64,
     /// Conflated series not kept because a group already had the most pending.
     conflation_overflow: AtomicU64,
     /// Messages whose fan-out panicked (a bug), contained so that the bus listener goes on.
@@ -186,6 +190,7 @@ impl ClientRegistry {
             delivered: AtomicU64::new(0),
             dropped_metrics: AtomicU64::new(0),
             slow_consumers_closed: AtomicU64::new(0),
+            hung_up: AtomicU64::new(0),
             conflation_overflow: AtomicU64::new(0),
             internal_errors: AtomicU64::new(0),
             latest: Mutex::new(LatestMetrics::default()),
@@ -511,6 +516,11 @@ impl ClientRegistry {
         }
     }
 
+    /// One more SSE response was cut (see [`DeliveryStats::hung_up`]).
+    pub(crate) fn count_hang_up(&self) {
+        self.hung_up.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn stats(&self) -> DeliveryStats {
         let (connections, groups) = {
             let clients = self.lock();
@@ -525,6 +535,7 @@ impl ClientRegistry {
             slow_consumers_closed: self.slow_consumers_closed.load(Ordering::Relaxed),
             conflation_overflow: self.conflation_overflow.load(Ordering::Relaxed),
             internal_errors: self.internal_errors.load(Ordering::Relaxed),
+            hung_up: self.hung_up.load(Ordering::Relaxed),
         }
     }
 

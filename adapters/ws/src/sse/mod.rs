@@ -26,9 +26,10 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use crate::admission::{Admitted, ResumeFrom, UpgradeRequest, LAST_EVENT_ID};
-use crate::{bearer_token, client, ConnectParams, ConnectionManager};
+use crate::{bearer_token, client, ConnectParams, ConnectionManager, HangUp};
 
 pub(crate) use pipe::{Departure, EventPipe};
 
@@ -40,6 +41,7 @@ const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering")
 pub(crate) async fn stream(
     State(manager): State<Arc<ConnectionManager>>,
     RawQuery(query): RawQuery,
+    hang_up: Option<Extension<HangUp>>,
     headers: HeaderMap,
 ) -> Response {
     let params = match ConnectParams::parse(query.as_deref()) {
@@ -86,7 +88,23 @@ pub(crate) async fn stream(
         first,
         slot,
     });
-    tokio::spawn(client::serve_events(manager, pipe, departure, start));
+    let lingering = body.lingering();
+    tokio::spawn(async move {
+        client::serve_events(Arc::clone(&manager), pipe, departure, start).await;
+        // The stream is over on this side; the body ends once the client has read the rest. One
+        // that reads nothing of it within the client timeout is hung up on.
+        let linger = manager.limits().client_timeout;
+        if let Some(Extension(hang_up)) = hang_up {
+            if tokio::time::timeout(linger, lingering.gone())
+                .await
+                .is_err()
+            {
+                manager.registry().count_hang_up();
+                tracing::debug!("an SSE client read nothing of its stream's end: hung up");
+                hang_up.hang_up();
+            }
+        }
+    });
     (
         StatusCode::OK,
         [

@@ -197,6 +197,29 @@ impl Drop for EventPipe {
     }
 }
 
+/// The end of the body, watched once the connection's task is over.
+pub(crate) struct Lingering(Arc<Shared>);
+
+impl Lingering {
+    /// Resolves once hyper dropped the body: the client read the rest, or left.
+    pub(crate) async fn gone(&self) {
+        loop {
+            let gone = self.0.gone.notified();
+            if self.0.lock().body_gone {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+impl EventBody {
+    /// What watches this body's end.
+    pub(crate) fn lingering(&self) -> Lingering {
+        Lingering(Arc::clone(&self.0))
+    }
+}
+
 /// The reading end: the body of the `200 text/event-stream` response.
 pub(crate) struct EventBody(Arc<Shared>);
 
