@@ -8,14 +8,13 @@ mod harness;
 
 use fanout_app::RunningWorker;
 use harness::client::Ended;
+use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
 use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 
@@ -50,26 +49,6 @@ async fn worker(args: &[&str]) -> RunningWorker {
 
 /// The flags that turn authentication on.
 const WITH_AUTH: &[&str] = &["--auth-secret", SECRET];
-
-/// The HTTP status of a WebSocket upgrade attempt (101 when it succeeded).
-async fn upgrade_status(
-    addr: std::net::SocketAddr,
-    query: &str,
-    headers: &[(&'static str, &str)],
-) -> u16 {
-    let mut request = format!("ws://{addr}/ws/performance{query}")
-        .into_client_request()
-        .unwrap_or_else(|e| panic!("{e}"));
-    for (name, value) in headers {
-        let value = HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"));
-        request.headers_mut().insert(*name, value);
-    }
-    match within("upgrade", tokio_tungstenite::connect_async(request)).await {
-        Ok(_) => 101,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("upgrade failed without an HTTP status: {other}"),
-    }
-}
 
 async fn post(
     addr: std::net::SocketAddr,

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use fanout_client::{ConnectOptions, Subscription};
 use fanout_domain::Severity;
 use harness::http::{health, publish};
+use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
 use harness::sse::{get, Block, Next, SseClient};
 use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 
@@ -352,22 +351,6 @@ async fn a_given_up_client_that_reads_nothing_is_hung_up_on_after_the_client_tim
     assert_eq!(health(worker.addr()).await["connections"], 0);
 }
 
-/// The status of a WebSocket upgrade with these headers (101 when it succeeded).
-async fn upgrade_status(addr: std::net::SocketAddr, headers: &[(&'static str, &str)]) -> u16 {
-    let mut request = format!("ws://{addr}/ws/performance")
-        .into_client_request()
-        .unwrap_or_else(|e| panic!("{e}"));
-    for (name, value) in headers {
-        let value = HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"));
-        request.headers_mut().insert(*name, value);
-    }
-    match within("upgrade", tokio_tungstenite::connect_async(request)).await {
-        Ok(_) => 101,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("upgrade failed without an HTTP status: {other}"),
-    }
-}
-
 /// The status and JSON body of a refused `GET /sse/performance`.
 async fn refusal(
     addr: std::net::SocketAddr,
@@ -447,7 +430,7 @@ async fn refusals_come_before_the_stream_and_an_sse_client_holds_a_connection_sl
     let (status, body) = refusal(a.addr(), "", &[("authorization", &bearer)]).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
-        upgrade_status(a.addr(), &[("authorization", &bearer)]).await,
+        upgrade_status(a.addr(), "", &[("authorization", &bearer)]).await,
         503,
         "one cap for both transports"
     );

@@ -23,13 +23,14 @@ use fanout_domain::Severity;
 use futures_util::StreamExt;
 use harness::client::position;
 use harness::http::publish;
+use harness::raw;
 use harness::redis::RedisServer;
 use harness::{start_worker, within, Client, On, Process};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 fn metric(name: &str, value: f64, labels: Value) -> Value {
     json!({"name": name, "value": value, "labels": labels})
@@ -169,23 +170,6 @@ async fn next_literal(socket: &mut Socket) -> Value {
             Some(Ok(_)) => continue,
             other => panic!("the connection ended: {other:?}"),
         }
-    }
-}
-
-/// The status and JSON body a worker refuses the upgrade `?query` with.
-async fn refusal(addr: SocketAddr, query: &str) -> (u16, Value) {
-    let url = format!("ws://{addr}/ws/performance?{query}");
-    match within("upgrade", tokio_tungstenite::connect_async(url)).await {
-        Ok(_) => panic!("the worker upgraded ?{query}"),
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|body| serde_json::from_slice(body).ok())
-                .unwrap_or(Value::Null);
-            (response.status().as_u16(), body)
-        }
-        Err(other) => panic!("?{query}: no HTTP answer: {other}"),
     }
 }
 
@@ -823,7 +807,7 @@ async fn every_malformed_selector_is_answered_with_its_field() {
         ("interval=61s", "interval"),
         ("metrics=api.*&interval=1m", "interval"),
     ] {
-        let (status, body) = refusal(strict.addr, query).await;
+        let (status, body) = raw::upgrade(strict.addr, &format!("?{query}"), &[]).await;
         assert_eq!(status, 400, "?{query}: {body}");
         assert_eq!(body["field"], field, "?{query}: {body}");
         assert!(

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 pub mod sentinel;
 pub mod sse;
