@@ -1,9 +1,11 @@
-//! The dashboard in a real headless Chromium (Debian's chromium + chromedriver, driven over
-//! WebDriver): served by worker A, fed by messages published through worker B, through a real
-//! Redis; then Redis restarts and the page shows it and recovers. And its filter box: applied
-//! through the form, kept over a reload and a reconnect, refused filters shown at their field.
-//!
-//! Over 400 lines on purpose: one browser session's scenarios and the WebDriver helpers they share.
+//! The dashboard and `/fanout.js` in a real headless Chromium (Debian's chromium + chromedriver,
+//! driven over WebDriver). The dashboard served by worker A, fed by messages published through
+//! worker B, through a real Redis: two workers' series overlaid in one chart with a legend,
+//! axes and humanized values read from the DOM; then Redis restarts and the page shows it and
+//! recovers. Its filter box: applied through the form, kept over a reload and a reconnect,
+//! refused filters shown at their field. Its pause, its alert severity filter and a phone-wide
+//! window. And a user's own page, on another origin, importing `/fanout.js`: metrics, alerts and
+//! a resume after a disconnect (over WebSocket; the SSE variant waits for `/sse/performance`).
 
 mod harness;
 
@@ -164,6 +166,45 @@ async fn publish_then_marker(
     .await;
 }
 
+/// The text of the first element `css` selects.
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The text content of every element `css` selects (SVG text included, visible or not).
+async fn texts_of(browser: &Browser, css: &str) -> Vec<String> {
+    let texts = browser
+        .execute(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_value(texts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `19.8 MiB`, `512 B`: a number and a byte unit scaled to it.
+fn is_bytes(text: &str) -> bool {
+    text.split_once(' ').is_some_and(|(number, unit)| {
+        number.parse::<f64>().is_ok() && ["B", "KiB", "MiB", "GiB", "TiB"].contains(&unit)
+    })
+}
+
+/// `19:58:30` or `19:58`: a time of day.
+fn is_clock(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|part| part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn chart(metric: &str) -> String {
     format!(r#".chart[data-metric="{metric}"]"#)
 }
@@ -246,7 +287,7 @@ async fn the_dashboard_filter_subscribes_is_kept_and_shows_refusals_at_their_fie
 
     // A reconnect asks for the accepted filter in the WebSocket URL.
     browser
-        .execute("socket.close();", vec![])
+        .execute("dashboard.client.reconnect();", vec![])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let page = &browser;
@@ -254,7 +295,10 @@ async fn the_dashboard_filter_subscribes_is_kept_and_shows_refusals_at_their_fie
         "the page reconnects with the filter in its WebSocket URL",
         move || async move {
             let url = page
-                .execute("return socketOpen && greeted ? socket.url : null;", vec![])
+                .execute(
+                    "const c = dashboard.client; return c.state === 'live' ? c.url : null;",
+                    vec![],
+                )
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             url.as_str()
@@ -399,10 +443,17 @@ async fn the_dashboard_shows_what_other_workers_publish_and_survives_a_redis_res
     .await;
     wait_for(
         &browser,
-        "the metric's chart",
-        Locator::Css(r#".chart[data-metric="ui.checkout_latency_ms"][data-source="worker-b"]"#),
+        "the metric's chart, worker B's series in its legend",
+        Locator::Css(
+            r#".chart[data-metric="ui.checkout_latency_ms"] .legend li[data-source="worker-b"]"#,
+        ),
     )
     .await;
+    assert_eq!(
+        text_of(&browser, &(chart("ui.checkout_latency_ms") + " .value")).await,
+        "87.5 ms",
+        "the latest value, humanized"
+    );
     wait_for(&browser, "the alert", Locator::XPath("//ul[@id='alerts']/li[contains(@class,'critical')][contains(., 'Checkout latency above SLO')]")).await;
     // Both workers' monitors report their clients.
     wait_for(
@@ -417,6 +468,73 @@ async fn the_dashboard_shows_what_other_workers_publish_and_survives_a_redis_res
         Locator::Css(r#"#workers tr[data-worker="worker-b"]"#),
     )
     .await;
+
+    // Both workers' memory in one chart: two series, a legend, axes with humanized labels.
+    let rss = chart("process.rss_bytes");
+    wait_for(
+        &browser,
+        "worker A's series in the memory chart",
+        Locator::Css(&format!(r#"{rss} .legend li[data-source="worker-a"]"#)),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "worker B's series in the same chart",
+        Locator::Css(&format!(r#"{rss} .legend li[data-source="worker-b"]"#)),
+    )
+    .await;
+    assert_eq!(
+        browser
+            .find_all(Locator::Css(&rss))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len(),
+        1,
+        "the two workers' process.rss_bytes are overlaid in one chart"
+    );
+    for legend in texts_of(&browser, &format!("{rss} .legend .legend-value")).await {
+        assert!(
+            is_bytes(&legend),
+            "a raw or unscaled byte value in the legend: {legend:?}"
+        );
+    }
+    let y_labels = texts_of(&browser, &format!("{rss} svg .y-axis text")).await;
+    assert!(y_labels.len() >= 2, "the value scale has {y_labels:?}");
+    for label in &y_labels {
+        assert!(
+            is_bytes(label),
+            "a y-axis label that is not humanized bytes: {label:?}"
+        );
+    }
+    let x_labels = texts_of(&browser, &format!("{rss} svg .x-axis text")).await;
+    assert!(x_labels.len() >= 2, "the time axis has {x_labels:?}");
+    for label in &x_labels {
+        assert!(
+            is_clock(label),
+            "a time-axis label that is not a time of day: {label:?}"
+        );
+    }
+    assert!(
+        browser
+            .find_all(Locator::Css(&format!("{rss} svg line.grid")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len()
+            >= y_labels.len() + x_labels.len(),
+        "a gridline per tick"
+    );
+    let rates = texts_of(
+        &browser,
+        &(chart("fanout.delivered_per_second") + " svg .y-axis text"),
+    )
+    .await;
+    assert!(
+        !rates.is_empty()
+            && rates
+                .iter()
+                .all(|label| label.ends_with("/s") && !label.contains(" 1/s")),
+        "rate labels: {rates:?}"
+    );
 
     redis.stop().await;
     wait_for(
@@ -444,9 +562,332 @@ async fn the_dashboard_shows_what_other_workers_publish_and_survives_a_redis_res
         Locator::XPath("//ul[@id='alerts']/li[contains(., 'Back after the restart')]"),
     )
     .await;
-    // The README's screenshot: the page after the whole scenario.
-    let screenshot = browser.screenshot().await.unwrap_or_else(|e| panic!("{e}"));
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png");
-    std::fs::write(path, &screenshot).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
     browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs `script` in the page and returns its value.
+async fn run(browser: &Browser, script: &str) -> serde_json::Value {
+    browser
+        .execute(script, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("`{script}` failed: {e}"))
+}
+
+#[tokio::test]
+async fn the_dashboard_pauses_filters_alerts_by_severity_and_fits_a_phone() {
+    let worker =
+        start_worker::<Process>("worker-p", On::OwnMemory, &["--metrics-interval", "1s"]).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{}/", worker.addr))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(&browser, "the live state", Locator::Css("#status.live")).await;
+
+    // The severity filter hides the critical alert and keeps the info one.
+    for (severity, message) in [("critical", "Disk full"), ("info", "Deploy done")] {
+        publish(
+            worker.addr,
+            "/api/alerts",
+            &json!({ "severity": severity, "message": message }),
+        )
+        .await;
+    }
+    let critical = "//ul[@id='alerts']/li[contains(@class,'critical')][contains(., 'Disk full')]";
+    let info = "//ul[@id='alerts']/li[contains(@class,'info')][contains(., 'Deploy done')]";
+    wait_for(&browser, "the critical alert", Locator::XPath(critical)).await;
+    wait_for(&browser, "the info alert", Locator::XPath(info)).await;
+    click(&browser, r#"#alert-severities input[value="critical"]"#).await;
+    let shown = |xpath: &'static str| {
+        let page = &browser;
+        async move {
+            page.find(Locator::XPath(xpath))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_displayed()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    assert!(
+        !shown(critical).await,
+        "the critical alert is shown with critical unticked"
+    );
+    assert!(
+        shown(info).await,
+        "the info alert is hidden with only critical unticked"
+    );
+    click(&browser, r#"#alert-severities input[value="critical"]"#).await;
+    assert!(
+        shown(critical).await,
+        "the critical alert stays hidden once ticked again"
+    );
+
+    // Paused: a new metric reaches the page but is not charted until the view resumes.
+    click(&browser, "#pause").await;
+    wait_for(
+        &browser,
+        "the paused state",
+        Locator::Css(r#"#pause[aria-pressed="true"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "paused.metric", "value": 5.0, "unit": "ms" }),
+    )
+    .await;
+    let page = &browser;
+    wait_until(
+        "the paused page receives paused.metric",
+        move || async move {
+            run(page, "return dashboard.knows('paused.metric');").await == json!(true)
+        },
+    )
+    .await;
+    // Two redraw ticks pass: a view that did not freeze would have charted it by then.
+    let ticks = run(&browser, "return dashboard.ticks();")
+        .await
+        .as_u64()
+        .unwrap_or(0);
+    wait_until("two redraw ticks pass", move || async move {
+        run(page, "return dashboard.ticks();")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            >= ticks + 2
+    })
+    .await;
+    assert!(
+        browser
+            .find_all(Locator::Css(&chart("paused.metric")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty(),
+        "the paused view charted a metric"
+    );
+    click(&browser, "#pause").await;
+    wait_for(
+        &browser,
+        "paused.metric after resuming",
+        Locator::Css(&chart("paused.metric")),
+    )
+    .await;
+
+    // A phone-wide window: no horizontal scroll, the charts in one column.
+    browser
+        .set_window_size(390, 844)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the window is phone-wide", move || async move {
+        run(page, "return window.innerWidth;")
+            .await
+            .as_u64()
+            .is_some_and(|width| width <= 400)
+    })
+    .await;
+    wait_for(
+        &browser,
+        "host.cpu_percent",
+        Locator::Css(&chart("host.cpu_percent")),
+    )
+    .await;
+    let layout = run(
+        &browser,
+        "const d = document.documentElement; \
+         const boxes = [...document.querySelectorAll('#charts .chart')].map(c => c.getBoundingClientRect()); \
+         return { scroll: d.scrollWidth, width: d.clientWidth, lefts: [...new Set(boxes.map(b => Math.round(b.left)))], \
+                  widest: Math.max(...[...document.querySelectorAll('body *')].map(e => e.getBoundingClientRect().right)) };",
+    )
+    .await;
+    assert!(
+        layout["scroll"].as_f64() <= layout["width"].as_f64(),
+        "the page scrolls sideways on a phone: {layout}"
+    );
+    assert!(
+        layout["widest"].as_f64().unwrap_or(f64::MAX)
+            <= layout["width"].as_f64().unwrap_or(0.0) + 1.0,
+        "an element sticks out of a phone-wide page: {layout}"
+    );
+    assert_eq!(
+        layout["lefts"].as_array().map(Vec::len),
+        Some(1),
+        "the charts are not stacked in one column: {layout}"
+    );
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Serves `page` as the answer to every request on a port of 127.0.0.1: a user's own site, on
+/// another origin than the worker's.
+async fn serve_page(page: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                // The request itself does not matter: read its head, answer, close.
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A user's page: imports the worker's `/fanout.js` and lists what it receives; `window.client`
+/// is the session, `window.resumes` the `resume` and `incomplete` events.
+fn user_page(worker: std::net::SocketAddr, options: &str) -> String {
+    format!(
+        r#"<!doctype html><meta charset="utf-8"><title>my page</title><ul id="log"></ul>
+<script type="module">
+import {{ connect }} from "http://{worker}/fanout.js";
+const log = (kind, text) => {{ const li = document.createElement("li"); li.className = kind; li.textContent = text; document.getElementById("log").append(li); }};
+window.resumes = [];
+const client = window.client = connect({options});
+client.on("state", (s) => {{ document.body.dataset.state = s.state; document.body.dataset.transport = s.transport; }});
+client.on("metrics", (frame) => frame.data.forEach((m) => log("metric", m.name + "=" + m.value)));
+client.on("alert", (frame) => log("alert", frame.data.severity + ": " + frame.data.message));
+client.on("resume", (frame) => window.resumes.push(frame));
+client.on("incomplete", (frame) => window.resumes.push({{ incomplete: true }}));
+</script>"#
+    )
+}
+
+/// A user's page receives metrics and an alert through `/fanout.js` on `transport`, and after a
+/// disconnect resumes with the alert published meanwhile; a session started from another log's
+/// epoch reports the resume incomplete.
+async fn a_user_page_receives_and_resumes(transport: &str) {
+    let worker = start_worker::<Process>("worker-u", On::OwnMemory, &[]).await;
+    let site = serve_page(user_page(
+        worker.addr,
+        &format!(
+            r#"{{ url: "http://{}", transport: "{transport}" }}"#,
+            worker.addr
+        ),
+    ))
+    .await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session",
+        Locator::Css(r#"body[data-state="live"]"#),
+    )
+    .await;
+    assert_eq!(
+        run(&browser, "return document.body.dataset.transport;").await,
+        json!(transport)
+    );
+
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "shop.orders", "value": 7.0 }),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "warning", "message": "Orders are slow" }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the metric on the user's page",
+        Locator::XPath("//li[@class='metric'][. = 'shop.orders=7']"),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the alert on the user's page",
+        Locator::XPath("//li[@class='alert'][. = 'warning: Orders are slow']"),
+    )
+    .await;
+
+    // Closed, an alert is published, reconnected: it comes back through the resume.
+    run(&browser, "client.close();").await;
+    wait_for(
+        &browser,
+        "the closed state",
+        Locator::Css(r#"body[data-state="closed"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "critical", "message": "While you were away" }),
+    )
+    .await;
+    run(&browser, "client.reconnect();").await;
+    wait_for(
+        &browser,
+        "the alert missed while disconnected",
+        Locator::XPath("//li[@class='alert'][. = 'critical: While you were away']"),
+    )
+    .await;
+    let resumes = run(&browser, "return window.resumes;").await;
+    assert_eq!(resumes[0]["replayed"], json!(1), "resume frames: {resumes}");
+    assert_eq!(
+        resumes[0]["complete"],
+        json!(true),
+        "resume frames: {resumes}"
+    );
+    assert_eq!(
+        run(
+            &browser,
+            "return document.querySelectorAll('li.alert').length;"
+        )
+        .await,
+        json!(2),
+        "an alert was shown twice or lost"
+    );
+
+    // Resuming from another log's epoch: the page is told alerts may be missing.
+    run(
+        &browser,
+        "window.resumes = []; \
+         import(new URL('/fanout.js', client.base).href).then(({ connect }) => { \
+           const other = connect({ url: client.base.href, transport: client.options.transport, \
+             resume: { id: client.lastAlert.id, epoch: '0000000000000000' } }); \
+           other.on('incomplete', (frame) => window.resumes.push({ incomplete: true, complete: frame.complete })); });",
+    )
+    .await;
+    let page = &browser;
+    wait_until("the incomplete resume is reported", move || async move {
+        run(page, "return window.resumes;").await
+            == json!([{ "incomplete": true, "complete": false }])
+    })
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_websocket() {
+    a_user_page_receives_and_resumes("websocket").await;
+}
+
+#[tokio::test]
+#[ignore = "needs GET /sse/performance (being built on another branch): enable once it is on main"]
+async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_sse() {
+    a_user_page_receives_and_resumes("sse").await;
 }
