@@ -189,10 +189,12 @@ async fn texts_of(browser: &Browser, css: &str) -> Vec<String> {
     serde_json::from_value(texts).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `19.8 MiB`, `512 B`: a number and a byte unit scaled to it.
+/// `19.8 MiB`, `512 B`: a number and a byte unit scaled to it (below 1024 of it: `20795392 B`
+/// is not humanized).
 fn is_bytes(text: &str) -> bool {
     text.split_once(' ').is_some_and(|(number, unit)| {
-        number.parse::<f64>().is_ok() && ["B", "KiB", "MiB", "GiB", "TiB"].contains(&unit)
+        number.parse::<f64>().is_ok_and(|n| n.abs() < 1024.0)
+            && ["B", "KiB", "MiB", "GiB", "TiB"].contains(&unit)
     })
 }
 
