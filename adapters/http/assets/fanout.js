@@ -335,7 +335,7 @@ export class FanoutClient {
   }
 
   _openSse() {
-    const pending = this._outbox.findIndex((request) => request.id === "default");
+    const pending = this._outbox.findIndex((request) => request.kind === "subscribe" && request.id === "default");
     const request = pending >= 0 ? this._outbox.splice(pending, 1)[0] : null;
     if (request) this._inflight.push(request);
     this.url = this._endpoint("/sse/performance", request ? request.selector : this._accepted.get("default"));
