@@ -2,8 +2,8 @@
 //! another origin: it imports the module across origins, receives metrics and alerts, reconnects
 //! by itself after its connection is cut (through the harness's TCP proxy) and resumes the alert
 //! published meanwhile, resumes after `close()` and `reconnect()`, and reports a resume from
-//! another log's epoch as incomplete. Over WebSocket; the same scenario over SSE waits for
-//! `/sse/performance`.
+//! another log's epoch as incomplete; and passes its token to a worker with authentication.
+//! Over WebSocket; the same scenario over SSE waits for `/sse/performance`.
 
 mod harness;
 
@@ -254,4 +254,67 @@ async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_websoc
 #[ignore = "needs GET /sse/performance (being built on another branch): enable once it is on main"]
 async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_sse() {
     a_user_page_receives_and_resumes("sse", PageOrigin::Worker).await;
+}
+
+const SECRET: &str = "a-secret-for-the-browser-test-of-32b";
+
+fn token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn in_ten_minutes() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 600)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
+    let worker =
+        start_worker::<Process>("worker-t", On::OwnMemory, &["--auth-secret", SECRET]).await;
+    let reader = token(json!({ "sub": "my-page", "exp": in_ten_minutes() }));
+    // The token as a function: called at every connect, so a page can hand out a fresh one.
+    let page = user_page(
+        worker.addr,
+        &format!(
+            r#"{{ url: "http://{}", transport: "websocket", token: () => "{reader}" }}"#,
+            worker.addr
+        ),
+    );
+    let site = serve_page(page).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session with the token",
+        Locator::Css(r#"body[data-state="live"]"#),
+    )
+    .await;
+    let publisher = token(json!({ "sub": "test", "publish": true, "exp": in_ten_minutes() }));
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/api/metrics", worker.addr))
+        .bearer_auth(publisher)
+        .json(&json!({ "name": "secure.metric", "value": 1.0 }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    wait_for(
+        &browser,
+        "the metric on the page with a token",
+        Locator::XPath("//li[@class='metric'][. = 'secure.metric=1']"),
+    )
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
 }
