@@ -4,8 +4,8 @@
 //! messages published through worker B, through a real Redis: the two workers' series overlaid
 //! in one chart with a legend, the axes and humanized values read from the DOM; then Redis
 //! restarts and the page shows it and recovers. Its filter box: applied through the form, kept
-//! over a reload and a reconnect, refused filters shown at their field (over WebSocket; the SSE
-//! run waits for `/sse/performance`). Its pause, its alert severity filter and a phone-wide
+//! over a reload and a reconnect, refused filters shown at their field (over WebSocket, and over
+//! SSE, where each change reopens the stream). Its pause, its alert severity filter and a phone-wide
 //! window. docs/dashboard.png is not taken here (scripts/screenshot takes it).
 
 mod harness;
@@ -128,7 +128,6 @@ async fn the_dashboard_filter_subscribes_is_kept_and_shows_refusals_at_their_fie
 }
 
 #[tokio::test]
-#[ignore = "needs GET /sse/performance (being built on another branch): enable once it is on main"]
 async fn the_dashboard_filter_over_sse_reopens_the_stream_and_shows_refusals() {
     dashboard_filter("sse").await;
 }

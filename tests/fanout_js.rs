@@ -3,7 +3,8 @@
 //! by itself after its connection is cut (through the harness's TCP proxy) and resumes the alert
 //! published meanwhile, resumes after `close()` and `reconnect()`, and reports a resume from
 //! another log's epoch as incomplete; and passes its token to a worker with authentication.
-//! Over WebSocket; the same scenario over SSE waits for `/sse/performance`.
+//! Over WebSocket from another origin, over SSE from the worker's (the SSE endpoint sends no CORS
+//! headers), and in a page without WebSocket, where `transport: "auto"` falls back to SSE.
 
 mod harness;
 
@@ -74,18 +75,20 @@ enum PageOrigin {
     /// The worker's origin (written into a page the worker served): what fanout.js's SSE
     /// transport needs, since the SSE contract has no CORS headers.
     Worker,
+    /// The worker's origin, in a page without WebSocket (`window.WebSocket` removed first).
+    WorkerWithoutWebSocket,
 }
 
 /// A user's page receives metrics and an alert through `/fanout.js` on `transport`, and after a
 /// disconnect resumes with the alert published meanwhile; a session started from another log's
 /// epoch reports the resume incomplete.
-async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin) {
+async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin, expected: &str) {
     let worker = start_worker::<Process>("worker-u", On::OwnMemory, &[]).await;
     // From its own site the page reaches the worker through a proxy the test can cut; on the
     // worker's origin it connects straight to it (another port would be another origin).
     let proxy = match origin {
         PageOrigin::OwnSite => Some(Proxy::start(worker.addr).await),
-        PageOrigin::Worker => None,
+        PageOrigin::Worker | PageOrigin::WorkerWithoutWebSocket => None,
     };
     let session_addr = proxy.as_ref().map_or(worker.addr, |proxy| proxy.addr);
     let page = user_page(
@@ -102,15 +105,19 @@ async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin) {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        PageOrigin::Worker => {
+        PageOrigin::Worker | PageOrigin::WorkerWithoutWebSocket => {
             browser
                 .goto(&format!("http://{}/healthz", worker.addr))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             browser
                 .execute(
-                    "document.open(); document.write(arguments[0]); document.close();",
-                    vec![json!(page)],
+                    "if (arguments[1]) window.WebSocket = undefined; \
+                     document.open(); document.write(arguments[0]); document.close();",
+                    vec![
+                        json!(page),
+                        json!(matches!(origin, PageOrigin::WorkerWithoutWebSocket)),
+                    ],
                 )
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -124,7 +131,7 @@ async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin) {
     .await;
     assert_eq!(
         run(&browser, "return document.body.dataset.transport;").await,
-        json!(transport)
+        json!(expected)
     );
 
     publish(
@@ -247,13 +254,17 @@ async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin) {
 
 #[tokio::test]
 async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_websocket() {
-    a_user_page_receives_and_resumes("websocket", PageOrigin::OwnSite).await;
+    a_user_page_receives_and_resumes("websocket", PageOrigin::OwnSite, "websocket").await;
 }
 
 #[tokio::test]
-#[ignore = "needs GET /sse/performance (being built on another branch): enable once it is on main"]
 async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_sse() {
-    a_user_page_receives_and_resumes("sse", PageOrigin::Worker).await;
+    a_user_page_receives_and_resumes("sse", PageOrigin::Worker, "sse").await;
+}
+
+#[tokio::test]
+async fn a_user_page_without_websocket_falls_back_to_sse_by_itself() {
+    a_user_page_receives_and_resumes("auto", PageOrigin::WorkerWithoutWebSocket, "sse").await;
 }
 
 const SECRET: &str = "a-secret-for-the-browser-test-of-32b";

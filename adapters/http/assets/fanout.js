@@ -89,8 +89,9 @@ export class FanoutClient {
     this._connection = null;           // {kind, stop()} of the current attempt
     this._timer = null;
     this._stopped = false;
-    // Handlers attached right after connect() see the first `connecting`.
-    queueMicrotask(() => this._open());
+    // Handlers attached right after connect() see the first `connecting`. A subscribe("default")
+    // over SSE made before then has opened the stream already (with its query): not twice.
+    queueMicrotask(() => { if (!this._connection) this._open(); });
   }
 
   /** Calls `handler(event)` for every event of `type`; returns the function that stops it. */
@@ -215,6 +216,9 @@ export class FanoutClient {
 
   _open() {
     if (this._stopped) return;
+    // One attempt at a time: a connection still open is dropped (its unanswered requests go
+    // back to the outbox) before the next one starts.
+    if (this._connection) this._drop();
     clearTimeout(this._timer);
     this._greeted = false;
     this._setState(this.state === "connecting" ? "connecting" : "reconnecting");
@@ -325,9 +329,12 @@ export class FanoutClient {
     this._open();
   }
 
+  /** `hello` on an SSE stream: the change of `default` it was opened for (if any) is now in effect. */
   _sseGreeted() {
-    const request = this._inflight.shift();
+    const request = this._connection && this._connection.request;
     if (!request) return;
+    this._connection.request = null;
+    this._inflight = this._inflight.filter((waiting) => waiting !== request);
     this._accepted.set("default", request.selector);
     const frame = { type: "subscribed", id: "default" };
     this._emit("subscribed", frame);
@@ -341,7 +348,8 @@ export class FanoutClient {
     this.url = this._endpoint("/sse/performance", request ? request.selector : this._accepted.get("default"));
     const abort = new AbortController();
     let idle = null;
-    const connection = { kind: "sse", socket: null, stop: () => { clearTimeout(idle); abort.abort(); } };
+    // `request`: the change of `default` this stream was opened with, settled by its `hello`.
+    const connection = { kind: "sse", socket: null, request, stop: () => { clearTimeout(idle); abort.abort(); } };
     this._connection = connection;
     const current = () => this._connection === connection;
     const watchIdle = () => { clearTimeout(idle); idle = setTimeout(() => abort.abort(), this.options.sseIdleTimeoutMs); };
