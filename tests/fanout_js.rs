@@ -329,3 +329,82 @@ async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
     .await;
     browser.close().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Makes every WebSocket of the page ask for a path that is no upgrade (404) while
+/// `window.blockUpgrades` is true: an upgrade that keeps failing, as behind a proxy that refuses it.
+const BLOCK_UPGRADES: &str = "const Real = window.WebSocket; window.blockUpgrades = true; \
+    window.WebSocket = class extends Real { constructor(url, protocols) { \
+      super(window.blockUpgrades ? url.replace('/ws/performance', '/no-upgrade-here') : url, protocols); } };";
+
+#[tokio::test]
+async fn a_user_page_whose_upgrades_keep_failing_falls_back_to_sse_and_back() {
+    let worker = start_worker::<Process>("worker-b", On::OwnMemory, &[]).await;
+    let page = user_page(
+        worker.addr,
+        &format!(r#"{{ url: "http://{}", transport: "auto" }}"#, worker.addr),
+    );
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{}/healthz", worker.addr))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    browser
+        .execute(
+            &format!(
+                "{BLOCK_UPGRADES} document.open(); document.write(arguments[0]); document.close();"
+            ),
+            vec![json!(page)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session over SSE",
+        Locator::Css(r#"body[data-state="live"][data-transport="sse"]"#),
+    )
+    .await;
+    let delays = run(&browser, "return window.delays.length;").await;
+    assert!(
+        delays.as_u64() >= Some(3),
+        "SSE before three failed upgrades (delays: {delays})"
+    );
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "over.sse", "value": 1.0 }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a metric over SSE",
+        Locator::XPath("//li[@class='metric'][. = 'over.sse=1']"),
+    )
+    .await;
+
+    // Upgrades work again: a new session tries WebSocket first.
+    run(
+        &browser,
+        "window.blockUpgrades = false; client.reconnect();",
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a live session over WebSocket",
+        Locator::Css(r#"body[data-state="live"][data-transport="websocket"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "over.websocket", "value": 2.0 }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a metric over WebSocket",
+        Locator::XPath("//li[@class='metric'][. = 'over.websocket=2']"),
+    )
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}

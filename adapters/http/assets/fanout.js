@@ -122,10 +122,14 @@ export class FanoutClient {
     return this._request({ kind: "unsubscribe", id });
   }
 
-  /** Drops the current connection and connects again at once (also after `close()`). */
+  /**
+   * Drops the current connection and connects again at once (also after `close()`); with
+   * `transport: "auto"` the transport is chosen afresh (WebSocket first).
+   */
   reconnect() {
     this._stopped = false;
     this._failures = 0;
+    if (this.options.transport === "auto") { this.transport = this._firstTransport(); this._unopened = 0; }
     this._drop();
     this._open();
   }
@@ -354,11 +358,12 @@ export class FanoutClient {
     const current = () => this._connection === connection;
     const watchIdle = () => { clearTimeout(idle); idle = setTimeout(() => abort.abort(), this.options.sseIdleTimeoutMs); };
     watchIdle();
-    const ended = (opened) => {
+    const ended = () => {
       clearTimeout(idle);
       if (!current()) return;
-      // An SSE stream that never opened in "auto" mode: WebSocket is worth trying again.
-      if (!opened && this.options.transport === "auto" && typeof WebSocket !== "undefined") { this.transport = "websocket"; this._unopened = 0; }
+      // In "auto" mode every new session tries WebSocket first again (SSE was a fallback: the
+      // worker may have been down rather than the upgrade blocked).
+      if (this.options.transport === "auto" && typeof WebSocket !== "undefined") { this.transport = "websocket"; this._unopened = 0; }
       this._retry();
     };
     fetch(this.url, { headers: { accept: "text/event-stream" }, cache: "no-store", signal: abort.signal })
@@ -379,14 +384,14 @@ export class FanoutClient {
         const type = response.headers.get("content-type") || "";
         if (!response.ok || !type.startsWith("text/event-stream") || !response.body) {
           if (response.status !== 404 && response.status !== 405) this._emit("close", { code: response.status, reason: await response.text().catch(() => ""), transport: "sse" });
-          ended(false);
+          ended();
           return;
         }
         this._setState("open");
         await this._readEvents(response.body, watchIdle, current);
-        ended(true);
+        ended();
       })
-      .catch(() => ended(false));
+      .catch(() => ended());
   }
 
   /** Reads `text/event-stream` (the WHATWG event stream format) and hands each event on. */
