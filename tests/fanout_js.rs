@@ -4,7 +4,8 @@
 //! published meanwhile, resumes after `close()` and `reconnect()`, and reports a resume from
 //! another log's epoch as incomplete; and passes its token to a worker with authentication.
 //! Over WebSocket from another origin, over SSE from the worker's (the SSE endpoint sends no CORS
-//! headers), and in a page without WebSocket, where `transport: "auto"` falls back to SSE.
+//! headers), and in a page without WebSocket, where `transport: "auto"` falls back to SSE; in a
+//! page whose upgrades keep failing, to SSE and back to WebSocket once they work.
 
 mod harness;
 
