@@ -1,3 +1,5 @@
+// Over 400 lines on purpose: each scenario is one browser session told top to bottom, and the
+// user's site they share (page, server, tokens) belongs with them.
 //! `/fanout.js` in a real headless Chromium (harness/browser.rs), from a user's own page on
 //! another origin: it imports the module across origins, receives metrics and alerts, reconnects
 //! by itself after its connection is cut (through the harness's TCP proxy) and resumes the alert
