@@ -1,5 +1,6 @@
-//! The HTTP side of a worker: the dashboard (`GET /`), `POST /api/metrics`, `POST /api/alerts`,
-//! `POST /v1/metrics` (OTLP/HTTP, in [`otlp`]), `GET /healthz`, `GET /readyz` and `GET /metrics`.
+//! The HTTP side of a worker: the dashboard (`GET /`), its browser client library
+//! (`GET /fanout.js`), `POST /api/metrics`, `POST /api/alerts`, `POST /v1/metrics` (OTLP/HTTP, in
+//! [`otlp`]), `GET /healthz`, `GET /readyz` and `GET /metrics`.
 //!
 //! An inbound adapter: it decodes and checks requests, calls the domain's
 //! [`PerformanceService`], and maps its errors to status codes. Every refusal is a JSON body
@@ -81,6 +82,7 @@ pub fn router(
         .route("/api/alerts", post(publish_alert))
         .route("/v1/metrics", post(otlp::export_metrics))
         .route("/", get(dashboard))
+        .route("/fanout.js", get(client_library))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -231,6 +233,24 @@ async fn dashboard() -> Response {
     (
         [(header::CACHE_CONTROL, "no-cache")],
         axum::response::Html(DASHBOARD),
+    )
+        .into_response()
+}
+
+/// The browser client (docs/PROTOCOL.md, "fanout.js in the browser"): one ES module with no
+/// imports and no build step, which the dashboard and users' own pages load.
+const CLIENT_LIBRARY: &str = include_str!("../assets/fanout.js");
+
+async fn client_library() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // A module script from another origin is fetched in CORS mode: without this header a
+            // user's page elsewhere could not import it. The file is public and holds no secret.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        CLIENT_LIBRARY,
     )
         .into_response()
 }

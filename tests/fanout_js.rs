@@ -1,0 +1,413 @@
+// Over 400 lines on purpose: each scenario is one browser session told top to bottom, and the
+// user's site they share (page, server, tokens) belongs with them.
+//! `/fanout.js` in a real headless Chromium (harness/browser.rs), from a user's own page on
+//! another origin: it imports the module across origins, receives metrics and alerts, reconnects
+//! by itself after its connection is cut (through the harness's TCP proxy) and resumes the alert
+//! published meanwhile, resumes after `close()` and `reconnect()`, and reports a resume from
+//! another log's epoch as incomplete; and passes its token to a worker with authentication.
+//! Over WebSocket from another origin, over SSE from the worker's (the SSE endpoint sends no CORS
+//! headers), and in a page without WebSocket, where `transport: "auto"` falls back to SSE; in a
+//! page whose upgrades keep failing, to SSE and back to WebSocket once they work.
+
+mod harness;
+
+use fantoccini::Locator;
+use harness::browser::{browser, chromedriver, run, wait_for};
+use harness::http::publish;
+use harness::proxy::Proxy;
+use harness::{start_worker, wait_until, On, Process};
+use serde_json::json;
+
+/// Serves `page` as the answer to every request on a port of 127.0.0.1: a user's own site, on
+/// another origin than the worker's.
+async fn serve_page(page: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                // The request itself does not matter: read its head, answer, close.
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A user's page: imports the worker's `/fanout.js` and lists what it receives; `window.client`
+/// is the session, `window.resumes` the `resume` and `incomplete` events.
+fn user_page(worker: std::net::SocketAddr, options: &str) -> String {
+    format!(
+        r#"<!doctype html><meta charset="utf-8"><title>my page</title><ul id="log"></ul>
+<script type="module">
+import {{ connect }} from "http://{worker}/fanout.js";
+const log = (kind, text) => {{ const li = document.createElement("li"); li.className = kind; li.textContent = text; document.getElementById("log").append(li); }};
+window.resumes = [];
+const client = window.client = connect({options});
+window.delays = [];
+client.on("state", (s) => {{ document.body.dataset.state = s.state; document.body.dataset.transport = s.transport; if (s.delayMs !== undefined) window.delays.push(s.delayMs); }});
+client.on("metrics", (frame) => frame.data.forEach((m) => log("metric", m.name + "=" + m.value)));
+client.on("alert", (frame) => log("alert", frame.data.severity + ": " + frame.data.message));
+client.on("resume", (frame) => window.resumes.push(frame));
+client.on("incomplete", (frame) => window.resumes.push({{ incomplete: true }}));
+</script>"#
+    )
+}
+
+/// Where the user's page comes from.
+enum PageOrigin {
+    /// A site of its own (another port: another origin): `/fanout.js` is imported across
+    /// origins, which needs its CORS header.
+    OwnSite,
+    /// The worker's origin (written into a page the worker served): what fanout.js's SSE
+    /// transport needs, since the SSE contract has no CORS headers.
+    Worker,
+    /// The worker's origin, in a page without WebSocket (`window.WebSocket` removed first).
+    WorkerWithoutWebSocket,
+}
+
+/// A user's page receives metrics and an alert through `/fanout.js` on `transport`, and after a
+/// disconnect resumes with the alert published meanwhile; a session started from another log's
+/// epoch reports the resume incomplete.
+async fn a_user_page_receives_and_resumes(transport: &str, origin: PageOrigin, expected: &str) {
+    let worker = start_worker::<Process>("worker-u", On::OwnMemory, &[]).await;
+    // From its own site the page reaches the worker through a proxy the test can cut; on the
+    // worker's origin it connects straight to it (another port would be another origin).
+    let proxy = match origin {
+        PageOrigin::OwnSite => Some(Proxy::start(worker.addr).await),
+        PageOrigin::Worker | PageOrigin::WorkerWithoutWebSocket => None,
+    };
+    let session_addr = proxy.as_ref().map_or(worker.addr, |proxy| proxy.addr);
+    let page = user_page(
+        worker.addr,
+        &format!(r#"{{ url: "http://{session_addr}", transport: "{transport}" }}"#),
+    );
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    match origin {
+        PageOrigin::OwnSite => {
+            let site = serve_page(page).await;
+            browser
+                .goto(&format!("http://{site}/"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        PageOrigin::Worker | PageOrigin::WorkerWithoutWebSocket => {
+            browser
+                .goto(&format!("http://{}/healthz", worker.addr))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            browser
+                .execute(
+                    "if (arguments[1]) window.WebSocket = undefined; \
+                     document.open(); document.write(arguments[0]); document.close();",
+                    vec![
+                        json!(page),
+                        json!(matches!(origin, PageOrigin::WorkerWithoutWebSocket)),
+                    ],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    wait_for(
+        &browser,
+        "a live session",
+        Locator::Css(r#"body[data-state="live"]"#),
+    )
+    .await;
+    assert_eq!(
+        run(&browser, "return document.body.dataset.transport;").await,
+        json!(expected)
+    );
+
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "shop.orders", "value": 7.0 }),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "warning", "message": "Orders are slow" }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the metric on the user's page",
+        Locator::XPath("//li[@class='metric'][. = 'shop.orders=7']"),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the alert on the user's page",
+        Locator::XPath("//li[@class='alert'][. = 'warning: Orders are slow']"),
+    )
+    .await;
+
+    // The connection is cut: the client reconnects by itself, after a jittered delay, and gets
+    // the alert published meanwhile through the resume.
+    if let Some(proxy) = &proxy {
+        proxy.cut();
+        wait_for(
+            &browser,
+            "the reconnecting state",
+            Locator::Css(r#"body[data-state="reconnecting"]"#),
+        )
+        .await;
+        publish(
+            worker.addr,
+            "/api/alerts",
+            &json!({ "severity": "info", "message": "During the cut" }),
+        )
+        .await;
+        proxy.restore();
+        wait_for(
+            &browser,
+            "the alert published during the cut",
+            Locator::XPath("//li[@class='alert'][. = 'info: During the cut']"),
+        )
+        .await;
+        let delays = run(&browser, "return window.delays;").await;
+        assert!(
+            delays.as_array().is_some_and(
+                |delays| !delays.is_empty() && delays.iter().all(|d| d.as_f64() > Some(0.0))
+            ),
+            "the reconnects waited no delay: {delays}"
+        );
+    }
+
+    // Closed, an alert is published, reconnected: it comes back through the resume.
+    run(&browser, "client.close();").await;
+    wait_for(
+        &browser,
+        "the closed state",
+        Locator::Css(r#"body[data-state="closed"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "critical", "message": "While you were away" }),
+    )
+    .await;
+    run(&browser, "client.reconnect();").await;
+    wait_for(
+        &browser,
+        "the alert missed while disconnected",
+        Locator::XPath("//li[@class='alert'][. = 'critical: While you were away']"),
+    )
+    .await;
+    let resumes = run(&browser, "return window.resumes;").await;
+    let expected = 1 + usize::from(proxy.is_some());
+    assert_eq!(
+        resumes.as_array().map(Vec::len),
+        Some(expected),
+        "resume frames: {resumes}"
+    );
+    for resume in resumes.as_array().into_iter().flatten() {
+        assert_eq!(resume["replayed"], json!(1), "resume frames: {resumes}");
+        assert_eq!(resume["complete"], json!(true), "resume frames: {resumes}");
+    }
+    assert_eq!(
+        run(
+            &browser,
+            "return document.querySelectorAll('li.alert').length;"
+        )
+        .await,
+        json!(1 + expected),
+        "an alert was shown twice or lost"
+    );
+
+    // Resuming from another log's epoch: the page is told alerts may be missing.
+    run(
+        &browser,
+        "window.resumes = []; \
+         import(new URL('/fanout.js', client.base).href).then(({ connect }) => { \
+           const other = connect({ url: client.base.href, transport: client.options.transport, \
+             resume: { id: client.lastAlert.id, epoch: '0000000000000000' } }); \
+           other.on('incomplete', (frame) => window.resumes.push({ incomplete: true, complete: frame.complete })); });",
+    )
+    .await;
+    let page = &browser;
+    wait_until("the incomplete resume is reported", move || async move {
+        run(page, "return window.resumes;").await
+            == json!([{ "incomplete": true, "complete": false }])
+    })
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_websocket() {
+    a_user_page_receives_and_resumes("websocket", PageOrigin::OwnSite, "websocket").await;
+}
+
+#[tokio::test]
+async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_sse() {
+    a_user_page_receives_and_resumes("sse", PageOrigin::Worker, "sse").await;
+}
+
+#[tokio::test]
+async fn a_user_page_without_websocket_falls_back_to_sse_by_itself() {
+    a_user_page_receives_and_resumes("auto", PageOrigin::WorkerWithoutWebSocket, "sse").await;
+}
+
+const SECRET: &str = "a-secret-for-the-browser-test-of-32b";
+
+fn token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn in_ten_minutes() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 600)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
+    let worker =
+        start_worker::<Process>("worker-t", On::OwnMemory, &["--auth-secret", SECRET]).await;
+    let reader = token(json!({ "sub": "my-page", "exp": in_ten_minutes() }));
+    // The token as a function: called at every connect, so a page can hand out a fresh one.
+    let page = user_page(
+        worker.addr,
+        &format!(
+            r#"{{ url: "http://{}", transport: "websocket", token: () => "{reader}" }}"#,
+            worker.addr
+        ),
+    );
+    let site = serve_page(page).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session with the token",
+        Locator::Css(r#"body[data-state="live"]"#),
+    )
+    .await;
+    let publisher = token(json!({ "sub": "test", "publish": true, "exp": in_ten_minutes() }));
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/api/metrics", worker.addr))
+        .bearer_auth(publisher)
+        .json(&json!({ "name": "secure.metric", "value": 1.0 }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    wait_for(
+        &browser,
+        "the metric on the page with a token",
+        Locator::XPath("//li[@class='metric'][. = 'secure.metric=1']"),
+    )
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Makes every WebSocket of the page ask for a path that is no upgrade (404) while
+/// `window.blockUpgrades` is true: an upgrade that keeps failing, as behind a proxy that refuses it.
+const BLOCK_UPGRADES: &str = "const Real = window.WebSocket; window.blockUpgrades = true; \
+    window.WebSocket = class extends Real { constructor(url, protocols) { \
+      super(window.blockUpgrades ? url.replace('/ws/performance', '/no-upgrade-here') : url, protocols); } };";
+
+#[tokio::test]
+async fn a_user_page_whose_upgrades_keep_failing_falls_back_to_sse_and_back() {
+    let worker = start_worker::<Process>("worker-b", On::OwnMemory, &[]).await;
+    let page = user_page(
+        worker.addr,
+        &format!(r#"{{ url: "http://{}", transport: "auto" }}"#, worker.addr),
+    );
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{}/healthz", worker.addr))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    browser
+        .execute(
+            &format!(
+                "{BLOCK_UPGRADES} document.open(); document.write(arguments[0]); document.close();"
+            ),
+            vec![json!(page)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session over SSE",
+        Locator::Css(r#"body[data-state="live"][data-transport="sse"]"#),
+    )
+    .await;
+    let delays = run(&browser, "return window.delays.length;").await;
+    assert!(
+        delays.as_u64() >= Some(3),
+        "SSE before three failed upgrades (delays: {delays})"
+    );
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "over.sse", "value": 1.0 }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a metric over SSE",
+        Locator::XPath("//li[@class='metric'][. = 'over.sse=1']"),
+    )
+    .await;
+
+    // Upgrades work again: a new session tries WebSocket first.
+    run(
+        &browser,
+        "window.blockUpgrades = false; client.reconnect();",
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a live session over WebSocket",
+        Locator::Css(r#"body[data-state="live"][data-transport="websocket"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/metrics",
+        &json!({ "name": "over.websocket", "value": 2.0 }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "a metric over WebSocket",
+        Locator::XPath("//li[@class='metric'][. = 'over.websocket=2']"),
+    )
+    .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
