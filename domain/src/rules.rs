@@ -175,6 +175,17 @@ impl RuleEngine {
     }
 }
 
+/// A value as a person reads it in a message: at most two decimals, no trailing zeros (the exact
+/// value is the alert's `value`).
+fn readable(value: f64) -> String {
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    match text {
+        "0" | "-0" if value != 0.0 => format!("{value:.2e}"),
+        _ => text.to_owned(),
+    }
+}
+
 fn alert_for(rule: &AlertRule, metric: &Metric) -> Result<Alert, InvalidMessage> {
     let op = match rule.comparison {
         Comparison::Above => '>',
@@ -185,8 +196,8 @@ fn alert_for(rule: &AlertRule, metric: &Metric) -> Result<Alert, InvalidMessage>
     let message = format!(
         "{} is {}{unit} ({op} {}{unit}) for {} sample{plural}",
         metric.name(),
-        metric.value(),
-        rule.threshold,
+        readable(metric.value()),
+        readable(rule.threshold),
         rule.samples
     );
     AlertFields {
@@ -201,6 +212,16 @@ fn alert_for(rule: &AlertRule, metric: &Metric) -> Result<Alert, InvalidMessage>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_message_reads_its_values_rounded() {
+        assert_eq!(super::readable(99.502_494_812_011_72), "99.5");
+        assert_eq!(super::readable(97.0), "97");
+        assert_eq!(super::readable(0.126), "0.13");
+        assert_eq!(super::readable(-3.0), "-3");
+        assert_eq!(super::readable(0.0001), "1.00e-4");
+        assert_eq!(super::readable(0.0), "0");
+    }
+
     use super::*;
     use crate::Valid;
 
