@@ -12,6 +12,7 @@
 mod harness;
 
 use fantoccini::Locator;
+use harness::auth::{valid_token, SECRET};
 use harness::browser::{browser, chromedriver, run, wait_for};
 use harness::http::publish;
 use harness::proxy::Proxy;
@@ -270,29 +271,11 @@ async fn a_user_page_without_websocket_falls_back_to_sse_by_itself() {
     a_user_page_receives_and_resumes("auto", PageOrigin::WorkerWithoutWebSocket, "sse").await;
 }
 
-const SECRET: &str = "a-secret-for-the-browser-test-of-32b";
-
-fn token(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn in_ten_minutes() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() + 600)
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test]
 async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
     let worker =
         start_worker::<Process>("worker-t", On::OwnMemory, &["--auth-secret", SECRET]).await;
-    let reader = token(json!({ "sub": "my-page", "exp": in_ten_minutes() }));
+    let reader = valid_token(json!({ "sub": "my-page" }));
     // The token as a function: called at every connect, so a page can hand out a fresh one.
     let page = user_page(
         worker.addr,
@@ -314,7 +297,7 @@ async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
         Locator::Css(r#"body[data-state="live"]"#),
     )
     .await;
-    let publisher = token(json!({ "sub": "test", "publish": true, "exp": in_ten_minutes() }));
+    let publisher = valid_token(json!({ "sub": "test", "publish": true }));
     let status = reqwest::Client::new()
         .post(format!("http://{}/api/metrics", worker.addr))
         .bearer_auth(publisher)

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use harness::auth::{valid_token, SECRET};
 use harness::http::health;
 use harness::redis::RedisServer;
 use harness::{start_worker, wait_until, within, On, Process};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -149,21 +149,10 @@ async fn the_connection_cap_holds_when_clients_upgrade_at_the_same_instant() {
     );
 }
 
-const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 const PUBLISH_RATE: u32 = 5;
 
 fn publisher_token(subject: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 600;
-    encode(
-        &Header::default(),
-        &json!({ "sub": subject, "exp": exp, "publish": true }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    valid_token(json!({ "sub": subject, "publish": true }))
 }
 
 #[tokio::test]

@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fanout_memory::MemoryBus;
+use harness::auth::{valid_token, SECRET};
 use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
 use harness::{start_worker, Client, InProcess, On, Process};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue as SdkKeyValue;
 use opentelemetry_otlp::{Compression, Protocol, WithExportConfig, WithHttpConfig};
@@ -34,7 +34,6 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use prost::Message;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 const PROTOBUF: &str = "application/x-protobuf";
 
 /// `google.rpc.Status` as googleapis's `status.proto` declares it: how a client reads the body of
@@ -479,22 +478,6 @@ async fn refused_points_are_counted_in_a_partial_success_and_the_rest_is_deliver
     assert_eq!(answer.response(), ExportMetricsServiceResponse::default());
 }
 
-fn token(claims: Value) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 600;
-    let mut claims = claims;
-    claims["exp"] = json!(exp);
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     let worker = start_worker::<InProcess>(
@@ -504,7 +487,7 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     )
     .await;
     let addr = worker.addr();
-    let reader = token(json!({"sub": "reader"}));
+    let reader = valid_token(json!({"sub": "reader"}));
     let mut client = Client::connect_with_token(addr, &reader).await;
 
     // The SDK without a token, or a request with one that may not publish: refused.
@@ -526,7 +509,7 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     assert_eq!(answer.status_message().code, 7, "PERMISSION_DENIED");
 
     // A scoped publisher: a point without its label refuses the whole request.
-    let scoped = token(json!({"sub": "acme", "publish": true, "where": {"tenant": "acme"}}));
+    let scoped = valid_token(json!({"sub": "acme", "publish": true, "where": {"tenant": "acme"}}));
     let answer = post(
         addr,
         PROTOBUF,
@@ -539,7 +522,7 @@ async fn the_publish_credential_scope_and_rate_hold_as_for_the_json_api() {
     assert!(message.contains("lacks label tenant=acme"), "{message}");
 
     // The SDK with a publishing token: delivered.
-    let publisher = token(json!({"sub": "sdk", "publish": true}));
+    let publisher = valid_token(json!({"sub": "sdk", "publish": true}));
     let exporter = Exporter {
         token: Some(publisher.clone()),
         ..Exporter::to(addr)

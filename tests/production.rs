@@ -7,32 +7,14 @@
 mod harness;
 
 use fanout_app::RunningWorker;
+use harness::auth::{forged_token, now, token, SECRET};
 use harness::client::Ended;
 use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
 use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{json, Value};
-
-const SECRET: &str = "test-secret-of-at-least-32-bytes!";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn token(claims: Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn reader_token() -> String {
     token(json!({ "sub": "dashboard", "exp": now() + 600 }))
@@ -73,12 +55,7 @@ async fn post(
 async fn websocket_clients_need_a_valid_unexpired_token() {
     let a = worker(WITH_AUTH).await;
     assert_eq!(upgrade_status(a.addr(), "", &[]).await, 401, "no token");
-    let forged = encode(
-        &Header::default(),
-        &json!({ "exp": now() + 600 }),
-        &EncodingKey::from_secret(b"some-other-secret-32-bytes-long!!"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let forged = forged_token();
     assert_eq!(
         upgrade_status(a.addr(), &format!("?token={forged}"), &[]).await,
         401,

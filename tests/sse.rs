@@ -13,31 +13,13 @@ use std::time::{Duration, Instant};
 
 use fanout_client::{ConnectOptions, Subscription};
 use fanout_domain::Severity;
+use harness::auth::{forged_token, now, token, SECRET};
 use harness::http::{health, publish};
 use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
 use harness::sse::{get, Block, Next, SseClient};
 use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
-
-const SECRET: &str = "test-secret-of-at-least-32-bytes!";
-
-fn token(claims: Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The events up to and including the `metrics` event whose first item is named `marker`.
 async fn sse_until(client: &mut SseClient, marker: &str) -> Vec<Block> {
@@ -387,12 +369,7 @@ async fn refusals_come_before_the_stream_and_an_sse_client_holds_a_connection_sl
     let a = start_worker::<InProcess>("sse-a", On::OwnMemory, &args).await;
     let reader = token(json!({ "sub": "dash", "exp": now() + 600 }));
     let bearer = format!("Bearer {reader}");
-    let forged = encode(
-        &Header::default(),
-        &json!({ "exp": now() + 600 }),
-        &EncodingKey::from_secret(b"some-other-secret-32-bytes-long!!"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let forged = forged_token();
     let no_channel = token(json!({ "sub": "x", "exp": now() + 600, "channels": [] }));
     let with_token = format!("?token={reader}");
     let bad_selector = format!("?token={reader}&metrics=api.*,");

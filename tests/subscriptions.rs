@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use fanout_client::{ConnectError, ConnectOptions, Connection, Socket, Subscription};
 use fanout_domain::Severity;
 use futures_util::StreamExt;
+use harness::auth::{valid_token, SECRET};
 use harness::client::position;
 use harness::http::publish;
 use harness::raw;
 use harness::redis::RedisServer;
 use harness::{start_worker, within, Client, On, Process};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -481,24 +481,6 @@ async fn a_conflated_series_arrives_about_once_per_interval_and_ends_on_its_last
     );
 }
 
-const SECRET: &str = "test-secret-of-at-least-32-bytes!";
-
-fn token(claims: Value) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 600;
-    let mut claims = claims;
-    claims["exp"] = json!(exp);
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 async fn post_as(addr: SocketAddr, path: &str, token: &str, body: &Value) -> (u16, Value) {
     let response = within(
         "a publish",
@@ -542,9 +524,10 @@ async fn a_scoped_token_sees_only_its_tenant_on_every_worker_and_every_route() {
     for id in ["w1", "w2", "w3"] {
         workers.push(start_worker::<Process>(id, On::Redis(&redis.url()), &args).await);
     }
-    let operator = token(json!({"sub": "ops", "publish": true}));
-    let tenant_a = token(json!({"sub": "tenant-a", "where": {"tenant": "a"}}));
-    let publisher_a = token(json!({"sub": "pub-a", "publish": true, "where": {"tenant": "a"}}));
+    let operator = valid_token(json!({"sub": "ops", "publish": true}));
+    let tenant_a = valid_token(json!({"sub": "tenant-a", "where": {"tenant": "a"}}));
+    let publisher_a =
+        valid_token(json!({"sub": "pub-a", "publish": true, "where": {"tenant": "a"}}));
     let a = json!({"tenant": "a"});
     let b = json!({"tenant": "b"});
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
+pub mod auth;
 pub mod browser;
 pub mod client;
 pub mod cluster;

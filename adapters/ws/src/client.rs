@@ -31,6 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::admission::Admitted;
 use crate::filter::Filter;
 use crate::manager::{ConnectionManager, Registered};
 use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
@@ -112,12 +113,7 @@ impl AsyncWrite for Duplex {
 }
 
 /// What admission decided for a connection, handed to its task (boxed: see [`serve`]).
-pub(crate) struct Start {
-    pub(crate) resume_from: Option<LogPosition>,
-    pub(crate) grant: Grant,
-    pub(crate) first: Subscribe,
-    pub(crate) slot: Slot,
-}
+pub(crate) type Start = Admitted;
 
 /// A registered client, before its greeting.
 struct Opened<R> {
@@ -153,7 +149,7 @@ pub(crate) async fn serve_events(
     departure: Departure,
     start: Box<Start>,
 ) {
-    let Start {
+    let Admitted {
         resume_from,
         grant,
         first,
@@ -227,7 +223,7 @@ async fn open(
     upgraded: Upgraded,
     start: Box<Start>,
 ) -> Option<(Box<Opened<Reader>>, Slot)> {
-    let Start {
+    let Admitted {
         resume_from,
         grant,
         first,

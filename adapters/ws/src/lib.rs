@@ -44,7 +44,7 @@ use axum::routing::get;
 use axum::Router;
 use fanout_domain::SelectorLimits;
 
-use crate::admission::{Admitted, ResumeFrom, UpgradeRequest};
+use crate::admission::{ResumeFrom, UpgradeRequest};
 use crate::upgrade::{NotUpgrade, Upgrade};
 
 pub use admission::Admission;
@@ -128,6 +128,19 @@ struct ConnectParams {
 }
 
 impl ConnectParams {
+    /// The admission request these parameters and `headers` make, resuming from `resume`.
+    fn request<'a>(&'a self, headers: &'a HeaderMap, resume: ResumeFrom<'a>) -> UpgradeRequest<'a> {
+        UpgradeRequest {
+            token: bearer_token(headers, self.token.as_deref()),
+            origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+            resume,
+            metrics: self.metrics.as_deref(),
+            where_: self.where_.as_deref(),
+            alerts: self.alerts.as_deref(),
+            interval: self.interval.as_deref(),
+        }
+    }
+
     /// Reads the query string; a parameter given twice is refused, naming it. Unknown
     /// parameters are ignored (an older server ignores a newer client's).
     fn parse(query: Option<&str>) -> Result<Self, (String, &'static str)> {
@@ -181,33 +194,17 @@ async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(NotUpgrade(status, reason)) => return refuse(status, reason.to_string()),
     };
-    let request = UpgradeRequest {
-        token: bearer_token(&headers, params.token.as_deref()),
-        origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
-        resume: ResumeFrom::Query {
+    let request = params.request(
+        &headers,
+        ResumeFrom::Query {
             last_alert_id: params.last_alert_id.as_deref(),
             epoch: params.epoch.as_deref(),
         },
-        metrics: params.metrics.as_deref(),
-        where_: params.where_.as_deref(),
-        alerts: params.alerts.as_deref(),
-        interval: params.interval.as_deref(),
-    };
-    let Admitted {
-        grant,
-        resume_from,
-        first,
-        slot,
-    } = match manager.admit(&request) {
-        Ok(admitted) => admitted,
+    );
+    let start = match manager.admit(&request) {
+        Ok(admitted) => Box::new(admitted),
         Err(refusal) => return refusal.into_response(),
     };
-    let start = Box::new(client::Start {
-        resume_from,
-        grant,
-        first,
-        slot,
-    });
     upgrade.on_upgrade(move |upgraded| client::serve(manager, upgraded, start))
 }
 

@@ -28,8 +28,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use crate::admission::{Admitted, ResumeFrom, UpgradeRequest, LAST_EVENT_ID};
-use crate::{bearer_token, client, ConnectParams, ConnectionManager, HangUp};
+use crate::admission::{ResumeFrom, LAST_EVENT_ID};
+use crate::{client, ConnectParams, ConnectionManager, HangUp};
 
 pub(crate) use pipe::{Departure, EventPipe};
 
@@ -63,31 +63,12 @@ pub(crate) async fn stream(
             epoch: params.epoch.as_deref(),
         },
     };
-    let request = UpgradeRequest {
-        token: bearer_token(&headers, params.token.as_deref()),
-        origin: headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
-        resume,
-        metrics: params.metrics.as_deref(),
-        where_: params.where_.as_deref(),
-        alerts: params.alerts.as_deref(),
-        interval: params.interval.as_deref(),
-    };
-    let Admitted {
-        grant,
-        resume_from,
-        first,
-        slot,
-    } = match manager.admit(&request) {
-        Ok(admitted) => admitted,
+    let request = params.request(&headers, resume);
+    let start = match manager.admit(&request) {
+        Ok(admitted) => Box::new(admitted),
         Err(refusal) => return refusal.into_response(),
     };
     let (pipe, body, departure) = pipe::pipe();
-    let start = Box::new(client::Start {
-        resume_from,
-        grant,
-        first,
-        slot,
-    });
     let lingering = body.lingering();
     tokio::spawn(async move {
         client::serve_events(Arc::clone(&manager), pipe, departure, start).await;
