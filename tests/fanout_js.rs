@@ -7,7 +7,9 @@
 //! another log's epoch as incomplete; and passes its token to a worker with authentication.
 //! Over WebSocket from another origin, over SSE from the worker's (the SSE endpoint sends no CORS
 //! headers), and in a page without WebSocket, where `transport: "auto"` falls back to SSE; in a
-//! page whose upgrades keep failing, to SSE and back to WebSocket once they work.
+//! page whose upgrades keep failing, to SSE and back to WebSocket once they work. And the
+//! browser's own `EventSource`, without the library: cut, it reconnects by itself with
+//! `Last-Event-ID` and gets the alert it missed.
 
 mod harness;
 
@@ -392,5 +394,110 @@ async fn a_user_page_whose_upgrades_keep_failing_falls_back_to_sse_and_back() {
         Locator::XPath("//li[@class='metric'][. = 'over.websocket=2']"),
     )
     .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// PROTOCOL.md "Server-Sent Events", with the browser's own `EventSource` and no library: events
+/// named by type, an alert's `id:` as the event's `lastEventId`, and after the connection is cut
+/// the browser reconnects by itself with `Last-Event-ID`, and the alert published meanwhile
+/// arrives through the resume (complete), once.
+#[tokio::test]
+async fn a_browser_event_source_resumes_with_last_event_id_after_a_cut() {
+    let worker = start_worker::<Process>("worker-e", On::OwnMemory, &[]).await;
+    // The page and its stream share the proxy's origin (the SSE contract has no CORS headers).
+    let proxy = Proxy::start(worker.addr).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{}/healthz", proxy.addr))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let page = r#"<!doctype html><meta charset="utf-8"><ul id="log"></ul><script>
+window.opens = 0; window.resumes = [];
+const log = (kind, text) => { const li = document.createElement("li"); li.className = kind; li.textContent = text; document.getElementById("log").append(li); };
+const source = new EventSource("/sse/performance?metrics=none.at.all");
+source.onopen = () => { window.opens += 1; document.body.dataset.opens = window.opens; };
+source.addEventListener("hello", () => { document.body.dataset.hello = "yes"; });
+source.addEventListener("alert", (e) => log("alert", JSON.parse(e.data).data.message + " @ " + e.lastEventId + " = " + JSON.parse(e.data).id + "/" + JSON.parse(e.data).epoch));
+source.addEventListener("resume", (e) => window.resumes.push(JSON.parse(e.data)));
+</script>"#;
+    browser
+        .execute(
+            "document.open(); document.write(arguments[0]); document.close();",
+            vec![json!(page)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "hello over the page's EventSource",
+        Locator::Css(r#"body[data-hello="yes"]"#),
+    )
+    .await;
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "warning", "message": "before" }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the first alert, its id the event's lastEventId",
+        Locator::XPath("//li[@class='alert'][starts-with(., 'before @ ')]"),
+    )
+    .await;
+    let first = run(
+        &browser,
+        "return document.querySelector('li.alert').textContent;",
+    )
+    .await;
+    let first = first.as_str().unwrap_or_default().to_owned();
+    let (last_event_id, frame_id) = first
+        .trim_start_matches("before @ ")
+        .split_once(" = ")
+        .unwrap_or_else(|| panic!("{first}"));
+    assert_eq!(
+        last_event_id, frame_id,
+        "id: is ID/EPOCH of the alert frame"
+    );
+
+    proxy.cut();
+    publish(
+        worker.addr,
+        "/api/alerts",
+        &json!({ "severity": "critical", "message": "during the cut" }),
+    )
+    .await;
+    proxy.restore();
+    wait_for(
+        &browser,
+        "the alert published during the cut, after the browser reconnected by itself",
+        Locator::XPath("//li[@class='alert'][starts-with(., 'during the cut @ ')]"),
+    )
+    .await;
+    let resumes = run(&browser, "return window.resumes;").await;
+    let after = last_event_id.split_once('/').map(|(id, _)| id);
+    assert!(
+        resumes.as_array().is_some_and(|resumes| resumes.len() == 1
+            && resumes[0]["after"].as_str() == after
+            && resumes[0]["complete"] == true
+            && resumes[0]["replayed"] == 1),
+        "one complete resume after {after:?} replaying the one alert missed: {resumes}"
+    );
+    let opens = run(&browser, "return window.opens;").await;
+    assert_eq!(
+        opens, 2,
+        "the EventSource opened twice: at first and after the cut"
+    );
+    let alerts = run(
+        &browser,
+        "return Array.from(document.querySelectorAll('li.alert')).map((li) => li.textContent.split(' @ ')[0]);",
+    )
+    .await;
+    assert_eq!(
+        alerts,
+        json!(["before", "during the cut"]),
+        "each alert once"
+    );
     browser.close().await.unwrap_or_else(|e| panic!("{e}"));
 }
