@@ -349,6 +349,51 @@ async fn gzip_and_json_exports_arrive_the_same() {
     );
 }
 
+/// Found by an outside tester: OTLP/JSON as protobuf's own `MessageToJson` writes it (enums by
+/// name, 32-bit integers and doubles as strings) lost every sum and histogram while the answer
+/// said all was published. Now such a request is read; and a metric whose data still does not
+/// decode is a refused point in `partial_success`, never left out silently.
+#[tokio::test]
+async fn otlp_json_with_enum_names_and_numbers_as_strings_is_read_and_nothing_is_dropped_silently()
+{
+    let worker = start_worker::<InProcess>("otlp-j", On::OwnMemory, &[]).await;
+    let mut client = Client::connect(worker.addr()).await;
+    let body = json!({"resourceMetrics":[{"scopeMetrics":[{"metrics":[
+        {"name":"g","gauge":{"dataPoints":[{"asDouble":"2.5","flags":"0"}]}},
+        {"name":"s","sum":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_CUMULATIVE","isMonotonic":true,
+            "dataPoints":[{"asInt":"7"}]}},
+        {"name":"h","histogram":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA",
+            "dataPoints":[{"count":"2","sum":"3","explicitBounds":["1"],"bucketCounts":["1","1"]}]}},
+        {"name":"broken","sum":{"aggregationTemporality":2,"dataPoints":[{"asInt":"1","timeUnixNano":"abc"}]}}
+    ]}]}]});
+    let answer = post(
+        worker.addr(),
+        "application/json",
+        &[],
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let partial = &answer.json()["partialSuccess"];
+    assert_eq!(partial["rejectedDataPoints"], 1, "{partial}");
+    assert!(
+        partial["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("metrics[3]") && m.contains("broken")),
+        "{partial}"
+    );
+    let metrics = next_metrics(&mut client).await;
+    let mut names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["g", "h.count", "h.p50", "h.p90", "h.p99", "h.sum", "s"]
+    );
+    assert_eq!(metrics["g"]["value"], 2.5);
+    assert_eq!(metrics["s"]["value"], 7.0);
+    assert_eq!(metrics["h.sum"]["value"], 3.0);
+}
+
 #[tokio::test]
 async fn malformed_bodies_are_400_with_a_status_in_the_request_encoding_and_publish_nothing() {
     let worker = start_worker::<InProcess>("w", On::OwnMemory, &[]).await;

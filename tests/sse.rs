@@ -236,10 +236,12 @@ async fn a_client_that_never_reads_is_closed_with_4008_after_its_queue_bound() {
         "--client-timeout",
         "30s",
         "--ping-interval",
-        "10s",
+        "200ms",
     ];
     let worker = start_worker::<Process>("sse-a", On::Redis(&redis.url()), &args).await;
     let mut slow = SseClient::greeted(worker.addr, "", &[]).await;
+    // Heartbeats every 200 ms go on meanwhile: one the stalled client's socket still takes is
+    // no progress (an outside tester found pings kept such a client from ever being closed).
     // It reads nothing more. Each message is 4 KB (16 metrics): after the buffers between the
     // worker and it (the pipe, hyper's, the kernel's: a few hundred KB) its queue fills, and a
     // queue's worth of dropped metrics closes it.

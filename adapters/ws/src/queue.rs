@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::{CloseReason, Frame, FrameKind};
 use crate::socket::Socket;
+use crate::wire;
 
 /// The bounds of one client's queue.
 #[derive(Clone, Copy, Debug)]
@@ -358,6 +359,9 @@ impl ClientQueue {
             return Poll::Ready(Drove::CloseSent);
         }
         let mut wrote = 0;
+        // Progress is the client taking something of what it is sent, not a ping: the drop-oldest
+        // rule can bring an old ping to the front of a full queue, and a socket (an SSE pipe, a
+        // nearly full TCP buffer) can still take those few bytes while it takes no message.
         let mut progressed = false;
         let Some(out) = state.out.as_mut() else {
             state.writer = Some(cx.waker().clone());
@@ -369,11 +373,11 @@ impl ClientQueue {
             match out.poll_write_frames(cx, &state.frames, state.started) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
                 Poll::Ready(Ok(mut n)) => {
-                    progressed = true;
                     while n > 0 {
                         let Some(front) = state.frames.front() else {
                             break;
                         };
+                        progressed |= !wire::is_ping(&front.wire);
                         let left = front.wire.len() - state.started;
                         if n < left {
                             state.started += n;
@@ -519,6 +523,59 @@ mod tests {
         assert_eq!(
             queue.push(&frame(FrameKind::Metrics, "m"), true),
             Pushed::Overflowed
+        );
+        assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
+    }
+
+    /// A socket that takes pings and nothing else: what a full SSE pipe or a nearly full TCP
+    /// buffer can look like to the queue (a few bytes still fit, a message does not).
+    struct TakesOnlyPings;
+
+    impl Socket for TakesOnlyPings {
+        fn try_write(&mut self, frame: &Frame) -> std::io::Result<usize> {
+            if wire::is_ping(&frame.wire) {
+                Ok(frame.wire.len())
+            } else {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        }
+
+        fn poll_write_frames(
+            &mut self,
+            _: &mut Context<'_>,
+            frames: &VecDeque<Frame>,
+            _: usize,
+        ) -> Poll<std::io::Result<usize>> {
+            match frames.front().map(|frame| self.try_write(frame)) {
+                Some(Ok(n)) => Poll::Ready(Ok(n)),
+                _ => Poll::Pending,
+            }
+        }
+    }
+
+    /// Found by an outside tester: with a short ping interval an SSE client that read nothing
+    /// was never closed, because dropping the oldest metrics brought an old ping to the front,
+    /// the pipe took its few bytes, and that counted as the client taking something.
+    #[tokio::test]
+    async fn pings_taken_are_not_progress_for_the_slow_consumer_rule() {
+        let queue = queue(4, 1 << 20);
+        queue.attach(Box::new(TakesOnlyPings));
+        queue.go_live(Vec::new(), None);
+        let ping = Frame {
+            kind: FrameKind::Control,
+            wire: wire::ping(),
+            alert_id: None,
+        };
+        let mut pushed = Vec::new();
+        for _ in 0..12 {
+            pushed.push(queue.push(&frame(FrameKind::Metrics, "m"), true));
+            queue.push_control(ping.clone());
+            // The connection's task takes its turn: the ping at the front goes out, no message.
+            let _ = futures_util::FutureExt::now_or_never(queue.write());
+        }
+        assert!(
+            pushed.contains(&Pushed::Overflowed),
+            "a client that took only pings was never closed: {pushed:?}"
         );
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }

@@ -32,6 +32,11 @@ pub(crate) fn close(code: u16, reason: &str) -> Bytes {
 }
 
 /// A ping frame with an empty payload.
+/// Whether `wire` is a ping frame (the server's heartbeat).
+pub(crate) fn is_ping(wire: &[u8]) -> bool {
+    wire.first() == Some(&(FIN | PING))
+}
+
 pub(crate) fn ping() -> Bytes {
     Bytes::from_static(&[FIN | PING, 0])
 }

@@ -23,6 +23,8 @@ pub(crate) struct Cuts {
     /// Attributes left out because fanout refuses their key: empty, with control characters,
     /// or longer than [`MAX_TEXT_LEN`] bytes (a cut key could pass for another).
     pub(crate) refused_keys: usize,
+    /// Attributes left out because their key was given before (the first value is kept).
+    pub(crate) repeated_keys: usize,
 }
 
 impl Cuts {
@@ -55,6 +57,12 @@ impl Cuts {
                 self.refused_keys
             ));
         }
+        if self.repeated_keys > 0 {
+            parts.push(format!(
+                "{} attributes dropped for a key given before (the first value is kept)",
+                self.repeated_keys
+            ));
+        }
         Some(format!(
             "labels cut to fanout's limits: {}",
             parts.join("; ")
@@ -73,6 +81,7 @@ pub(crate) fn convert(attributes: &[KeyValue], cuts: &mut Cuts) -> Vec<Label> {
             continue;
         }
         if labels.iter().any(|(seen, _)| seen == key) {
+            cuts.repeated_keys += 1;
             continue;
         }
         let mut value = text(attribute.value.as_ref());
@@ -287,6 +296,7 @@ mod tests {
                 shortened_values: 1,
                 beyond_limit: 9,
                 refused_keys: 3,
+                repeated_keys: 1,
             }
         );
         let said = cuts.describe().unwrap_or_default();

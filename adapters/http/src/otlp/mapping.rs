@@ -98,6 +98,10 @@ struct Instrument<'a> {
     unit: Option<&'a str>,
 }
 
+/// Why a number point without a value is refused. (OTLP/JSON writes a NaN or infinite double as
+/// a string, which leaves the point without a finite value: see `proto3_json`.)
+const NO_VALUE: &str = "has no value (neither asInt nor asDouble, or not a finite number)";
+
 /// Maps a whole request.
 pub(crate) fn map(request: ExportMetricsServiceRequest) -> Mapped {
     let mut mapped = Mapped::default();
@@ -148,7 +152,13 @@ pub(crate) fn map(request: ExportMetricsServiceRequest) -> Mapped {
                             context.add(at("summary", p), quantiles_of(point));
                         }
                     }
-                    None => {}
+                    // Nothing it could read: no data at all, or (OTLP/JSON) data whose fields did
+                    // not decode — the generated decoder drops a oneof it cannot read instead of
+                    // failing. Counted as one refused point, never left out silently.
+                    None => context.add(
+                        format!("resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"),
+                        Err("has no data fanout could read (no gauge, sum, histogram, exponentialHistogram or summary, or one whose fields do not decode)".to_owned()),
+                    ),
                 }
             }
         }
@@ -267,7 +277,7 @@ fn number<'a>(point: &'a NumberDataPoint) -> Result<Point<'a>, String> {
     let value = match point.value {
         Some(Value::AsDouble(value)) => value,
         Some(Value::AsInt(value)) => value as f64,
-        None => return Err("has no value (neither asInt nor asDouble)".to_owned()),
+        None => return Err(NO_VALUE.to_owned()),
     };
     Ok(Point::Values {
         rows: vec![Row {

@@ -11,6 +11,7 @@
 
 mod labels;
 mod mapping;
+mod proto3_json;
 mod quantiles;
 mod status;
 
@@ -180,8 +181,14 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
             )
         }),
         Encoding::Json => {
-            let mut deserializer = serde_json::Deserializer::from_slice(body);
-            let request = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+                OtlpRefusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an OTLP/JSON ExportMetricsServiceRequest: {error}"),
+                )
+            })?;
+            proto3_json::normalize(&mut value);
+            let request = serde_path_to_error::deserialize(value).map_err(|error| {
                 let path = error.path().to_string();
                 let refusal = OtlpRefusal::new(
                     StatusCode::BAD_REQUEST,
@@ -196,12 +203,6 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
                 } else {
                     refusal.at(path)
                 }
-            })?;
-            deserializer.end().map_err(|error| {
-                OtlpRefusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("trailing bytes after the OTLP/JSON request: {error}"),
-                )
             })?;
             Ok(request)
         }

@@ -297,7 +297,7 @@ fn refused_points_are_left_out_with_where_and_why_and_the_rest_goes_on() {
             ),
             (
                 &*format!("{at}.metrics[0].gauge.dataPoints[2]"),
-                "has no value (neither asInt nor asDouble)"
+                "has no value (neither asInt nor asDouble, or not a finite number)"
             ),
             (
                 &*format!("{at}.metrics[1].gauge.dataPoints[0]"),
@@ -349,6 +349,7 @@ fn attributes_are_cut_to_the_label_limits_and_the_message_says_so() {
             shortened_values: 1,
             beyond_limit: 9,
             refused_keys: 0,
+            repeated_keys: 0,
         }
     );
     let message = mapped.message().unwrap_or_default();
