@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fanout_client::{ConnectOptions, Subscription};
 use fanout_domain::Severity;
 use harness::auth::{forged_token, now, token, SECRET};
-use harness::http::{health, publish};
+use harness::http::{health, post, publish};
 use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
 use harness::sse::{get, Block, Next, SseClient};
@@ -253,7 +253,23 @@ async fn a_client_that_never_reads_is_closed_with_4008_after_its_queue_bound() {
             let batch: Vec<Value> = (0..16)
                 .map(|i| json!({ "name": "load", "value": published, "labels": { "i": i.to_string(), "pad": pad } }))
                 .collect();
-            publish(worker.addr, "/api/metrics", &json!(batch)).await;
+            let (status, answer) = post(
+                worker.addr,
+                "/api/metrics",
+                "application/json",
+                json!(batch).to_string(),
+            )
+            .await;
+            if status != 202 {
+                // Its only client closed, the worker unsubscribes, and a publish racing that is
+                // refused with 503 (PROTOCOL.md): only then.
+                assert_eq!(
+                    health(worker.addr).await["delivery"]["slow_consumers_closed"],
+                    1,
+                    "refused with {status} before the close: {answer}"
+                );
+                break;
+            }
             published += 1;
         }
         closed = health(worker.addr).await["delivery"]["slow_consumers_closed"] == 1;

@@ -511,7 +511,7 @@ impl ClientRegistry {
                 .fetch_add(tally.overflowed, Ordering::Relaxed);
             tracing::warn!(
                 clients = tally.overflowed,
-                "closing slow clients: an alert did not fit in their queue"
+                "closing slow clients with 4008: an alert did not fit in their queue, or they took no message while a queue's worth of metrics was dropped"
             );
         }
     }
