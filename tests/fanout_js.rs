@@ -268,6 +268,13 @@ async fn a_user_page_importing_fanout_js_receives_metrics_and_alerts_over_sse() 
     a_user_page_receives_and_resumes("sse", PageOrigin::Worker, "sse").await;
 }
 
+/// The SSE stream answers a page on another origin with the CORS header its origin needs (the
+/// origin allowlist decides, as for a WebSocket), so fanout.js's SSE transport works from there.
+#[tokio::test]
+async fn a_user_page_on_another_origin_receives_metrics_and_alerts_over_sse() {
+    a_user_page_receives_and_resumes("sse", PageOrigin::OwnSite, "sse").await;
+}
+
 #[tokio::test]
 async fn a_user_page_without_websocket_falls_back_to_sse_by_itself() {
     a_user_page_receives_and_resumes("auto", PageOrigin::WorkerWithoutWebSocket, "sse").await;

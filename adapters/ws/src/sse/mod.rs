@@ -37,12 +37,30 @@ pub(crate) use pipe::{Departure, EventPipe};
 const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Admits the request as a WebSocket upgrade would be, then answers `200 text/event-stream`
-/// whose body is the client's events; the connection task owns its slot.
+/// whose body is the client's events; the connection task owns its slot. A request from a
+/// browser page (`Origin`) gets the CORS header that lets the page read the answer, refusals
+/// included: the origin allowlist has decided already (a disallowed origin is refused with 403),
+/// so a page on another origin reads the stream exactly when a WebSocket from it would connect.
 pub(crate) async fn stream(
     State(manager): State<Arc<ConnectionManager>>,
     RawQuery(query): RawQuery,
     hang_up: Option<Extension<HangUp>>,
     headers: HeaderMap,
+) -> Response {
+    let mut response = answer(manager, query, hang_up, &headers);
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let answer_headers = response.headers_mut();
+        answer_headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        answer_headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+fn answer(
+    manager: Arc<ConnectionManager>,
+    query: Option<String>,
+    hang_up: Option<Extension<HangUp>>,
+    headers: &HeaderMap,
 ) -> Response {
     let params = match ConnectParams::parse(query.as_deref()) {
         Ok(params) => params,
@@ -63,7 +81,7 @@ pub(crate) async fn stream(
             epoch: params.epoch.as_deref(),
         },
     };
-    let request = params.request(&headers, resume);
+    let request = params.request(headers, resume);
     let start = match manager.admit(&request) {
         Ok(admitted) => Box::new(admitted),
         Err(refusal) => return refusal.into_response(),
