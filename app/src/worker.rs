@@ -82,7 +82,7 @@ impl Bus {
         })
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity)] // the four ports one bus adapter builds, named once here
     fn ports(
         &self,
     ) -> anyhow::Result<(
