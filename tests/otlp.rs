@@ -364,7 +364,17 @@ async fn otlp_json_with_enum_names_and_numbers_as_strings_is_read_and_nothing_is
             "dataPoints":[{"asInt":"7"}]}},
         {"name":"h","histogram":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA",
             "dataPoints":[{"count":"2","sum":"3","explicitBounds":["1"],"bucketCounts":["1","1"]}]}},
-        {"name":"broken","sum":{"aggregationTemporality":2,"dataPoints":[{"asInt":"1","timeUnixNano":"abc"}]}}
+        {"name":"broken","sum":{"aggregationTemporality":2,"dataPoints":[{"asInt":"1","timeUnixNano":"abc"}]}},
+        // From a second outside tester: one bad point never costs the others of its metric.
+        {"name":"hn","histogram":{"aggregationTemporality":2,"dataPoints":[
+            {"count":"1","sum":2,"explicitBounds":[10],"bucketCounts":["1","0"]},
+            {"count":"1","sum":"NaN","explicitBounds":[10],"bucketCounts":["1","0"]}]}},
+        {"name":"hm","histogram":{"aggregationTemporality":2,"dataPoints":[
+            {"count":"1","sum":2,"min":"-Infinity","max":"Infinity","explicitBounds":[10],"bucketCounts":["1","0"]}]}},
+        {"name":"e","unit":null,"gauge":{"dataPoints":[{"asDouble":1,"exemplars":[{"asDouble":1,"traceId":"AAECAwQFBgcICQoLDA0ODw==","spanId":"AAECAwQFBgc="}]}]}},
+        {"name":"snake","gauge":{"data_points":[{"as_double":4}]}},
+        {"name":"s2","sum":{"aggregationTemporality":"2","dataPoints":[{"asInt":"3"}]}},
+        {"name":"i","gauge":{"dataPoints":[{"asInt":5.0}]}}
     ]}]}]});
     let answer = post(
         worker.addr(),
@@ -375,21 +385,31 @@ async fn otlp_json_with_enum_names_and_numbers_as_strings_is_read_and_nothing_is
     .await;
     assert_eq!(answer.status, 200);
     let partial = &answer.json()["partialSuccess"];
-    assert_eq!(partial["rejectedDataPoints"], 1, "{partial}");
+    assert_eq!(partial["rejectedDataPoints"], 2, "{partial}");
     assert!(
         partial["errorMessage"]
             .as_str()
-            .is_some_and(|m| m.contains("metrics[3]") && m.contains("broken")),
+            .is_some_and(|m| m.contains("metrics[3].sum.dataPoints[0] (broken)")
+                && m.contains("metrics[4].histogram.dataPoints[1] (hn)")),
         "{partial}"
     );
     let metrics = next_metrics(&mut client).await;
     let mut names: Vec<&str> = metrics.keys().map(String::as_str).collect();
     names.sort_unstable();
-    assert_eq!(
-        names,
-        ["g", "h.count", "h.p50", "h.p90", "h.p99", "h.sum", "s"]
-    );
+    let histogram =
+        |name: &str| ["count", "p50", "p90", "p99", "sum"].map(|part| format!("{name}.{part}"));
+    let mut expected: Vec<String> = ["e", "g", "i", "s", "s2", "snake"]
+        .map(String::from)
+        .to_vec();
+    expected.extend(histogram("h"));
+    expected.extend(histogram("hm"));
+    expected.extend(histogram("hn"));
+    expected.sort_unstable();
+    assert_eq!(names, expected);
     assert_eq!(metrics["g"]["value"], 2.5);
+    assert_eq!(metrics["i"]["value"], 5.0);
+    assert_eq!(metrics["snake"]["value"], 4.0);
+    assert_eq!(metrics["hn.sum"]["value"], 2.0);
     assert_eq!(metrics["s"]["value"], 7.0);
     assert_eq!(metrics["h.sum"]["value"], 3.0);
 }

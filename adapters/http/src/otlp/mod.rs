@@ -97,8 +97,8 @@ async fn export(
     let grant = admit_publisher(state, headers).await.map_err(from_api)?;
     let started = Instant::now();
     let body = decompress(headers, body, state.max_body_bytes)?;
-    let request = decode(encoding, &body)?;
-    let points = mapping::count_points(&request);
+    let (request, unreadable) = decode(encoding, &body)?;
+    let points = mapping::count_points(&request) + unreadable.len();
     if points > state.otlp_max_points {
         return Err(OtlpRefusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,7 +108,15 @@ async fn export(
             ),
         ));
     }
-    let mapped = mapping::map(request);
+    let mut mapped = mapping::map(request);
+    mapped.refused.splice(
+        0..0,
+        unreadable.into_iter().map(|point| mapping::Refusal {
+            at: point.at,
+            name: point.name,
+            reason: point.reason,
+        }),
+    );
     // The whole batch or nothing, as for POST /api/metrics: it is published as one message.
     grant
         .check_metrics(&mapped.metrics)
@@ -172,14 +180,20 @@ fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, O
 
 /// The request, decoded. Anything that does not decode is 400 (the OTLP "bad data" answer: the
 /// client must not retry it), naming where decoding stopped when the decoder says.
-fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest, OtlpRefusal> {
+/// OTLP/JSON's data points the decoder could not read come back beside it, to be refused.
+fn decode(
+    encoding: Encoding,
+    body: &[u8],
+) -> Result<(ExportMetricsServiceRequest, Vec<proto3_json::Unreadable>), OtlpRefusal> {
     match encoding {
-        Encoding::Protobuf => ExportMetricsServiceRequest::decode(body).map_err(|error| {
-            OtlpRefusal::new(
-                StatusCode::BAD_REQUEST,
-                format!("not an ExportMetricsServiceRequest: {error}"),
-            )
-        }),
+        Encoding::Protobuf => ExportMetricsServiceRequest::decode(body)
+            .map(|request| (request, Vec::new()))
+            .map_err(|error| {
+                OtlpRefusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an ExportMetricsServiceRequest: {error}"),
+                )
+            }),
         Encoding::Json => {
             let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
                 OtlpRefusal::new(
@@ -188,6 +202,7 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
                 )
             })?;
             proto3_json::normalize(&mut value);
+            let unreadable = proto3_json::take_unreadable(&mut value);
             let request = serde_path_to_error::deserialize(value).map_err(|error| {
                 let path = error.path().to_string();
                 let refusal = OtlpRefusal::new(
@@ -204,7 +219,7 @@ fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportMetricsServiceRequest
                     refusal.at(path)
                 }
             })?;
-            Ok(request)
+            Ok((request, unreadable))
         }
     }
 }
