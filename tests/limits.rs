@@ -190,10 +190,7 @@ async fn the_publish_rate_is_per_credential_across_workers() {
         match response.status().as_u16() {
             202 => accepted += 1,
             429 => {
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
+                let retry_after = harness::http::header(&response, "retry-after")
                     .and_then(|v| v.parse::<u64>().ok());
                 assert!(
                     retry_after.is_some_and(|seconds| seconds >= 1),

@@ -101,13 +101,7 @@ async fn post(
     let response = harness::within("POST /v1/metrics", request.body(body).send())
         .await
         .unwrap_or_else(|e| panic!("POST /v1/metrics to {addr} failed: {e}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| harness::http::header(&response, name);
     let status = response.status().as_u16();
     let content_type = header("content-type").unwrap_or_default();
     let retry_after = header("retry-after");

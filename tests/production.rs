@@ -195,11 +195,7 @@ async fn the_connection_cap_answers_503_and_the_publish_rate_limit_429() {
     for _ in 0..4 {
         let response = post(a.addr(), "/api/metrics", None, body.clone()).await;
         if response.status() == 429 {
-            retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            retry_after = harness::http::header(&response, "retry-after");
         }
         statuses.push(response.status().as_u16());
     }
@@ -220,12 +216,7 @@ async fn scrape(addr: std::net::SocketAddr) -> Exposition {
     let response = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = harness::http::header(&response, "content-type").unwrap_or_default();
     assert_eq!(
         content_type, OPENMETRICS,
         "the content type names the format"

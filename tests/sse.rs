@@ -359,11 +359,7 @@ async fn refusal(
 ) -> (u16, Value) {
     let response = get(addr, query, headers).await;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let content_type = harness::http::header(&response, "content-type");
     assert_eq!(
         content_type.as_deref(),
         Some("application/json"),

@@ -38,3 +38,12 @@ pub async fn health(addr: SocketAddr) -> Value {
         .await
         .unwrap_or_else(|e| panic!("/healthz on {addr} is not JSON: {e}"))
 }
+
+/// A response header as text, if it is there and is text.
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

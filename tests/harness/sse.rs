@@ -85,13 +85,7 @@ impl SseClient {
     pub async fn open(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> SseClient {
         let response = get(addr, query, headers).await;
         assert_eq!(response.status(), 200, "{query}: {response:?}");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| super::http::header(&response, name);
         assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
         assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
         assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));

@@ -127,6 +127,33 @@ struct Opened<R> {
     grant: Grant,
 }
 
+impl<R> Opened<R> {
+    fn new(
+        manager: Arc<ConnectionManager>,
+        registered: Registered,
+        reader: R,
+        resume_from: Option<LogPosition>,
+        grant: Grant,
+    ) -> Box<Self> {
+        let Registered {
+            id,
+            queue,
+            snapshot,
+            filter,
+        } = registered;
+        Box::new(Self {
+            manager,
+            id,
+            queue,
+            reader,
+            snapshot,
+            filter,
+            resume_from,
+            grant,
+        })
+    }
+}
+
 /// Serves one upgraded connection until it closes; the client is unregistered, and its
 /// connection slot given back, the moment the connection is over for delivery purposes.
 ///
@@ -158,17 +185,8 @@ pub(crate) async fn serve_events(
     let Some(registered) = register(&manager, Box::new(pipe), &grant, first).await else {
         return;
     };
-    let opened = Opened {
-        manager,
-        id: registered.id,
-        queue: registered.queue,
-        reader: departure,
-        snapshot: registered.snapshot,
-        filter: registered.filter,
-        resume_from,
-        grant,
-    };
-    serve_opened(Box::new(opened), slot).await;
+    let opened = Opened::new(manager, registered, departure, resume_from, grant);
+    serve_opened(opened, slot).await;
 }
 
 /// Registers a client and gives its queue `socket`; `None` when the worker drains (the client
@@ -246,12 +264,7 @@ async fn open(
                 (Box::pin(read), Box::new(Writer(write)), Vec::new())
             }
         };
-    let Registered {
-        id,
-        queue,
-        snapshot,
-        filter,
-    } = register(&manager, write, &grant, first).await?;
+    let registered = register(&manager, write, &grant, first).await?;
     let limits = manager.limits();
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -260,22 +273,15 @@ async fn open(
         .max_frame_size(Some(limits.max_incoming_message));
     let duplex = Duplex {
         read,
-        queue: Arc::clone(&queue),
+        queue: Arc::clone(&registered.queue),
     };
     // What the client sent right after its handshake, already read by the HTTP server, first.
     let reader =
         WebSocketStream::from_partially_read(duplex, early_bytes, Role::Server, Some(config)).await;
-    let opened = Opened {
-        manager,
-        id,
-        queue,
-        reader,
-        snapshot,
-        filter,
-        resume_from,
-        grant,
-    };
-    Some((Box::new(opened), slot))
+    Some((
+        Opened::new(manager, registered, reader, resume_from, grant),
+        slot,
+    ))
 }
 
 /// Greets and resumes a registered client, and returns its connection, live; `None` when the

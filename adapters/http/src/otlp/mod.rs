@@ -202,26 +202,36 @@ fn decode(
                 )
             })?;
             proto3_json::normalize(&mut value);
+            let request = decode_json(&value)?;
+            if !proto3_json::drops_data(&request) {
+                return Ok((request, Vec::new()));
+            }
+            // Some metric's data did not decode: take out what does not, point by point, and
+            // decode what is left (the second pass only for such a request).
             let unreadable = proto3_json::take_unreadable(&mut value);
-            let request = serde_path_to_error::deserialize(value).map_err(|error| {
-                let path = error.path().to_string();
-                let refusal = OtlpRefusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "not an OTLP/JSON ExportMetricsServiceRequest: {}",
-                        error.inner()
-                    ),
-                );
-                // `.` is serde_path_to_error's name for the top of the body.
-                if path == "." {
-                    refusal
-                } else {
-                    refusal.at(path)
-                }
-            })?;
-            Ok((request, unreadable))
+            Ok((decode_json(&value)?, unreadable))
         }
     }
+}
+
+/// A normalized OTLP/JSON request, decoded; 400 naming where decoding stopped.
+fn decode_json(value: &serde_json::Value) -> Result<ExportMetricsServiceRequest, OtlpRefusal> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let refusal = OtlpRefusal::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "not an OTLP/JSON ExportMetricsServiceRequest: {}",
+                error.inner()
+            ),
+        );
+        // `.` is serde_path_to_error's name for the top of the body.
+        if path == "." {
+            refusal
+        } else {
+            refusal.at(path)
+        }
+    })
 }
 
 fn answer(encoding: Encoding, response: &ExportMetricsServiceResponse) -> Response {

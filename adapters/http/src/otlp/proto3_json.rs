@@ -15,6 +15,7 @@
 //! found by [`take_unreadable`], point by point, and refused point by point, so that one bad
 //! point never costs the others of its metric.
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use serde_json::{Map, Value};
 
 /// `AggregationTemporality` by name.
@@ -256,8 +257,20 @@ fn take_points(metric: &mut Value, place: &str, taken: &mut Vec<Unreadable>) {
 
 /// Whether the generated decoder reads `metric` with its data.
 fn readable(metric: &Value) -> bool {
-    serde_json::from_value::<opentelemetry_proto::tonic::metrics::v1::Metric>(metric.clone())
+    use serde::Deserialize;
+    opentelemetry_proto::tonic::metrics::v1::Metric::deserialize(metric)
         .is_ok_and(|metric| metric.data.is_some())
+}
+
+/// Whether the decoder left some metric of `request` without its data: then
+/// [`take_unreadable`] finds what it could not read.
+pub(crate) fn drops_data(request: &ExportMetricsServiceRequest) -> bool {
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|resource| &resource.scope_metrics)
+        .flat_map(|scope| &scope.metrics)
+        .any(|metric| metric.data.is_none())
 }
 
 fn mentions_non_finite(value: &Value) -> bool {
