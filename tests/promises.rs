@@ -490,6 +490,165 @@ async fn a_second_copy_of_a_message_reaches_clients_once_and_repeated_outside_me
     assert_eq!(bus["duplicates"], 2, "{bus}");
 }
 
+/// RELIABILITY.md: a metric that reaches a worker after one of the same publisher stamped more
+/// than twice `--redis-timeout` and a second later (a Redis Cluster master let go after a
+/// failover sends on what it held) is dropped and counted in `bus.late`; swapped places within
+/// that margin (concurrent publishes) are delivered, and an outside message stamped in the
+/// future never silences a worker's own metrics.
+#[tokio::test]
+async fn a_metric_arriving_after_much_newer_ones_of_its_publisher_is_dropped_and_nothing_else() {
+    let redis = RedisServer::start().await;
+    // Margin: 2 × 1 s + 1 s = 3 s.
+    let worker =
+        start_worker::<Process>("late", On::Redis(&redis.url()), &["--redis-timeout", "1s"]).await;
+    let mut client = Client::connect(worker.addr).await;
+    let now_us = harness::auth::now() * 1_000_000;
+    let second = 1_000_000u64;
+    let stamped = |origin: &str, seq: u64, stamp_us: u64, name: &str| {
+        json!({"type":"metrics","origin":origin,"seq":seq,"published_at_us":stamp_us,
+               "data":[{"name":name,"value":1}]})
+        .to_string()
+    };
+    let sent = [
+        stamped("web-9-1", 10, now_us, "newest"),
+        stamped("web-9-1", 5, now_us - 4 * second, "late"),
+        stamped(
+            "web-9-1",
+            9,
+            now_us - 2 * second,
+            "swapped-within-the-margin",
+        ),
+        stamped("web-9-2", 1, now_us - 60 * second, "another-publisher"),
+        // Forged as this worker's own, far in the future: taken for nobody's newest.
+        stamped("late", 1_000_000, now_us + 3_600 * second, "forged-future"),
+    ];
+    for message in &sent {
+        assert_eq!(redis.publish_raw("performance:metrics", message).await, 1);
+    }
+    let (status, receipt) = post(
+        worker.addr,
+        "/api/metrics",
+        "application/json",
+        json!({"name":"own","value":1}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        status, 202,
+        "the worker's own metric after a forged future one: {receipt}"
+    );
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("own") {
+        let frame = client.next_frame().await;
+        if frame["type"] == "metrics" {
+            got.extend(
+                frame["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| {
+                        item["name"]
+                            .as_str()
+                            .filter(|name| {
+                                !name.starts_with("fanout.") && !name.starts_with("process.")
+                            })
+                            .map(str::to_owned)
+                    }),
+            );
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            "newest",
+            "swapped-within-the-margin",
+            "another-publisher",
+            "forged-future",
+            "own"
+        ]
+    );
+    let bus = health(worker.addr).await["bus"].clone();
+    assert_eq!(bus["late"], 1, "{bus}");
+}
+
+/// PROTOCOL.md: a `202` for a metric means this worker's clients get it. Redis answers a
+/// publish before it writes to its subscribers; when what it sends to this worker's subscriber
+/// is held (as by a master that stops in between), the publish is refused with 503 instead of
+/// acknowledged, and once the hold ends the worker acknowledges and delivers again.
+#[tokio::test]
+async fn a_metric_is_acknowledged_only_once_the_workers_own_subscriber_has_it() {
+    let redis = RedisServer::start().await;
+    let proxy = harness::proxy::Proxy::start(redis.addr()).await;
+    let proxied = format!("redis://{}", proxy.addr);
+    let worker =
+        start_worker::<Process>("echo", On::Redis(&proxied), &["--redis-timeout", "1s"]).await;
+    let mut client = Client::connect(worker.addr).await;
+    let metric = |name: &str| json!({"name":name,"value":1}).to_string();
+    let (status, _) = post(
+        worker.addr,
+        "/api/metrics",
+        "application/json",
+        metric("before"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    proxy.hold_subscribers();
+    let (status, answer) = post(
+        worker.addr,
+        "/api/metrics",
+        "application/json",
+        metric("held"),
+    )
+    .await;
+    assert_eq!(
+        status, 503,
+        "Redis took it but the worker's subscriber never got it: {answer}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("subscriber")),
+        "{answer}"
+    );
+    proxy.release();
+    let mut accepted = false;
+    for _ in 0..50 {
+        let (status, _) = post(
+            worker.addr,
+            "/api/metrics",
+            "application/json",
+            metric("after"),
+        )
+        .await;
+        if status == 202 {
+            accepted = true;
+            break;
+        }
+        // 503 while the subscriber reconnects (its PING went unanswered); each answer is the wait.
+        wait_until("the worker's subscriber is live", || async {
+            health(worker.addr).await["bus"]["state"] == "subscribed"
+        })
+        .await;
+    }
+    assert!(
+        accepted,
+        "the worker acknowledges again once its subscriber gets messages"
+    );
+    let mut names = Vec::new();
+    while names.last().map(String::as_str) != Some("after") {
+        let frame = client.next_frame().await;
+        if let Some(name) = frame["data"][0]["name"].as_str() {
+            if ["before", "held", "after"].contains(&name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("before"),
+        "{names:?}"
+    );
+}
+
 /// One step of the interleaving: a real alert through a worker's API, or anything an outside
 /// system might put on the alerts channel.
 #[derive(Clone, Debug)]

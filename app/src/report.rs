@@ -120,6 +120,11 @@ impl WorkerReport for WorkerStatus {
             "Second copies of a message the bus delivered again (dropped)",
             ConstCounter::new(bus.duplicates),
         );
+        registry.register(
+            "bus_late",
+            "Metrics the bus delivered after newer ones of the same publisher (dropped)",
+            ConstCounter::new(bus.late),
+        );
         let subscribed = usize::from(bus.state == SubscriberState::Subscribed);
         registry.register(
             "bus_subscribed",

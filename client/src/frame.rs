@@ -81,6 +81,10 @@ pub struct BusReport {
     /// a worker too old to report it.
     #[serde(default)]
     pub duplicates: u64,
+    /// Metrics that arrived after a newer message of the same publisher (dropped); 0 from a
+    /// worker too old to report it.
+    #[serde(default)]
+    pub late: u64,
     /// The Redis the worker subscribed on, `HOST:PORT` (with Sentinel, the master it was
     /// named); absent for the in-memory bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]

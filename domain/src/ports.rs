@@ -109,6 +109,9 @@ pub struct BusStatus {
     /// Second copies of a message already delivered (Redis Cluster can hand a worker the same
     /// message twice after a failover): dropped.
     pub duplicates: u64,
+    /// Metrics that arrived after a message of the same publisher stamped well after them (a
+    /// Redis Cluster master let go after a failover sends on what it held): dropped.
+    pub late: u64,
     /// The Redis the subscriber last subscribed on, `HOST:PORT` (the master the sentinels named,
     /// with Sentinel); `None` for the in-memory bus or before the first subscribe.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -239,6 +239,7 @@ impl BusSubscriber for MemorySubscriber {
             lost: self.counters.lost.load(Ordering::Relaxed),
             foreign_ids: 0,
             duplicates: 0,
+            late: 0,
             master: None,
         }
     }

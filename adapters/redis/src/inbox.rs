@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fanout_domain::{
@@ -30,6 +30,7 @@ pub(crate) struct Inbox {
     malformed_log: RateLimitedLog,
     foreign_log: RateLimitedLog,
     duplicate_log: RateLimitedLog,
+    late_log: RateLimitedLog,
 }
 
 impl Inbox {
@@ -40,6 +41,7 @@ impl Inbox {
             malformed_log: RateLimitedLog::new(LOG_INTERVAL),
             foreign_log: RateLimitedLog::new(LOG_INTERVAL),
             duplicate_log: RateLimitedLog::new(LOG_INTERVAL),
+            late_log: RateLimitedLog::new(LOG_INTERVAL),
         }
     }
 
@@ -96,9 +98,32 @@ impl Inbox {
                 return Ok(());
             }
         }
+        let numbered = envelope.seq != 0 && envelope.published_at_us != 0;
+        if numbered && matches!(envelope.payload, Payload::Metrics(_)) {
+            if let Err(older) = self.on_time(&envelope) {
+                let total = self.status.late.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.late_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        channel = channel_name,
+                        origin = %envelope.origin,
+                        seq = envelope.seq,
+                        older_ms = older.as_millis() as u64,
+                        late_total = total,
+                        suppressed,
+                        "dropped a metric that arrived after a newer one of its publisher (a Redis master let go after a failover sent it late)"
+                    );
+                }
+                return Ok(());
+            }
+        }
         self.status.received.fetch_add(1, Ordering::Relaxed);
         let (Payload::Alert(_), Some(feed)) = (&envelope.payload, feed) else {
             self.delivery.deliver(&envelope);
+            if numbered {
+                self.status
+                    .echoes
+                    .arrived(envelope.origin.as_str(), envelope.seq);
+            }
             return Ok(());
         };
         let claimed = envelope.id;
@@ -121,6 +146,26 @@ impl Inbox {
             }
         }
         Ok(())
+    }
+
+    /// Whether a numbered metric comes in time (see `late`).
+    fn on_time(&self, envelope: &Envelope) -> Result<(), Duration> {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            });
+        self.status
+            .newest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(
+                envelope.channel(),
+                envelope.origin.as_str(),
+                envelope.published_at_us,
+                now_us,
+                Instant::now(),
+            )
     }
 
     /// Counts and logs a catch-up that could not deliver everything after the feed's position.

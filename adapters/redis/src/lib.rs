@@ -19,7 +19,9 @@ mod backoff;
 mod cluster;
 mod connect;
 mod copies;
+mod echoes;
 mod inbox;
+mod late;
 mod log;
 mod master;
 mod node_session;
@@ -57,7 +59,7 @@ impl RedisBus {
     /// connection on the first subscribe. Refused when the URL or the sentinels' addresses are
     /// malformed.
     pub fn new(config: RedisConfig) -> Result<Self, redis::RedisError> {
-        let status = Arc::new(SharedStatus::new());
+        let status = Arc::new(SharedStatus::new(config.command_timeout));
         let resolver = Arc::new(Resolver::new(&config)?);
         Ok(Self {
             publisher: Arc::new(RedisPublisher::new(

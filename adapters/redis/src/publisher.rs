@@ -4,8 +4,10 @@
 //! Sentinel, Cluster), kept together so that what a `202` promises reads in one place.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::cluster::ClusterCommands;
+use crate::echoes::Echo;
 use crate::log::{AppendScript, LogKeys, ReadScript};
 use crate::master::{MasterPool, Resolver};
 use crate::status::SharedStatus;
@@ -130,7 +132,9 @@ impl Broadcaster for RedisPublisher {
         }
         let (master, pool) = self.on_the_subscribers_master().await?;
         self.subscriber_ready(&pool).await?;
+        let started = Instant::now();
         let session = self.status.live_session();
+        let echo = self.echo_for(envelope, session.is_some());
         let payload = envelope.to_json();
         let attempt = async {
             let mut connection = pool
@@ -195,7 +199,12 @@ impl Broadcaster for RedisPublisher {
                  it may not reach this worker's clients (it may still reach others')",
             ));
         }
-        outcome
+        let published = outcome?;
+        let moved_on = self
+            .status
+            .until(|state| state != SubscriberState::Subscribed);
+        self.echoed(echo, started, moved_on).await?;
+        Ok(published)
     }
 }
 
@@ -259,7 +268,9 @@ impl RedisPublisher {
             Payload::Alert(_) => cluster.channels.alerts(),
         };
         self.channel_ready(cluster, channel).await?;
+        let started = Instant::now();
         let live = self.status.channel_live(channel);
+        let echo = self.echo_for(envelope, live.is_some());
         let payload = envelope.to_json();
         let attempt = async {
             match &live {
@@ -339,7 +350,15 @@ impl RedisPublisher {
                 cluster.channels.name(channel)
             )));
         }
-        outcome
+        let published = outcome?;
+        let moved_on = async {
+            match session {
+                Some(session) => self.status.until_channel_leaves(channel, session).await,
+                None => std::future::pending().await,
+            }
+        };
+        self.echoed(echo, started, moved_on).await?;
+        Ok(published)
     }
 
     /// The publish itself on a Redis Cluster: the metrics script, or the alert log's append
@@ -397,6 +416,50 @@ impl RedisPublisher {
                 cluster.channels.name(channel)
             ))
         })
+    }
+
+    /// For a metric published while this worker's subscriber is live: its echo, registered
+    /// before the publish (it can come before the reply).
+    fn echo_for(&self, envelope: &Envelope, live: bool) -> Option<Echo> {
+        (live && matches!(envelope.payload, Payload::Metrics(_))).then(|| {
+            self.status
+                .echoes
+                .expect(envelope.origin.as_str(), envelope.seq)
+        })
+    }
+
+    /// A metric's `202` waits, within the Redis timeout counted from `started`, until this
+    /// worker's own subscriber has handed it to the local clients: Redis answers before it
+    /// writes to its subscribers, and a master that stops in between may deliver the message
+    /// late or not at all (see `echoes`). `moved_on` resolves when the subscription it was
+    /// published for is no longer live.
+    async fn echoed(
+        &self,
+        echo: Option<Echo>,
+        started: Instant,
+        moved_on: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PublishError> {
+        let Some(mut echo) = echo else {
+            return Ok(());
+        };
+        let left = self
+            .config
+            .command_timeout
+            .saturating_sub(started.elapsed());
+        tokio::select! {
+            biased;
+            () = echo.arrived() => Ok(()),
+            () = moved_on => Err(PublishError::unavailable(
+                "Redis took the metric, but this worker's subscriber stopped before it came back: \
+                 it may not reach this worker's clients (it may still reach others')",
+            )),
+            () = tokio::time::sleep(left) => Err(PublishError::unavailable(format!(
+                "Redis took the metric, but this worker's subscriber did not receive it within \
+                 {:?}: it may reach clients late, or not at all (workers drop it when it comes \
+                 after newer metrics)",
+                self.config.command_timeout
+            ))),
+        }
     }
 
     /// How long `WAIT` may take: half the command timeout, so the answer still comes within it.

@@ -8,6 +8,8 @@ use fanout_domain::{BusStatus, SubscriberState};
 use tokio::sync::{watch, Notify};
 
 use crate::copies::{self, RecentMessages};
+use crate::echoes::Echoes;
+use crate::late::{self, LateMessages};
 
 /// Redis Cluster: where one sharded channel is live (session 0: it is not).
 #[derive(Clone, Debug, Default)]
@@ -50,10 +52,17 @@ pub(crate) struct SharedStatus {
     /// What every session of this worker received lately: a copy can arrive on another session
     /// (a Cluster node's) than the first.
     pub(crate) recent: Mutex<RecentMessages>,
+    /// Metrics that arrived after a newer one of the same publisher, dropped (see `late`).
+    pub(crate) late: AtomicU64,
+    /// Each publisher's newest stamp, for every session of this worker.
+    pub(crate) newest: Mutex<LateMessages>,
+    /// This worker's publishes waiting for their own subscriber to hand them on.
+    pub(crate) echoes: Arc<Echoes>,
 }
 
 impl SharedStatus {
-    pub(crate) fn new() -> Self {
+    /// `redis_timeout` bounds every publish: it sets how late a message must be to be dropped.
+    pub(crate) fn new(redis_timeout: Duration) -> Self {
         Self {
             state: watch::Sender::new(SubscriberState::Idle),
             last_error: Mutex::new(None),
@@ -69,6 +78,12 @@ impl SharedStatus {
             foreign_ids: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             recent: Mutex::new(RecentMessages::new(copies::WINDOW, copies::CAPACITY)),
+            late: AtomicU64::new(0),
+            newest: Mutex::new(LateMessages::new(
+                late::margin(redis_timeout),
+                late::CAPACITY,
+            )),
+            echoes: Arc::new(Echoes::default()),
         }
     }
 
@@ -181,6 +196,14 @@ impl SharedStatus {
             .await;
     }
 
+    /// Redis Cluster: resolves once the sharded channel is no longer live on `session`.
+    pub(crate) async fn until_channel_leaves(&self, channel: usize, session: u64) {
+        let mut live = self.channels.subscribe();
+        let _ = live
+            .wait_for(|live| live.get(channel).is_none_or(|live| live.session != session))
+            .await;
+    }
+
     /// Resolves once the state satisfies `ready`.
     pub(crate) async fn until(&self, ready: impl Fn(SubscriberState) -> bool) {
         let mut state = self.state.subscribe();
@@ -204,6 +227,7 @@ impl SharedStatus {
             lost: self.lost.load(Ordering::Relaxed),
             foreign_ids: self.foreign_ids.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
             master: self
                 .master
                 .lock()

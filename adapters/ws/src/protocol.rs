@@ -299,6 +299,7 @@ mod tests {
             lost: 0,
             foreign_ids: 0,
             duplicates: 0,
+            late: 0,
             master: None,
         };
         let worker = worker();

@@ -47,6 +47,7 @@ impl BusSubscriber for FakeBus {
             lost: 0,
             foreign_ids: 0,
             duplicates: 0,
+            late: 0,
             master: None,
         }
     }
