@@ -448,9 +448,10 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         acknowledged_count() >= before + 50
     })
     .await;
+    let addrs = [publisher.addr, other.addr];
     let done = run.finish().await;
     let mut late = Vec::new();
-    for addr in [publisher.addr, other.addr] {
+    for addr in addrs {
         late.push(health(addr).await["bus"]["late"].clone());
     }
     println!(
