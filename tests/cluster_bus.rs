@@ -448,12 +448,11 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         acknowledged_count() >= before + 50
     })
     .await;
-    let addrs = [publisher.addr, other.addr];
-    let done = run.finish().await;
     let mut late = Vec::new();
-    for addr in addrs {
+    for addr in [publisher.addr, other.addr] {
         late.push(health(addr).await["bus"]["late"].clone());
     }
+    let done = run.finish().await;
     println!(
         "frozen master {frozen}, {promoted} promoted: {} metrics acknowledged, {} refused, none late; \
          the other worker's client missed {}; dropped as late (publisher, other): {late:?}",

@@ -30,8 +30,6 @@ const WORKERS: [&str; 3] = ["s1", "s2", "s3"];
 const CLIENTS_PER_WORKER: usize = 10;
 /// 100 metrics a second across the workers; every 10th tick an alert.
 const TICK: Duration = Duration::from_millis(10);
-/// Metrics (ticks) on either side of a fault's instant that may miss their clients: 100 ms.
-const FAULT_WINDOW: u64 = 10;
 
 /// One scenario at a time: each runs 5 Redis containers, 3 workers and 30 clients, and Sentinel's
 /// own timings (a restarted master made a replica) stretch past the harness's bounds when four
@@ -406,8 +404,8 @@ async fn failover_under_load(faults: &[Fault]) {
             .alerts
             .clone(),
     );
-    // A 202 means the worker's own clients get the metric, but at the instant of a fault.
-    let mut missed_at_faults = 0;
+    // A 202 means the worker's own clients get the metric, faults or not: it is answered only
+    // once the worker's own subscriber has handed it on (RELIABILITY.md).
     let acknowledged_metrics = published
         .acknowledged_metrics
         .lock()
@@ -421,25 +419,12 @@ async fn failover_under_load(faults: &[Fault]) {
             .filter(|(by, value)| *by == worker && !seen.values.contains(value))
             .map(|(_, value)| *value)
             .collect();
-        // Redis answers a PUBLISH before it has written it to the subscribers: a metric
-        // acknowledged the instant the master dies or freezes can miss them (RELIABILITY.md).
-        // Within 100 ms of a fault at most 2 may; anywhere else none.
-        let at_a_fault = |value: u64| {
-            fault_values
-                .iter()
-                .any(|&(from, to)| value + FAULT_WINDOW >= from && value <= to + FAULT_WINDOW)
-        };
-        let (near, elsewhere): (Vec<u64>, Vec<u64>) = missed.iter().partition(|v| at_a_fault(**v));
         assert!(
-            elsewhere.is_empty() && near.len() <= 2 * faults.len(),
+            missed.is_empty(),
             "client {index} of worker {worker} missed metrics its worker acknowledged: \
-             {elsewhere:?} away from the faults ({fault_values:?}), {near:?} at them"
+             {missed:?} (the faults were at {fault_values:?})"
         );
-        missed_at_faults = missed_at_faults.max(near.len());
     }
-    println!(
-        "at most {missed_at_faults} acknowledged metric(s) per client missed at the fault instants"
-    );
     let mover_messages: HashSet<&str> = mover_alerts.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(
         mover_messages.len(),

@@ -56,7 +56,8 @@ struct Newest {
 
 /// Each publisher's newest stamp seen lately, per channel.
 pub(crate) struct LateMessages {
-    newest: HashMap<(Channel, Box<str>), Newest>,
+    /// Per channel, per origin.
+    newest: HashMap<Channel, HashMap<Box<str>, Newest>>,
     margin_us: u64,
     capacity: usize,
 }
@@ -87,8 +88,11 @@ impl LateMessages {
             // Never late (nothing newer can have been taken), and never taken as the newest.
             return Ok(());
         }
-        let key = (channel, Box::<str>::from(origin));
-        if let Some(newest) = self.newest.get_mut(&key) {
+        if let Some(newest) = self
+            .newest
+            .get_mut(&channel)
+            .and_then(|origins| origins.get_mut(origin))
+        {
             if now.saturating_duration_since(newest.at) < HORIZON {
                 if stamp_us.saturating_add(self.margin_us) < newest.stamp_us {
                     return Err(Duration::from_micros(newest.stamp_us - stamp_us));
@@ -97,15 +101,27 @@ impl LateMessages {
                 newest.at = now;
                 return Ok(());
             }
-        } else if self.newest.len() >= self.capacity {
-            self.newest
-                .retain(|_, newest| now.saturating_duration_since(newest.at) < HORIZON);
-            if self.newest.len() >= self.capacity {
+            *newest = Newest { stamp_us, at: now };
+            return Ok(());
+        }
+        if self.followed() >= self.capacity {
+            for origins in self.newest.values_mut() {
+                origins.retain(|_, newest| now.saturating_duration_since(newest.at) < HORIZON);
+            }
+            if self.followed() >= self.capacity {
                 return Ok(());
             }
         }
-        self.newest.insert(key, Newest { stamp_us, at: now });
+        self.newest
+            .entry(channel)
+            .or_default()
+            .insert(Box::from(origin), Newest { stamp_us, at: now });
         Ok(())
+    }
+
+    /// Publishers followed, over every channel.
+    fn followed(&self) -> usize {
+        self.newest.values().map(HashMap::len).sum()
     }
 }
 
