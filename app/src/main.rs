@@ -17,11 +17,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let cli = Cli::parse();
-    let threads = cli
-        .threads
-        .map_or_else(|| supervisor::threads_per_worker(cli.workers), usize::from);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -42,10 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         let base_id = cli.worker.worker_id.as_ref().map(ToString::to_string);
-        let threads = cli
-            .threads
-            .map_or_else(|| supervisor::threads_per_worker(cli.workers), usize::from);
-        return supervisor::run(cli.workers, base_id, threads).await;
+        return supervisor::run(cli.workers, base_id).await;
     }
     let mut config = cli.worker;
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);

@@ -44,23 +44,12 @@ fn worker_args(args: impl Iterator<Item = String>) -> Vec<String> {
     kept
 }
 
-/// Runtime threads for each of `workers` worker processes when `--threads` is not given: the
-/// CPUs shared among them, at least one each. More threads than CPUs only add wake-ups: with 2
-/// workers on 2 CPUs, one thread each spent 5–10% less CPU per delivery at load A on Redis
-/// (PERFORMANCE.md).
-pub fn threads_per_worker(workers: u16) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (cpus / usize::from(workers.max(1))).max(1)
-}
-
-fn spawn_worker(index: u16, base_id: Option<&str>, threads: usize) -> anyhow::Result<Child> {
+fn spawn_worker(index: u16, base_id: Option<&str>) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the fanout executable")?;
     let mut command = Command::new(exe);
     command
         .args(worker_args(std::env::args().skip(1)))
         .env("FANOUT_WORKERS", "1")
-        // A worker alone knows no longer how many share the CPUs: the supervisor says.
-        .env("FANOUT_THREADS", threads.to_string())
         .env("FANOUT_REUSE_PORT", "true")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -97,14 +86,13 @@ async fn watch_worker(
     }
 }
 
-/// Runs `count` workers of `threads` runtime threads each until SIGTERM or SIGINT, then stops
-/// them and returns once all exited.
-pub async fn run(count: u16, base_id: Option<String>, threads: usize) -> anyhow::Result<()> {
+/// Runs `count` workers until SIGTERM or SIGINT, then stops them and returns once all exited.
+pub async fn run(count: u16, base_id: Option<String>) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (died_tx, mut died) = mpsc::unbounded_channel();
     for index in 1..=count {
-        let child = spawn_worker(index, base_id.as_deref(), threads)?;
+        let child = spawn_worker(index, base_id.as_deref())?;
         tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
     }
     let mut terminate = signal(SignalKind::terminate())?;
@@ -115,7 +103,7 @@ pub async fn run(count: u16, base_id: Option<String>, threads: usize) -> anyhow:
             _ = interrupt.recv() => break,
             Some(index) = died.recv() => {
                 tokio::time::sleep(RESTART_DELAY).await;
-                let child = spawn_worker(index, base_id.as_deref(), threads)?;
+                let child = spawn_worker(index, base_id.as_deref())?;
                 tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
             }
         }
@@ -130,18 +118,6 @@ pub async fn run(count: u16, base_id: Option<String>, threads: usize) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workers_share_the_cpus_and_each_gets_at_least_one_thread() {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        assert_eq!(threads_per_worker(1), cpus);
-        assert_eq!(
-            threads_per_worker(u16::try_from(cpus).unwrap_or(u16::MAX)),
-            1
-        );
-        assert_eq!(threads_per_worker(256), 1);
-        assert_eq!(threads_per_worker(0), cpus, "no workers is taken as one");
-    }
 
     #[test]
     fn worker_args_drop_the_flags_the_supervisor_sets() {
