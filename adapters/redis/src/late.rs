@@ -7,9 +7,8 @@
 //! new sessions seconds late, after newer messages: the only copy, so `copies` cannot tell.
 //!
 //! What tells it is the publisher's own clock. A worker stamps a message (`published_at_us`)
-//! before publishing it and waits at most twice its Redis timeout (its subscriber coming back,
-//! then the publish) before it answers 503, so Redis runs a message it acknowledged within
-//! [`margin`] of its stamp. One Redis node hands messages on in the order it runs them; so if a
+//! before publishing it and answers 503 when it is not acknowledged within its Redis timeout of
+//! the stamp, so Redis runs a message it acknowledged within [`margin`] of its stamp. One Redis node hands messages on in the order it runs them; so if a
 //! message of a publisher reaches a worker after one of the same publisher and channel stamped
 //! more than [`margin`] later, it did not come the normal way: it is late, and delivering it
 //! would put it after newer values. It is dropped and counted (`bus.late`). The publisher's own
@@ -20,7 +19,7 @@
 //! alert log's order. An outside message cannot silence a real publisher: a stamp further ahead
 //! of this worker's clock than [`FUTURE`] is never taken as a publisher's newest, and a newest
 //! stamp counts for [`HORIZON`] only. Workers' clocks must agree within `margin - FUTURE`
-//! (2 × `--redis-timeout` by default): a worker whose clock is further behind than that could
+//! (`--redis-timeout`, 2 s by default): a worker whose clock is further behind than that could
 //! have its metrics taken for late ones for a while after an outside message stamped "now".
 //!
 //! Memory is bounded: at most [`CAPACITY`] publishers (channel and origin) are followed; one
@@ -40,11 +39,11 @@ pub(crate) const FUTURE: Duration = Duration::from_secs(1);
 /// Most publishers followed.
 pub(crate) const CAPACITY: usize = 4_096;
 
-/// How much older than a publisher's newest stamp a message must be to be late: the longest a
-/// worker waits before Redis runs a publish it acknowledges (`2 × timeout`), and a second for
-/// the scheduling around it.
+/// How much older than a publisher's newest stamp a message must be to be late: the longest
+/// from its stamp to Redis running a publish a worker acknowledges (the worker answers within
+/// `--redis-timeout` of the stamp), and a second for clocks read apart.
 pub(crate) fn margin(redis_timeout: Duration) -> Duration {
-    redis_timeout.saturating_mul(2) + Duration::from_secs(1)
+    redis_timeout + Duration::from_secs(1)
 }
 
 #[derive(Clone, Copy)]

@@ -4,7 +4,7 @@
 //! Sentinel, Cluster), kept together so that what a `202` promises reads in one place.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::ClusterCommands;
 use crate::echoes::Echo;
@@ -126,13 +126,50 @@ impl RedisPublisher {
 
 #[async_trait]
 impl Broadcaster for RedisPublisher {
+    /// Answers a metric within `--redis-timeout` of its stamp, all waits included (for the
+    /// subscriber, the pool, the publish, the echo): Redis runs a metric it acknowledges within
+    /// that time of the stamp, which is what lets every worker tell a late one (`late`). An
+    /// alert may have been stamped long before (a rule's, kept in the outbox while the bus was
+    /// down): its time counts from now.
     async fn publish(&self, envelope: &Envelope) -> Result<Option<LogId>, PublishError> {
+        let timeout = self.config.command_timeout;
+        let stamped = matches!(envelope.payload, Payload::Metrics(_));
+        let since_stamp = if stamped {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .and_then(|now| now.checked_sub(Duration::from_micros(envelope.published_at_us)))
+                .unwrap_or_default()
+                .min(timeout)
+        } else {
+            Duration::ZERO
+        };
+        let started = Instant::now()
+            .checked_sub(since_stamp)
+            .unwrap_or_else(Instant::now);
+        let within = timeout.saturating_sub(started.elapsed());
+        tokio::time::timeout(within, self.publish_within(envelope, started))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::unavailable(format!(
+                    "not published within {timeout:?} (--redis-timeout) of its arrival"
+                )))
+            })
+    }
+}
+
+impl RedisPublisher {
+    /// The publish itself, for [`Broadcaster::publish`]; `started` is the message's stamp.
+    async fn publish_within(
+        &self,
+        envelope: &Envelope,
+        started: Instant,
+    ) -> Result<Option<LogId>, PublishError> {
         if let Some(cluster) = &self.cluster {
-            return self.publish_sharded(cluster, envelope).await;
+            return self.publish_sharded(cluster, envelope, started).await;
         }
         let (master, pool) = self.on_the_subscribers_master().await?;
         self.subscriber_ready(&pool).await?;
-        let started = Instant::now();
         let session = self.status.live_session();
         let echo = self.echo_for(envelope, session.is_some());
         let payload = envelope.to_json();
@@ -262,13 +299,13 @@ impl RedisPublisher {
         &self,
         cluster: &ClusterCommands,
         envelope: &Envelope,
+        started: Instant,
     ) -> Result<Option<LogId>, PublishError> {
         let channel = match envelope.payload {
             Payload::Metrics(_) => cluster.channels.partition_of(envelope.origin.as_str()),
             Payload::Alert(_) => cluster.channels.alerts(),
         };
         self.channel_ready(cluster, channel).await?;
-        let started = Instant::now();
         let live = self.status.channel_live(channel);
         let echo = self.echo_for(envelope, live.is_some());
         let payload = envelope.to_json();
@@ -279,7 +316,11 @@ impl RedisPublisher {
                         PublishError::caused_by("no connection to the Redis master", error)
                     })?;
                     // Past the time this publish waits for, the master must not run it.
-                    let deadline = node.deadline_us(self.config.command_timeout);
+                    let left = self
+                        .config
+                        .command_timeout
+                        .saturating_sub(started.elapsed());
+                    let deadline = node.deadline_us(left);
                     let mut connection = node.connection;
                     let published = self
                         .sharded_script(
