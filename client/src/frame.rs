@@ -333,7 +333,7 @@ mod tests {
 
     // The examples of docs/PROTOCOL.md, verbatim.
     const HELLO: &str = r#"{"type":"hello","worker":"web-1-4242","connections":12,
- "bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0,"duplicates":0}}"#;
+ "bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0,"duplicates":0,"late":0}}"#;
     const SNAPSHOT: &str = r#"{"type":"snapshot","data":[{"name":"host.cpu_percent","value":12.5,"unit":"%","labels":{"worker":"web-1-4242"},"timestamp":1764380000123,"source":"web-1-4242"}]}"#;
     const RESUME: &str = r#"{"type":"resume","after":"1764380000456-0","epoch":"3f9a0c1e5b7d2468","replayed":3,"complete":true}"#;
     const METRICS: &str = r#"{"type":"metrics","origin":"web-1-4242","seq":17,"published_at_us":1764380000123456,

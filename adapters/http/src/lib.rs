@@ -125,10 +125,15 @@ async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<Grant,
             Err(ApiError::too_many(seconds.max(1)))
         }
         Err(error) => {
-            let QuotaError::Unavailable { reason, .. } = &error;
+            let QuotaError::Unavailable { reason, cause } = &error;
             tracing::warn!(error = %error_chain(&error), "publish refused: the publish quota cannot be checked");
+            // The cause too (a timeout, a refused connection): the publisher sees why.
+            let why = match cause {
+                Some(cause) => format!("{reason}: {}", error_chain(cause.as_ref())),
+                None => reason.clone(),
+            };
             Err(ApiError::unavailable(format!(
-                "publish rate limit unavailable: {reason}"
+                "publish rate limit unavailable: {why}"
             )))
         }
     }
@@ -317,8 +322,10 @@ fn out_of_scope(violation: ScopeViolation, in_array: bool) -> ApiError {
     ApiError::forbidden_at(field, violation.to_string())
 }
 
+/// 503 with the whole chain of causes (`bus unavailable: publish failed: timed out`): the
+/// publisher sees why, not only that.
 fn unavailable(error: PublishError) -> ApiError {
     let chain = error_chain(&error);
     tracing::warn!(error = %chain, "publish refused: bus unavailable");
-    ApiError::unavailable(error.to_string())
+    ApiError::unavailable(chain)
 }

@@ -170,6 +170,7 @@ impl RedisPublisher {
         }
         let (master, pool) = self.on_the_subscribers_master().await?;
         self.subscriber_ready(&pool).await?;
+        let idles = self.status.idles();
         let session = self.status.live_session();
         let echo = self.echo_for(envelope, session.is_some());
         let payload = envelope.to_json();
@@ -226,10 +227,12 @@ impl RedisPublisher {
         // A 202 promises this worker's clients the message: the session that was live before the
         // PUBLISH must still be live after it (a session that ends on purpose delivers what was
         // published before it said so). Alerts need not: the log gives them to the next session.
+        // (Unless it went idle meanwhile: no client of this worker was there all along.)
         if outcome.is_ok()
             && session.is_some()
             && matches!(envelope.payload, Payload::Metrics(_))
             && self.status.live_session() != session
+            && self.status.idles() == idles
         {
             return Err(PublishError::unavailable(
                 "this worker's subscriber changed sessions while the message was published: \
@@ -240,7 +243,7 @@ impl RedisPublisher {
         let moved_on = self
             .status
             .until(|state| state != SubscriberState::Subscribed);
-        self.echoed(echo, started, moved_on).await?;
+        self.echoed(echo, started, idles, moved_on).await?;
         Ok(published)
     }
 }
@@ -306,6 +309,7 @@ impl RedisPublisher {
             Payload::Alert(_) => cluster.channels.alerts(),
         };
         self.channel_ready(cluster, channel).await?;
+        let idles = self.status.idles();
         let live = self.status.channel_live(channel);
         let echo = self.echo_for(envelope, live.is_some());
         let payload = envelope.to_json();
@@ -384,6 +388,7 @@ impl RedisPublisher {
                 .channel_live(channel)
                 .map(|(session, _)| session)
                 != session
+            && self.status.idles() == idles
         {
             return Err(PublishError::unavailable(format!(
                 "this worker's subscription of {} changed sessions while the message was \
@@ -398,7 +403,7 @@ impl RedisPublisher {
                 None => std::future::pending().await,
             }
         };
-        self.echoed(echo, started, moved_on).await?;
+        self.echoed(echo, started, idles, moved_on).await?;
         Ok(published)
     }
 
@@ -473,11 +478,12 @@ impl RedisPublisher {
     /// worker's own subscriber has handed it to the local clients: Redis answers before it
     /// writes to its subscribers, and a master that stops in between may deliver the message
     /// late or not at all (see `echoes`). `moved_on` resolves when the subscription it was
-    /// published for is no longer live.
+    /// published for is no longer live; `idles` is [`SharedStatus::idles`] before the publish.
     async fn echoed(
         &self,
         echo: Option<Echo>,
         started: Instant,
+        idles: u64,
         moved_on: impl std::future::Future<Output = ()>,
     ) -> Result<(), PublishError> {
         let Some(mut echo) = echo else {
@@ -490,10 +496,15 @@ impl RedisPublisher {
         tokio::select! {
             biased;
             () = echo.arrived() => Ok(()),
-            () = moved_on => Err(PublishError::unavailable(
-                "Redis took the metric, but this worker's subscriber stopped before it came back: \
-                 it may not reach this worker's clients (it may still reach others')",
-            )),
+            // Idle meanwhile: no client of this worker was there all along, none can miss it.
+            () = moved_on => if self.status.idles() != idles {
+                Ok(())
+            } else {
+                Err(PublishError::unavailable(
+                    "Redis took the metric, but this worker's subscriber stopped before it came \
+                     back: it may not reach this worker's clients (it may still reach others')",
+                ))
+            },
             () = tokio::time::sleep(left) => Err(PublishError::unavailable(format!(
                 "Redis took the metric, but this worker's subscriber did not receive it within \
                  {:?}: it may reach clients late, or not at all (workers drop it when it comes \

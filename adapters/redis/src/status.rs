@@ -32,6 +32,8 @@ pub(crate) struct SharedStatus {
     /// number, and `subscribed`, before and after its PUBLISH published while one session was
     /// live throughout.
     sessions: AtomicU64,
+    /// See [`SharedStatus::idles`].
+    idles: AtomicU64,
     /// Redis Cluster: per sharded channel (see `ClusterChannels`), the number of the node
     /// session it is live on, 0 while it is not live. Empty without Cluster.
     channels: watch::Sender<Vec<ChannelLive>>,
@@ -68,6 +70,7 @@ impl SharedStatus {
             last_error: Mutex::new(None),
             master: Mutex::new(None),
             sessions: AtomicU64::new(0),
+            idles: AtomicU64::new(0),
             channels: watch::Sender::new(Vec::new()),
             redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
@@ -97,7 +100,16 @@ impl SharedStatus {
     }
 
     pub(crate) fn set_state(&self, state: SubscriberState) {
+        if state == SubscriberState::Idle {
+            self.idles.fetch_add(1, Ordering::SeqCst);
+        }
         self.state.send_replace(state);
+    }
+
+    /// How many times the subscriber went idle (its last client left): a publish that sees this
+    /// change had no client of this worker connected all along, so none can miss it.
+    pub(crate) fn idles(&self) -> u64 {
+        self.idles.load(Ordering::SeqCst)
     }
 
     pub(crate) fn set_error(&self, error: String) {

@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(frame.kind, FrameKind::Control);
         assert_eq!(
             frame.text(),
-            r#"{"type":"hello","worker":"web-1-4242","connections":12,"bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0,"duplicates":0}}"#
+            r#"{"type":"hello","worker":"web-1-4242","connections":12,"bus":{"bus":"redis","state":"subscribed","reconnects":0,"failed_attempts":0,"last_error":null,"received":0,"malformed":0,"lost":0,"foreign_ids":0,"duplicates":0,"late":0}}"#
         );
     }
 
