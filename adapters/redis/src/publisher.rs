@@ -226,25 +226,20 @@ impl RedisPublisher {
         }
         // A 202 promises this worker's clients the message: the session that was live before the
         // PUBLISH must still be live after it (a session that ends on purpose delivers what was
-        // published before it said so). Alerts need not: the log gives them to the next session.
-        // (Unless it went idle meanwhile: no client of this worker was there all along.)
-        if outcome.is_ok()
-            && session.is_some()
-            && matches!(envelope.payload, Payload::Metrics(_))
-            && self.status.live_session() != session
-            && self.status.idles() == idles
-        {
-            return Err(PublishError::unavailable(
-                "this worker's subscriber changed sessions while the message was published: \
-                 it may not reach this worker's clients (it may still reach others')",
-            ));
-        }
-        let published = outcome?;
-        let moved_on = self
-            .status
-            .until(|state| state != SubscriberState::Subscribed);
-        self.echoed(echo, started, idles, moved_on).await?;
-        Ok(published)
+        // published before it said so).
+        let changed = (session.is_some() && self.status.live_session() != session).then(|| {
+            "this worker's subscriber changed sessions while the message was published: it may \
+             not reach this worker's clients (it may still reach others')"
+                .to_owned()
+        });
+        let moved_on = async {
+            match session {
+                Some(session) => self.status.until_session_leaves(session).await,
+                None => std::future::pending().await,
+            }
+        };
+        self.acknowledged(outcome, changed, echo, started, idles, moved_on)
+            .await
     }
 }
 
@@ -380,31 +375,28 @@ impl RedisPublisher {
             cluster.forget(master);
         }
         let session = live.map(|(session, _)| session);
-        if outcome.is_ok()
-            && session.is_some()
-            && matches!(envelope.payload, Payload::Metrics(_))
+        let changed = (session.is_some()
             && self
                 .status
                 .channel_live(channel)
                 .map(|(session, _)| session)
-                != session
-            && self.status.idles() == idles
-        {
-            return Err(PublishError::unavailable(format!(
-                "this worker's subscription of {} changed sessions while the message was \
-                 published: it may not reach this worker's clients (it may still reach others')",
-                cluster.channels.name(channel)
-            )));
-        }
-        let published = outcome?;
+                != session)
+            .then(|| {
+                format!(
+                    "this worker's subscription of {} changed sessions while the message was \
+                     published: it may not reach this worker's clients (it may still reach \
+                     others')",
+                    cluster.channels.name(channel)
+                )
+            });
         let moved_on = async {
             match session {
                 Some(session) => self.status.until_channel_leaves(channel, session).await,
                 None => std::future::pending().await,
             }
         };
-        self.echoed(echo, started, idles, moved_on).await?;
-        Ok(published)
+        self.acknowledged(outcome, changed, echo, started, idles, moved_on)
+            .await
     }
 
     /// The publish itself on a Redis Cluster: the metrics script, or the alert log's append
@@ -474,31 +466,45 @@ impl RedisPublisher {
         })
     }
 
-    /// A metric's `202` waits, within the Redis timeout counted from `started`, until this
-    /// worker's own subscriber has handed it to the local clients: Redis answers before it
-    /// writes to its subscribers, and a master that stops in between may deliver the message
-    /// late or not at all (see `echoes`). `moved_on` resolves when the subscription it was
-    /// published for is no longer live; `idles` is [`SharedStatus::idles`] before the publish.
-    async fn echoed(
+    /// What a publish's `outcome` is answered, on every topology. A metric's `202` needs the
+    /// subscription it was published for to have stayed live (`changed`: why it did not) and
+    /// its echo: Redis answers before it writes to its subscribers, and a master that stops in
+    /// between may deliver the message late or not at all (see `echoes`). The echo is awaited
+    /// within the Redis timeout counted from `started`, and until `moved_on` resolves (that
+    /// subscription is no longer live). Neither holds when the subscriber went idle meanwhile
+    /// (`idles`, [`SharedStatus::idles`] before the publish, changed): no client of this worker
+    /// was there all along, none can miss it. Alerts have no echo: the log gives them to the
+    /// next session.
+    async fn acknowledged(
         &self,
+        outcome: Result<Option<LogId>, PublishError>,
+        changed: Option<String>,
         echo: Option<Echo>,
         started: Instant,
         idles: u64,
         moved_on: impl std::future::Future<Output = ()>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Option<LogId>, PublishError> {
+        let published = outcome?;
         let Some(mut echo) = echo else {
-            return Ok(());
+            return Ok(published);
         };
+        let went_idle = || self.status.idles() != idles;
+        if let Some(why) = changed {
+            return if went_idle() {
+                Ok(published)
+            } else {
+                Err(PublishError::unavailable(why))
+            };
+        }
         let left = self
             .config
             .command_timeout
             .saturating_sub(started.elapsed());
         tokio::select! {
             biased;
-            () = echo.arrived() => Ok(()),
-            // Idle meanwhile: no client of this worker was there all along, none can miss it.
-            () = moved_on => if self.status.idles() != idles {
-                Ok(())
+            () = echo.arrived() => Ok(published),
+            () = moved_on => if went_idle() {
+                Ok(published)
             } else {
                 Err(PublishError::unavailable(
                     "Redis took the metric, but this worker's subscriber stopped before it came \

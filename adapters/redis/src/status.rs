@@ -100,10 +100,12 @@ impl SharedStatus {
     }
 
     pub(crate) fn set_state(&self, state: SubscriberState) {
+        self.state.send_replace(state);
+        // Counted after the state is `idle`: a publisher that reads the count and then sees a
+        // live session knows that session came after this idle spell.
         if state == SubscriberState::Idle {
             self.idles.fetch_add(1, Ordering::SeqCst);
         }
-        self.state.send_replace(state);
     }
 
     /// How many times the subscriber went idle (its last client left): a publish that sees this
@@ -128,8 +130,15 @@ impl SharedStatus {
 
     /// The live session, if one is: its number (see `sessions`).
     pub(crate) fn live_session(&self) -> Option<u64> {
-        let session = self.sessions.load(Ordering::SeqCst);
-        (self.state() == SubscriberState::Subscribed).then_some(session)
+        // The number and the state are two reads: read the number again, so that a new session
+        // subscribing in between (number first, then `subscribed`) is not taken for the old one.
+        loop {
+            let session = self.sessions.load(Ordering::SeqCst);
+            let subscribed = self.state() == SubscriberState::Subscribed;
+            if self.sessions.load(Ordering::SeqCst) == session {
+                return subscribed.then_some(session);
+            }
+        }
     }
 
     /// The master the subscriber listens on, while it is subscribed.
@@ -205,6 +214,19 @@ impl SharedStatus {
         let mut live = self.channels.subscribe();
         let _ = live
             .wait_for(|live| live.get(channel).is_some_and(|live| live.session != 0))
+            .await;
+    }
+
+    /// Resolves once subscriber session `session` is no longer the live one (it ended, or
+    /// another took its place).
+    pub(crate) async fn until_session_leaves(&self, session: u64) {
+        let mut state = self.state.subscribe();
+        // A new session announces itself with a `subscribed` sent after its number.
+        let _ = state
+            .wait_for(|state| {
+                *state != SubscriberState::Subscribed
+                    || self.sessions.load(Ordering::SeqCst) != session
+            })
             .await;
     }
 

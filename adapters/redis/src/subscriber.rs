@@ -140,10 +140,15 @@ impl Listener {
         let mut attempts_log = RateLimitedLog::new(LOG_INTERVAL);
         loop {
             let session = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 session = self.session(&mut first_outcome) => session,
             };
             let Err(error) = session;
+            if cancel.is_cancelled() {
+                // Dropped meanwhile: the status is the next subscription's now, not this one's.
+                return;
+            }
             if let Some(signal) = first_outcome.take() {
                 let _ = signal.send(());
             }
