@@ -695,6 +695,91 @@ async fn clients_coming_and_going_never_cost_a_publish_a_503() {
     );
 }
 
+/// RELIABILITY.md: a pooled connection Redis dropped a moment after it answered (a restart, an
+/// operator's `CLIENT KILL`, a proxy cutting connections) costs no publish a 503: the publish
+/// goes on a new connection. 20 times, each right after the previous publish, so that the pool
+/// hands out the dropped connection unchecked.
+#[tokio::test]
+async fn a_pooled_connection_dropped_between_two_publishes_costs_no_503() {
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("dropped", On::Redis(&redis.url()), &[]).await;
+    let mut client = Client::connect(worker.addr).await;
+    let publish_one = |value: u32| {
+        post(
+            worker.addr,
+            "/api/metrics",
+            "application/json",
+            json!({"name":"dropped","value":value}).to_string(),
+        )
+    };
+    let mut value = 0;
+    for round in 0..20 {
+        let (status, body) = publish_one(value).await;
+        assert_eq!(status, 202, "round {round}, before: {body}");
+        value += 1;
+        let killed = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+        assert!(
+            matches!(killed, redis::Value::Int(n) if n >= 1),
+            "round {round}: Redis dropped no connection: {killed:?}"
+        );
+        let (status, body) = publish_one(value).await;
+        assert_eq!(
+            status, 202,
+            "round {round}, right after Redis dropped the pool's connections: {body}"
+        );
+        value += 1;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < value as usize {
+        let frame = client.next_frame().await;
+        if frame["data"][0]["name"] == "dropped" {
+            seen.push(frame["data"][0]["value"].as_f64().unwrap_or(-1.0) as u32);
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..value).collect::<Vec<_>>(),
+        "every metric, once, in order"
+    );
+}
+
+/// ARCHITECTURE.md: a publish costs one Redis round trip. The pool checks a connection (deadpool-
+/// redis's `UNWATCH` + `PING`) only when it may be broken, not before each publish.
+#[tokio::test]
+async fn publishes_in_a_row_do_not_check_their_connection_each_time() {
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("checks", On::Redis(&redis.url()), &[]).await;
+    let _client = Client::connect(worker.addr).await;
+    let unwatches = || async {
+        let info = redis.command(&["INFO", "commandstats"]).await;
+        let text = match info {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO answered {other:?}"),
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_unwatch:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse::<u64>().unwrap_or(0))
+    };
+    let before = unwatches().await;
+    for value in 0..50 {
+        let (status, body) = post(
+            worker.addr,
+            "/api/metrics",
+            "application/json",
+            json!({"name":"checked","value":value}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let checks = unwatches().await - before;
+    assert!(
+        checks <= 2,
+        "{checks} connection checks for 50 publishes in a row: each paid a second round trip"
+    );
+}
+
 /// One step of the interleaving: a real alert through a worker's API, or anything an outside
 /// system might put on the alerts channel.
 #[derive(Clone, Debug)]

@@ -25,6 +25,7 @@ mod late;
 mod log;
 mod master;
 mod node_session;
+mod pool;
 mod publisher;
 mod quota;
 mod sharded;
@@ -129,16 +130,13 @@ impl RedisConfig {
         &self,
         master: redis::ConnectionInfo,
         purpose: &'static str,
-    ) -> Result<deadpool_redis::Pool, deadpool_redis::CreatePoolError> {
-        let mut config = deadpool_redis::Config::from_connection_info(master);
-        let mut pool = deadpool_redis::PoolConfig::new(self.pool_size);
-        pool.timeouts = deadpool_redis::Timeouts {
+    ) -> Result<pool::Pool, String> {
+        let timeouts = deadpool_redis::Timeouts {
             wait: Some(self.command_timeout),
             create: Some(self.command_timeout),
             recycle: Some(self.command_timeout),
         };
-        config.pool = Some(pool);
-        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        let pool = pool::build(master, self.pool_size, timeouts)?;
         tracing::info!(
             max_connections = self.pool_size,
             purpose,

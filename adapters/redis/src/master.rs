@@ -12,7 +12,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use deadpool_redis::Pool;
+use crate::pool::Pool;
 use futures_util::StreamExt;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsMode};

@@ -10,10 +10,10 @@ use crate::cluster::ClusterCommands;
 use crate::echoes::Echo;
 use crate::log::{AppendScript, LogKeys, ReadScript};
 use crate::master::{MasterPool, Resolver};
+use crate::pool::{self, Connection, Pool};
 use crate::status::SharedStatus;
 use crate::RedisConfig;
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use fanout_domain::{
     AlertHistory, AlertLog, Broadcaster, Channel, Envelope, HistoryError, LogId, LogPosition,
     Payload, PublishError, SubscriberState,
@@ -71,14 +71,10 @@ impl RedisPublisher {
             return Ok(());
         }
         let probe = async {
-            let mut connection = pool
-                .get()
+            let (_connection, pinged) = pool::with_retry::<()>(pool, &redis::cmd("PING"))
                 .await
                 .map_err(|error| PublishError::caused_by("no Redis connection", error))?;
-            redis::cmd("PING")
-                .query_async::<redis::Value>(&mut *connection)
-                .await
-                .map_err(|error| PublishError::caused_by("Redis unreachable", error))?;
+            pinged.map_err(|error| PublishError::caused_by("Redis unreachable", error))?;
             // Redis answers: the subscriber need not sleep out its backoff.
             self.status.redis_answered.notify_one();
             self.status.until(|state| !reconnecting(state)).await;
@@ -175,28 +171,39 @@ impl RedisPublisher {
         let echo = self.echo_for(envelope, session.is_some());
         let payload = envelope.to_json();
         let attempt = async {
-            let mut connection = pool
-                .get()
-                .await
-                .map_err(|error| PublishError::caused_by("no Redis connection", error))?;
-            let published: Result<Option<LogId>, redis::RedisError> = match envelope.payload {
-                Payload::Metrics(_) => redis::cmd("PUBLISH")
-                    .arg(Channel::Metrics.name())
-                    .arg(&payload)
-                    .query_async::<i64>(&mut *connection)
-                    .await
-                    .map(|_| None),
-                Payload::Alert(_) => self
-                    .append
-                    .append(
-                        &mut *connection,
-                        &self.keys,
-                        self.config.alert_retention,
-                        &payload,
-                        0,
-                    )
-                    .await
-                    .map(|(id, _epoch)| Some(id)),
+            let no_connection = |error| PublishError::caused_by("no Redis connection", error);
+            let (mut connection, published) = match envelope.payload {
+                Payload::Metrics(_) => {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(Channel::Metrics.name()).arg(&payload);
+                    let (connection, published) = pool::with_retry::<i64>(&pool, &publish)
+                        .await
+                        .map_err(no_connection)?;
+                    (connection, published.map(|_| None))
+                }
+                Payload::Alert(_) => {
+                    // An append must not run twice (a second entry in the log): it goes on a
+                    // connection that has just answered a PING.
+                    let (mut connection, pinged) =
+                        pool::with_retry::<()>(&pool, &redis::cmd("PING"))
+                            .await
+                            .map_err(no_connection)?;
+                    let appended = match pinged {
+                        Ok(()) => self
+                            .append
+                            .append(
+                                &mut *connection,
+                                &self.keys,
+                                self.config.alert_retention,
+                                &payload,
+                                0,
+                            )
+                            .await
+                            .map(|(id, _epoch)| Some(id)),
+                        Err(error) => Err(error),
+                    };
+                    (connection, appended)
+                }
             };
             let published = match published {
                 // WAIT counts the writes of this connection: it runs right after the script.
@@ -209,7 +216,7 @@ impl RedisPublisher {
             if published.is_err() {
                 // A failed command may leave the connection broken: drop it from the pool
                 // rather than hand it to the next publish.
-                drop(deadpool_redis::Connection::take(connection));
+                drop(Connection::take(connection));
             }
             published
         };
@@ -554,24 +561,26 @@ impl RedisPublisher {
 
     /// Runs a read of the alert log on a pooled connection, within the command timeout. With
     /// Sentinel a failed read is tried once more on a pool made for the master named now: the
-    /// first read after a failover (a client resuming) would otherwise find the old master.
+    /// first read after a failover (a client resuming) would otherwise find the old master. A
+    /// read on a connection handed out unchecked (`pool.rs`) is tried once more too.
     async fn reading<T, Read, Fut>(&self, read: Read) -> Result<T, HistoryError>
     where
-        Read: Fn(deadpool_redis::Connection) -> Fut,
+        Read: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, HistoryError>>,
     {
-        let attempts = if self.pool.follows_failover() { 2 } else { 1 };
         let mut outcome = Err(HistoryError::unavailable("the alert log was not read"));
-        for _ in 0..attempts {
+        for _ in 0..2 {
             let (master, pool) = match self.pool().await {
                 Ok(pool) => pool,
                 Err(error) => return Err(HistoryError::caused_by("no Redis pool", error)),
             };
+            let mut unchecked = false;
             let attempt = async {
                 let connection = pool
                     .get()
                     .await
                     .map_err(|error| HistoryError::caused_by("no Redis connection", error))?;
+                unchecked = connection.unchecked();
                 read(connection).await
             };
             outcome = self.bounded(attempt).await;
@@ -579,6 +588,13 @@ impl RedisPublisher {
                 break;
             }
             self.pool.failed(&master);
+            if unchecked {
+                // Redis may have gone since the connection last answered (a restart): the
+                // connections idle beside it went too. A read may run twice.
+                pool.retain(|_, _| false);
+            } else if !self.pool.follows_failover() {
+                break;
+            }
         }
         outcome
     }

@@ -17,6 +17,7 @@ use redis::Script;
 
 use crate::cluster::ClusterCommands;
 use crate::master::{MasterPool, Resolver};
+use crate::pool::{self, Connection};
 use crate::RedisConfig;
 
 /// Prefix of each credential's key.
@@ -97,21 +98,16 @@ impl PublishQuota for RedisQuota {
         }
         let (master, pool) = self.pool.get().await.map_err(QuotaError::unavailable)?;
         let attempt = async {
-            let mut connection = pool
-                .get()
+            let mut check = self.script.key(format!("{KEY_PREFIX}{credential}"));
+            check.arg(self.rate.interval_us()).arg(self.rate.burst_us());
+            let (connection, checked) = pool::with_retry::<u64>(&pool, &check)
                 .await
                 .map_err(|error| QuotaError::caused_by("no Redis connection", error))?;
-            self.script
-                .key(format!("{KEY_PREFIX}{credential}"))
-                .arg(self.rate.interval_us())
-                .arg(self.rate.burst_us())
-                .invoke_async::<u64>(&mut *connection)
-                .await
-                .map_err(|error| {
-                    // A failed command may leave the connection broken: drop it from the pool.
-                    drop(deadpool_redis::Connection::take(connection));
-                    QuotaError::caused_by("the quota check failed", error)
-                })
+            checked.map_err(|error| {
+                // A failed command may leave the connection broken: drop it from the pool.
+                drop(Connection::take(connection));
+                QuotaError::caused_by("the quota check failed", error)
+            })
         };
         let decided = self.decide(attempt).await;
         if decided.is_err() {

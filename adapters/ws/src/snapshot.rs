@@ -6,35 +6,50 @@
 //! snapshotted), never encode frames (that is `protocol`'s), and never wait: the bus listener
 //! records every metrics message into it under a short std mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
-use fanout_domain::{Metric, WorkerId};
+use fanout_domain::Metric;
 
 /// Most metric series kept for the snapshot; new series beyond it are not kept (the bound keeps
 /// a publisher with unbounded label values from growing the worker's memory).
 pub(crate) const MAX_SNAPSHOT_SERIES: usize = 10_000;
 
-/// A metric series: name, labels and the worker that published it.
-type SeriesKey = (String, BTreeMap<String, String>, Option<WorkerId>);
+/// A metric as its series' latest value: equal to and hashed like any metric of the same series
+/// (name, labels and the worker that published it), whatever its value, so that recording one
+/// replaces the kept one without building a separate key.
+struct Series(Metric);
+
+impl PartialEq for Series {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+            && self.0.labels() == other.0.labels()
+            && self.0.source() == other.0.source()
+    }
+}
+
+impl Eq for Series {}
+
+impl Hash for Series {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name().hash(state);
+        self.0.labels().hash(state);
+        self.0.source().hash(state);
+    }
+}
 
 /// Latest value per series.
 #[derive(Default)]
 pub(crate) struct LatestMetrics {
-    series: HashMap<SeriesKey, Metric>,
+    series: HashSet<Series>,
 }
 
 impl LatestMetrics {
     /// Keeps `metric` as its series' latest value; a new series only while below the bound.
     pub(crate) fn record(&mut self, metric: &Metric) {
-        let key = (
-            metric.name().to_owned(),
-            metric.labels().clone(),
-            metric.source().cloned(),
-        );
-        if let Some(kept) = self.series.get_mut(&key) {
-            *kept = metric.clone();
-        } else if self.series.len() < MAX_SNAPSHOT_SERIES {
-            self.series.insert(key, metric.clone());
+        let series = Series(metric.clone());
+        if self.series.len() < MAX_SNAPSHOT_SERIES || self.series.contains(&series) {
+            self.series.replace(series);
         }
     }
 
@@ -46,7 +61,13 @@ impl LatestMetrics {
 
     /// The latest value of every kept series that `takes`, ordered by name.
     pub(crate) fn snapshot_of(&self, takes: impl Fn(&Metric) -> bool) -> Vec<Metric> {
-        let mut metrics: Vec<Metric> = self.series.values().filter(|m| takes(m)).cloned().collect();
+        let mut metrics: Vec<Metric> = self
+            .series
+            .iter()
+            .map(|series| &series.0)
+            .filter(|m| takes(m))
+            .cloned()
+            .collect();
         metrics.sort_by(|a, b| a.name().cmp(b.name()));
         metrics
     }
