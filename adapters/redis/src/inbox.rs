@@ -4,7 +4,7 @@
 //! source of alert ids.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -13,8 +13,10 @@ use fanout_domain::{
     LocalDelivery, LogId, LogPosition, Payload,
 };
 
+use crate::connect::multiplexed;
 use crate::log::{LogKeys, ReadScript};
 use crate::status::{RateLimitedLog, SharedStatus};
+use redis::aio::MultiplexedConnection;
 
 /// How often at most a malformed message, a foreign alert id or a failed reconnect attempt is
 /// logged (the rest are counted).
@@ -184,18 +186,65 @@ impl Inbox {
 /// The alert log read on a session's own connection (not the publish pool), every read bounded
 /// by the command timeout.
 pub(crate) struct ConnectionLog {
-    pub(crate) connection: redis::aio::MultiplexedConnection,
-    pub(crate) keys: LogKeys,
-    pub(crate) read: ReadScript,
-    pub(crate) timeout: Duration,
+    /// Where the session's Redis is, to connect again.
+    client: redis::Client,
+    connection: Mutex<MultiplexedConnection>,
+    keys: LogKeys,
+    read: ReadScript,
+    timeout: Duration,
 }
 
 impl ConnectionLog {
-    async fn bounded<T>(
+    /// The log read on its own connection to the session's Redis (made here, within `timeout`).
+    pub(crate) async fn connect(
+        client: redis::Client,
+        keys: LogKeys,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let connection = tokio::time::timeout(timeout, multiplexed(&client, timeout))
+            .await
+            .map_err(|_| format!("connect took longer than {timeout:?}"))?
+            .map_err(|error| error.to_string())?;
+        Ok(Self {
+            client,
+            connection: Mutex::new(connection),
+            keys,
+            read: ReadScript::new(),
+            timeout,
+        })
+    }
+
+    /// Runs `read` within the timeout; a failed read is run once more on a new connection. The
+    /// log's connection can go while the subscription lives on (Redis closing idle connections,
+    /// `CLIENT KILL TYPE normal`, a proxy): that must not end the session.
+    async fn reading<T, Fut>(
         &self,
-        read: impl std::future::Future<Output = Result<T, HistoryError>>,
-    ) -> Result<T, HistoryError> {
-        tokio::time::timeout(self.timeout, read)
+        read: impl Fn(MultiplexedConnection) -> Fut,
+    ) -> Result<T, HistoryError>
+    where
+        Fut: std::future::Future<Output = Result<T, HistoryError>>,
+    {
+        let current = || {
+            self.connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        let attempts = async {
+            let first = read(current()).await;
+            if first.is_ok() {
+                return first;
+            }
+            let Ok(fresh) = multiplexed(&self.client, self.timeout).await else {
+                return first;
+            };
+            *self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+            read(fresh).await
+        };
+        tokio::time::timeout(self.timeout, attempts)
             .await
             .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
     }
@@ -204,18 +253,19 @@ impl ConnectionLog {
 #[async_trait]
 impl AlertLog for ConnectionLog {
     async fn alerts_after(&self, after: LogId, limit: usize) -> Result<AlertHistory, HistoryError> {
-        let mut connection = self.connection.clone();
-        self.bounded(
+        self.reading(|mut connection| async move {
             self.read
-                .alerts_after(&mut connection, &self.keys, after, limit),
-        )
+                .alerts_after(&mut connection, &self.keys, after, limit)
+                .await
+        })
         .await
     }
 
     async fn head(&self) -> Result<LogPosition, HistoryError> {
-        let mut connection = self.connection.clone();
-        self.bounded(self.read.head(&mut connection, &self.keys))
-            .await
+        self.reading(
+            |mut connection| async move { self.read.head(&mut connection, &self.keys).await },
+        )
+        .await
     }
 }
 

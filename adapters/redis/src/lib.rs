@@ -131,12 +131,7 @@ impl RedisConfig {
         master: redis::ConnectionInfo,
         purpose: &'static str,
     ) -> Result<pool::Pool, String> {
-        let timeouts = deadpool_redis::Timeouts {
-            wait: Some(self.command_timeout),
-            create: Some(self.command_timeout),
-            recycle: Some(self.command_timeout),
-        };
-        let pool = pool::build(master, self.pool_size, timeouts)?;
+        let pool = pool::build(master, self.pool_size, self.command_timeout)?;
         tracing::info!(
             max_connections = self.pool_size,
             purpose,

@@ -22,9 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::SessionKey;
-use crate::connect::{hedged, multiplexed};
+use crate::connect::hedged;
 use crate::inbox::{ConnectionLog, Inbox, NoLog, SessionError, MIN_PONG_WAIT};
-use crate::log::ReadScript;
 use crate::sharded::{node_info, Ended, Event, Shared};
 
 /// Runs one node session until it ends or is cancelled, then marks its channels down and tells
@@ -185,16 +184,9 @@ impl Session<'_> {
         if carries_alerts {
             let mut held = Arc::clone(&shared.feed).lock_owned().await;
             let log_client = redis::Client::open(info).map_err(SessionError::before)?;
-            let log_connection = tokio::time::timeout(timeout, multiplexed(&log_client, timeout))
+            let alert_log = ConnectionLog::connect(log_client, shared.keys.clone(), timeout)
                 .await
-                .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
                 .map_err(SessionError::before)?;
-            let alert_log = ConnectionLog {
-                connection: log_connection,
-                keys: shared.keys.clone(),
-                read: ReadScript::new(),
-                timeout,
-            };
             if held.is_none() {
                 let head = alert_log.head().await.map_err(SessionError::before)?;
                 *held = Some(AlertFeed::new(head));

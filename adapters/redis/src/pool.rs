@@ -38,9 +38,18 @@ pub(crate) struct Manager {
 }
 
 impl Manager {
-    pub(crate) fn new(master: redis::ConnectionInfo) -> redis::RedisResult<Self> {
+    /// Connections to `master` whose connect and every answer are bounded by `timeout`
+    /// (`--redis-timeout`; redis-rs's own defaults, 1 s and 500 ms, would refuse a publish
+    /// during a Redis stall well inside the documented bound).
+    pub(crate) fn new(
+        master: redis::ConnectionInfo,
+        timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
         Ok(Self {
-            inner: deadpool_redis::Manager::new(master)?,
+            inner: deadpool_redis::Manager::new_with_config(master, config)?,
         })
     }
 }
@@ -168,16 +177,21 @@ pub(crate) async fn with_retry<T>(
 }
 
 /// Builds the pool: at most `size` connections, the most recently used handed out first (a
-/// steady publisher keeps reusing a connection that just answered).
+/// steady publisher keeps reusing a connection that just answered), every wait (for a free
+/// connection, a connect, a check, an answer) bounded by `timeout`.
 pub(crate) fn build(
     master: redis::ConnectionInfo,
     size: usize,
-    timeouts: deadpool_redis::Timeouts,
+    timeout: Duration,
 ) -> Result<Pool, String> {
-    let manager = Manager::new(master).map_err(|error| error.to_string())?;
+    let manager = Manager::new(master, timeout).map_err(|error| error.to_string())?;
     Pool::builder(manager)
         .max_size(size)
-        .timeouts(timeouts)
+        .timeouts(deadpool_redis::Timeouts {
+            wait: Some(timeout),
+            create: Some(timeout),
+            recycle: Some(timeout),
+        })
         .queue_mode(managed::QueueMode::Lifo)
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()

@@ -22,9 +22,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::connect::{hedged, multiplexed};
+use crate::connect::hedged;
 use crate::inbox::{ConnectionLog, Inbox, SessionError, LOG_INTERVAL, MIN_PONG_WAIT};
-use crate::log::{LogKeys, ReadScript};
+use crate::log::LogKeys;
 use crate::master::Resolver;
 use crate::sharded::ShardedListener;
 use crate::status::{RateLimitedLog, SharedStatus};
@@ -204,16 +204,9 @@ impl Listener {
             .await
             .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        let connection = tokio::time::timeout(timeout, multiplexed(&client, timeout))
+        let log = ConnectionLog::connect(client, self.keys.clone(), timeout)
             .await
-            .map_err(|_| SessionError::before(format!("connect took longer than {timeout:?}")))?
             .map_err(SessionError::before)?;
-        let log = ConnectionLog {
-            connection,
-            keys: self.keys.clone(),
-            read: ReadScript::new(),
-            timeout,
-        };
         if self.feed.is_none() {
             let head = log.head().await.map_err(SessionError::before)?;
             self.feed = Some(AlertFeed::new(head));
