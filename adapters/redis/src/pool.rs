@@ -1,5 +1,5 @@
-//! The publishing pool: deadpool-redis's connections, checked with a round trip only when they
-//! may be broken.
+//! The pools of publish and quota connections: deadpool-redis's connections, checked with a
+//! round trip only when they may be broken.
 //!
 //! deadpool-redis checks every connection it hands out with `UNWATCH` + `PING`, so each publish
 //! cost two Redis round trips, the check and the `PUBLISH` (callgrind, one worker, one client:
@@ -13,7 +13,8 @@
 //! before a publish. That publish finds its connection dropped; [`with_retry`] runs it once more
 //! on a new connection, for commands that may run twice (a metric's `PUBLISH`: a second copy is
 //! dropped by every worker, `copies.rs`; the quota's check: a second one charges the publisher
-//! one more publish at worst).
+//! one more publish at worst; a `PING`). An alert's append may not: the publisher runs it on a
+//! connection that has just answered a `PING`.
 
 use std::time::Duration;
 
