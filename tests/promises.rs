@@ -9,6 +9,7 @@
 mod harness;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use harness::http::{health, post, publish};
@@ -40,6 +41,12 @@ async fn alerts_until(client: &mut Client, marker: &str) -> Vec<Value> {
             return alerts;
         }
     }
+}
+
+/// `POST /api/metrics` of one metric: the answer's status and body.
+async fn post_metric(addr: SocketAddr, name: &str, value: impl Into<Value>) -> (u16, Value) {
+    let metric = json!({"name": name, "value": value.into()});
+    post(addr, "/api/metrics", "application/json", metric.to_string()).await
 }
 
 async fn post_alert(worker: &WorkerProcess, message: &str) -> Value {
@@ -525,13 +532,7 @@ async fn a_metric_arriving_after_much_newer_ones_of_its_publisher_is_dropped_and
     for message in &sent {
         assert_eq!(redis.publish_raw("performance:metrics", message).await, 1);
     }
-    let (status, receipt) = post(
-        worker.addr,
-        "/api/metrics",
-        "application/json",
-        json!({"name":"own","value":1}).to_string(),
-    )
-    .await;
+    let (status, receipt) = post_metric(worker.addr, "own", 1).await;
     assert_eq!(
         status, 202,
         "the worker's own metric after a forged future one: {receipt}"
@@ -582,23 +583,10 @@ async fn a_metric_is_acknowledged_only_once_the_workers_own_subscriber_has_it() 
     let worker =
         start_worker::<Process>("echo", On::Redis(&proxied), &["--redis-timeout", "1s"]).await;
     let mut client = Client::connect(worker.addr).await;
-    let metric = |name: &str| json!({"name":name,"value":1}).to_string();
-    let (status, _) = post(
-        worker.addr,
-        "/api/metrics",
-        "application/json",
-        metric("before"),
-    )
-    .await;
+    let (status, _) = post_metric(worker.addr, "before", 1).await;
     assert_eq!(status, 202);
     proxy.hold_subscribers();
-    let (status, answer) = post(
-        worker.addr,
-        "/api/metrics",
-        "application/json",
-        metric("held"),
-    )
-    .await;
+    let (status, answer) = post_metric(worker.addr, "held", 1).await;
     assert_eq!(
         status, 503,
         "Redis took it but the worker's subscriber never got it: {answer}"
@@ -612,13 +600,7 @@ async fn a_metric_is_acknowledged_only_once_the_workers_own_subscriber_has_it() 
     proxy.release();
     let mut accepted = false;
     for _ in 0..50 {
-        let (status, _) = post(
-            worker.addr,
-            "/api/metrics",
-            "application/json",
-            metric("after"),
-        )
-        .await;
+        let (status, _) = post_metric(worker.addr, "after", 1).await;
         if status == 202 {
             accepted = true;
             break;
@@ -671,13 +653,7 @@ async fn clients_coming_and_going_never_cost_a_publish_a_503() {
     });
     let mut refused = Vec::new();
     for value in 0..1_500 {
-        let (status, body) = post(
-            addr,
-            "/api/metrics",
-            "application/json",
-            json!({"name":"churned","value":value}).to_string(),
-        )
-        .await;
+        let (status, body) = post_metric(addr, "churned", value).await;
         if status != 202 {
             refused.push((value, status, body));
         }
@@ -704,14 +680,7 @@ async fn a_pooled_connection_dropped_between_two_publishes_costs_no_503() {
     let redis = RedisServer::start().await;
     let worker = start_worker::<Process>("dropped", On::Redis(&redis.url()), &[]).await;
     let mut client = Client::connect(worker.addr).await;
-    let publish_one = |value: u32| {
-        post(
-            worker.addr,
-            "/api/metrics",
-            "application/json",
-            json!({"name":"dropped","value":value}).to_string(),
-        )
-    };
+    let publish_one = |value: u32| post_metric(worker.addr, "dropped", value);
     let mut value = 0;
     for round in 0..20 {
         let (status, body) = publish_one(value).await;
@@ -759,13 +728,7 @@ async fn dropped_ordinary_connections_leave_the_subscription_alone_while_alerts_
             "round {round}: {killed:?}"
         );
         post_alert(&worker, &format!("kept {round}")).await;
-        let (status, body) = post(
-            worker.addr,
-            "/api/metrics",
-            "application/json",
-            json!({"name":"kept","value":round}).to_string(),
-        )
-        .await;
+        let (status, body) = post_metric(worker.addr, "kept", round).await;
         assert_eq!(status, 202, "round {round}, after the alert: {body}");
     }
     let alerts = alerts_until(&mut client, "kept 19").await;
@@ -790,18 +753,11 @@ async fn a_redis_stall_shorter_than_the_timeout_costs_no_publish_a_503() {
     let worker = start_worker::<Process>("stalled", On::Redis(&redis.url()), &[]).await;
     let _client = Client::connect(worker.addr).await;
     for round in 0..6 {
-        let metric = json!({"name":"stalled","value":round}).to_string();
-        let (status, body) = post(
-            worker.addr,
-            "/api/metrics",
-            "application/json",
-            metric.clone(),
-        )
-        .await;
+        let (status, body) = post_metric(worker.addr, "stalled", round).await;
         assert_eq!(status, 202, "round {round}, before: {body}");
         redis.command(&["CLIENT", "PAUSE", "1200", "WRITE"]).await;
         let started = Instant::now();
-        let (status, body) = post(worker.addr, "/api/metrics", "application/json", metric).await;
+        let (status, body) = post_metric(worker.addr, "stalled", round).await;
         let waited = started.elapsed();
         assert_eq!(
             status, 202,
@@ -836,13 +792,7 @@ async fn publishes_in_a_row_do_not_check_their_connection_each_time() {
     };
     let before = unwatches().await;
     for value in 0..50 {
-        let (status, body) = post(
-            worker.addr,
-            "/api/metrics",
-            "application/json",
-            json!({"name":"checked","value":value}).to_string(),
-        )
-        .await;
+        let (status, body) = post_metric(worker.addr, "checked", value).await;
         assert_eq!(status, 202, "{body}");
     }
     let checks = unwatches().await - before;

@@ -45,10 +45,16 @@ pub(crate) async fn multiplexed(
     client: &redis::Client,
     timeout: Duration,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
+    let config = bounded_by(timeout);
     hedged(|| client.get_multiplexed_async_connection_with_config(&config)).await
+}
+
+/// A connection's settings with its connect and every answer bounded by `timeout`
+/// (`--redis-timeout`), not by redis-rs's own defaults (1 s and 500 ms).
+pub(crate) fn bounded_by(timeout: Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
 }
 
 #[cfg(test)]

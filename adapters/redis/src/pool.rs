@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use crate::connect::bounded_by;
 use deadpool::managed::{self, Metrics, PoolError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
@@ -40,17 +41,14 @@ pub(crate) struct Manager {
 
 impl Manager {
     /// Connections to `master` whose connect and every answer are bounded by `timeout`
-    /// (`--redis-timeout`; redis-rs's own defaults, 1 s and 500 ms, would refuse a publish
-    /// during a Redis stall well inside the documented bound).
+    /// (`--redis-timeout`; redis-rs's own defaults would refuse a publish during a Redis stall
+    /// well inside the documented bound).
     pub(crate) fn new(
         master: redis::ConnectionInfo,
         timeout: Duration,
     ) -> redis::RedisResult<Self> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
         Ok(Self {
-            inner: deadpool_redis::Manager::new_with_config(master, config)?,
+            inner: deadpool_redis::Manager::new_with_config(master, bounded_by(timeout))?,
         })
     }
 }
@@ -100,7 +98,7 @@ impl Pooled {
 }
 
 /// An error of the connection rather than a reply of Redis: the connection is in doubt.
-pub(crate) fn breaks_the_connection(error: &RedisError) -> bool {
+fn breaks_the_connection(error: &RedisError) -> bool {
     error.is_io_error()
         || error.kind() == redis::ErrorKind::Parse
         || error.is_connection_dropped()
