@@ -802,6 +802,81 @@ async fn publishes_in_a_row_do_not_check_their_connection_each_time() {
     );
 }
 
+/// OPERATIONS.md's least-privilege ACL line, as a user would paste it: a worker whose Redis user
+/// has exactly those rights publishes and delivers metrics and alerts, resumes a client from the
+/// log and keeps its publish quota, and Redis denies it nothing (`ACL LOG` stays empty: a denied
+/// command a worker tolerates, like `CLIENT SETINFO`, shows there too).
+#[tokio::test]
+async fn a_redis_user_with_the_documented_acl_runs_a_worker() {
+    let operations = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/OPERATIONS.md"
+    ))
+    .unwrap_or_else(|e| panic!("cannot read docs/OPERATIONS.md: {e}"));
+    let line = operations
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("ACL SETUSER fanout "))
+        .unwrap_or_else(|| panic!("OPERATIONS.md has no `ACL SETUSER fanout` line"));
+    let line = line.replace(">CHANGE-ME", ">acl-secret");
+    let redis = RedisServer::start().await;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        redis.command(&words).await,
+        redis::Value::Okay,
+        "Redis refused OPERATIONS.md's line: {line}"
+    );
+    redis.command(&["ACL", "LOG", "RESET"]).await;
+    let url = redis
+        .url()
+        .replace("redis://", "redis://fanout:acl-secret@");
+    let worker = start_worker::<Process>("acl", On::Redis(&url), &["--publish-rate", "1000"]).await;
+    let mut client = Client::connect(worker.addr).await;
+
+    let (status, body) = post_metric(worker.addr, "acl", 1).await;
+    assert_eq!(status, 202, "{body}");
+    let first = post_alert(&worker, "under an ACL user").await;
+    let second = post_alert(&worker, "and another").await;
+    assert!(
+        second["log_id"].is_string(),
+        "no log id in the receipt: {second}"
+    );
+    let mut metric_seen = false;
+    let alerts = loop {
+        let frame = client.next_frame().await;
+        metric_seen |= frame["type"] == "metrics" && frame["data"][0]["name"] == "acl";
+        if frame["type"] == "alert" {
+            let mut alerts = vec![frame];
+            alerts.extend(alerts_until(&mut client, "and another").await);
+            break alerts;
+        }
+    };
+    assert!(metric_seen, "the metric came after the alerts or never");
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    let epoch = alerts[0]["epoch"].as_str().unwrap_or("?").to_owned();
+    let mut resumed =
+        Client::resume_in(worker.addr, first["log_id"].as_str().unwrap_or("?"), &epoch).await;
+    assert_eq!(resumed.resume["complete"], true, "{}", resumed.resume);
+    assert_eq!(next_alert(&mut resumed).await["id"], second["log_id"]);
+    // A pooled connection idle for over a second is checked (`UNWATCH` + `PING`) before its
+    // next publish: the idle time is the condition under test, not a wait for something.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, body) = post_metric(worker.addr, "acl", 2).await;
+    assert_eq!(status, 202, "after an idle second: {body}");
+
+    let denied = redis.command(&["ACL", "LOG"]).await;
+    assert_eq!(
+        denied,
+        redis::Value::Array(Vec::new()),
+        "Redis denied the worker something under OPERATIONS.md's ACL line"
+    );
+    assert_eq!(
+        health(worker.addr).await["bus"]["lost"].as_u64(),
+        Some(0),
+        "the worker counted a loss"
+    );
+}
+
 /// One step of the interleaving: a real alert through a worker's API, or anything an outside
 /// system might put on the alerts channel.
 #[derive(Clone, Debug)]
