@@ -6,7 +6,8 @@ Arguments: REPORT WHOLE_BEFORE WHOLE_AFTER WINDOW_BEFORE WINDOW_AFTER CLK_TCK RS
 GROUPS_FILE BENCH_FLAGS REDIS_BEFORE REDIS_AFTER REDIS_PROCESSES [EXTRA_JSON]: the workers' CPU
 ticks ("USER SYSTEM") before and after the whole run and the delivery window, their RSS, the
 `/healthz` samples of `poll_groups`, Redis's ticks ("USER SYSTEM PROXY_USER PROXY_SYSTEM") over
-the window, and fields the caller adds as they are (a JSON object).
+the window, and fields the caller adds as they are (a JSON object; its `machine_ticks`, the
+machine's "USER SYSTEM IRQ" ticks at the window's two ends, become the `machine_cpu_*` figures).
 """
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -58,5 +59,26 @@ report.update(
     # As last polled (up to a second before the end): metrics dropped from slow clients' queues.
     server_dropped_metrics_by_pid=dropped, server_slow_consumers_closed_by_pid=closed)
 if len(sys.argv) > 15:
-    report.update(json.loads(sys.argv[15]))
+    extra = json.loads(sys.argv[15])
+    # The whole machine over the window (`machine_ticks`, USER_HZ as CLK_TCK): what the server
+    # spends and what it makes others spend (the tool's reads, the receive in softirq).
+    machine = extra.pop("machine_ticks", None)
+    if machine and all(machine):
+        m_user, m_system, m_irq = ((b - a) / hz for a, b in zip(*(ticks(t) for t in machine)))
+        report.update(
+            machine_cpu_us_per_delivery=us(m_user + m_system + m_irq, frames),
+            machine_cpu_user_us_per_delivery=us(m_user, frames),
+            machine_cpu_system_us_per_delivery=us(m_system, frames),
+            machine_cpu_irq_us_per_delivery=us(m_irq, frames))
+    # FANOUT_BENCH_PERF: cpu-clock samples of every CPU over the window, by process; a sample is
+    # 1/hz s of a CPU, whatever ran in the process's context (softirq included).
+    samples = extra.pop("perf_samples", None)
+    if samples:
+        per = lambda n: us(n / samples["hz"], frames)
+        report.update(
+            server_cpu_inclusive_us_per_delivery=per(samples["server"]),
+            tool_cpu_inclusive_us_per_delivery=per(samples["tool"]),
+            redis_cpu_inclusive_us_per_delivery=per(samples["redis"]),
+            machine_cpu_inclusive_us_per_delivery=per(samples["all"]))
+    report.update(extra)
 print("RESULT " + json.dumps(report))
