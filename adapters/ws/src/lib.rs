@@ -317,7 +317,7 @@ pub mod bench_support {
                 server.set_nonblocking(true)?;
                 server.set_nodelay(true)?;
                 let server = tokio::net::TcpStream::from_std(server)?;
-                // Until the runtime has seen the socket writable, `try_write` would refuse.
+                // Registered with the runtime as a connection's would be before its first write.
                 runtime.block_on(server.writable())?;
                 let socket = crate::socket::Tcp(Arc::new(server));
                 let queue = Arc::new(ClientQueue::new(QueueLimits {

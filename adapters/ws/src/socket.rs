@@ -2,8 +2,13 @@
 //! reads from it.
 //!
 //! Served by fanout's own HTTP server, an upgraded connection is a `TcpStream`: the hot path then
-//! writes with one `try_write` (a readiness check and the `send`), without a waker, a lock or
-//! tokio's cooperative budget. Any other upgraded connection (another server, a test's duplex)
+//! writes with one non-blocking `send(2)` on its descriptor, without a waker, a lock, tokio's
+//! cooperative budget or even tokio's readiness check (`TcpStream::try_write` reads and, when the
+//! socket pushes back, clears the readiness that the runtime's other thread sets: at load A on
+//! the Redis bus that cost ~1.4 µs per delivery, PERFORMANCE.md). Bypassing tokio is sound
+//! because nothing waits on what the `send` learns: a socket that pushes back gets the frame
+//! queued and its task woken, and the task's own write goes through tokio, finds the socket
+//! full, clears the stale readiness and waits for the next edge. Any other upgraded connection (another server, a test's duplex)
 //! works too, through its `AsyncWrite` polled with a waker that does nothing. A socket is handed
 //! whole frames (their shared bytes), not bytes alone, so that a socket that is not a WebSocket
 //! stream — an SSE client's event stream (`sse`) — can turn each frame into its own form without
@@ -61,7 +66,16 @@ pub(crate) struct Tcp(pub(crate) Arc<TcpStream>);
 
 impl Socket for Tcp {
     fn try_write(&mut self, frame: &Frame) -> io::Result<usize> {
-        self.0.try_write(&frame.wire)
+        // `MSG_NOSIGNAL`: a peer gone is an `EPIPE` here, and the task's own write ends the
+        // connection, as with tokio's write (a Rust program ignores SIGPIPE anyway).
+        use nix::sys::socket::{send, MsgFlags};
+        use std::os::fd::AsRawFd;
+        send(
+            self.0.as_raw_fd(),
+            &frame.wire,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(io::Error::from)
     }
 
     fn poll_write_frames(
