@@ -12,9 +12,10 @@
 //! Each rule is also checked against a made-up workspace that breaks it, so the test cannot pass
 //! by checking nothing.
 //!
-//! And one rule of the source: a file over 400 lines says why at its top (a line
+//! And two rules of the source: a file over 400 lines says why at its top (a line
 //! `Over 400 lines on purpose: <reason>` among its first 30), checked over every Rust, HTML and
-//! JavaScript file of the workspace.
+//! JavaScript file of the workspace; and `unsafe` code is allowed (the workspace denies it) in
+//! the files of [`UNSAFE_ALLOWED`] only, each of which says at its top why it is sound.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -360,6 +361,53 @@ fn every_long_source_file_says_why_at_its_top() {
         "over {LONG_FILE} lines without a line `{LONG_FILE_REASON}<reason>` among the first 30: \
          {unexplained:?}"
     );
+}
+
+/// The only files that may allow `unsafe` code: the fan-out's `io_uring` submissions.
+const UNSAFE_ALLOWED: [&str; 1] = ["adapters/ws/src/ring.rs"];
+
+/// Whether `text` allows `unsafe` code (the attribute, spelled so that this file does not).
+fn allows_unsafe(text: &str) -> bool {
+    text.contains(concat!("allow(", "unsafe_code)"))
+}
+
+#[test]
+fn unsafe_code_is_allowed_in_the_listed_files_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in ["domain", "adapters", "app", "client", "bench", "tests"] {
+        source_files(&root.join(dir), &mut files);
+    }
+    let allowing: Vec<String> = files
+        .iter()
+        .filter(|path| allows_unsafe(&std::fs::read_to_string(path).unwrap_or_default()))
+        .map(|path| {
+            path.strip_prefix(&root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        allowing, UNSAFE_ALLOWED,
+        "`unsafe` allowed outside the list (or a listed file no longer needs it)"
+    );
+    for file in UNSAFE_ALLOWED {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        assert!(
+            text.lines()
+                .take(30)
+                .any(|line| line.contains("why it is sound")),
+            "{file} does not say at its top why its `unsafe` code is sound"
+        );
+        assert_eq!(
+            text.matches("unsafe {").count(),
+            text.matches("// SAFETY:").count(),
+            "{file}: an `unsafe` block without its `// SAFETY:` comment"
+        );
+    }
+    assert!(allows_unsafe(concat!("#![allow(", "unsafe_code)]")));
+    assert!(!allows_unsafe("#![deny(unsafe_code)]"));
 }
 
 #[test]

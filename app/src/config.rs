@@ -197,6 +197,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "FANOUT_CLIENT_SEND_BUFFER", value_parser = clap::value_parser!(u32).range(4096..), global = true)]
     pub client_send_buffer: Option<u32>,
 
+    /// Send a message to each client with its own `send(2)`, not one `io_uring` submission per
+    /// message (io_uring is used where the kernel allows it; PERFORMANCE.md has what it saves).
+    #[arg(long, env = "FANOUT_NO_IO_URING", global = true)]
+    pub no_io_uring: bool,
+
     /// Largest message a client may send (1009 beyond).
     #[arg(long, env = "FANOUT_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(128..), global = true)]
     pub max_client_message: u32,

@@ -240,7 +240,8 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         .with_admission(Admission {
             allowed_origins: config.allowed_origins.clone(),
             max_connections: config.max_connections.map(|max| max as usize),
-        }),
+        })
+        .with_io_uring(!config.no_io_uring),
     );
     let publish_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
     let report = Arc::new(WorkerStatus {

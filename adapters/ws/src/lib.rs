@@ -25,6 +25,8 @@ mod manager;
 mod protocol;
 mod queue;
 mod registry;
+#[cfg(target_os = "linux")]
+mod ring;
 mod slots;
 mod snapshot;
 mod socket;
@@ -298,7 +300,9 @@ pub mod bench_support {
     }
 
     impl LiveFanout {
-        pub fn new(clients: usize) -> std::io::Result<Self> {
+        /// `ring`: a message's direct sends in one `io_uring` submission (the default), or one
+        /// `send(2)` each.
+        pub fn new(clients: usize, ring: bool) -> std::io::Result<Self> {
             use std::sync::atomic::{AtomicBool, AtomicU64};
 
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -308,6 +312,9 @@ pub mod bench_support {
             let _entered = runtime.enter();
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             let registry = ClientRegistry::new();
+            if !ring {
+                registry.without_ring();
+            }
             let mut readers = Vec::new();
             for id in 0..clients {
                 let client = std::net::TcpStream::connect(listener.local_addr()?)?;

@@ -118,6 +118,15 @@ impl ConnectionManager {
         self
     }
 
+    /// Whether a message's direct sends go in one `io_uring` submission where the kernel allows
+    /// it (the default), or each with its own `send(2)`.
+    pub fn with_io_uring(self, enabled: bool) -> Self {
+        if !enabled {
+            self.registry.without_ring();
+        }
+        self
+    }
+
     /// Decides an upgrade request before the upgrade; an admitted one holds a connection slot.
     pub(crate) fn admit(&self, request: &UpgradeRequest<'_>) -> Result<Admitted, NotAdmitted> {
         self.gate.admit(

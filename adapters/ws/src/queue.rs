@@ -21,6 +21,7 @@
 //! queue and the direct write share one lock and one set of invariants, so they stay together.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -61,6 +62,15 @@ pub(crate) enum Pushed {
     Overflowed,
 }
 
+/// What [`ClientQueue::lend`] came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lent {
+    /// Queued first and lent: send it to this descriptor, then hand the outcome back.
+    Out(RawFd),
+    /// Not lent: handled as a push.
+    Pushed(Pushed),
+}
+
 /// What the connection's task's turn at the socket came to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Drove {
@@ -96,6 +106,9 @@ struct State {
     writer: Option<Waker>,
     /// Since when the socket has not taken a byte of what is queued.
     blocked_since: Option<Instant>,
+    /// The first queued frame is lent to the fan-out, which is sending it (`lend`): nobody else
+    /// writes or drops it until it comes back (`returned`).
+    lent: bool,
 }
 
 impl State {
@@ -104,14 +117,20 @@ impl State {
         self.live && !self.held && self.frames.is_empty() && self.close.is_none()
     }
 
+    /// An alert the client's resume has replayed already.
+    fn replayed(&self, frame: &Frame) -> bool {
+        matches!((self.floor, frame.alert_id), (Some(floor), Some(id)) if id <= floor)
+    }
+
     fn enqueue(&mut self, frame: Frame) {
         self.bytes += frame.wire.len();
         self.frames.push_back(frame);
     }
 
-    /// Where frames that go before everything queued are inserted: after a started frame.
+    /// Where frames that go before everything queued are inserted: after a started (or lent)
+    /// frame.
     fn front(&self) -> usize {
-        usize::from(self.started > 0)
+        usize::from(self.started > 0 || self.lent)
     }
 
     /// Drops every frame not yet started.
@@ -167,6 +186,7 @@ impl ClientQueue {
                 floor: None,
                 writer: None,
                 blocked_since: None,
+                lent: false,
             }),
             closing: Notify::new(),
         }
@@ -185,14 +205,59 @@ impl ClientQueue {
     /// Hands a bus message's frame to the client: written at once when `direct` and the socket
     /// takes it, else queued within the bounds (and the connection's task woken to write it).
     pub(crate) fn push(&self, frame: &Frame, direct: bool) -> Pushed {
+        self.push_locked(self.lock(), frame, direct)
+    }
+
+    /// Hands a bus message's frame to the client, to be sent by the caller: when the client is
+    /// live, nothing is queued and its socket can be sent to from outside, the frame is queued
+    /// first and *lent* (the descriptor is returned), and the caller must hand the send's outcome
+    /// to [`ClientQueue::returned`]; until then nobody else writes to the socket or drops the
+    /// frame. Else it is pushed as by [`ClientQueue::push`] (written directly or queued).
+    pub(crate) fn lend(&self, frame: &Frame) -> Lent {
         let mut state = self.lock();
+        if state.close.is_none() && !state.replayed(frame) && state.direct() {
+            if let Some(fd) = state.out.as_ref().and_then(|out| out.raw_fd()) {
+                state.enqueue(frame.clone());
+                state.lent = true;
+                return Lent::Out(fd);
+            }
+        }
+        Lent::Pushed(self.push_locked(state, frame, true))
+    }
+
+    /// The outcome of the send of a lent frame (see [`ClientQueue::lend`]): the bytes the socket
+    /// took, or its error. Taken whole, the frame is done; else the rest of it goes out first
+    /// when the connection's task (woken) finds the socket writable, or meets its error.
+    pub(crate) fn returned(&self, sent: std::io::Result<usize>) -> Pushed {
+        let mut state = self.lock();
+        state.lent = false;
+        let length = state.frames.front().map_or(0, |frame| frame.wire.len());
+        match sent {
+            Ok(taken) if taken == length => {
+                if let Some(done) = state.frames.pop_front() {
+                    state.bytes -= done.wire.len();
+                }
+                state.dropped_since_progress = 0;
+                // A frame of the connection's own may have been queued behind it meanwhile.
+                if state.frames.is_empty() {
+                    return Pushed::Written;
+                }
+                release_and_wake(state);
+                return Pushed::Written;
+            }
+            Ok(taken) => state.started = taken,
+            Err(_) => {}
+        }
+        release_and_wake(state);
+        Pushed::Queued { dropped: 0 }
+    }
+
+    fn push_locked(&self, mut state: MutexGuard<'_, State>, frame: &Frame, direct: bool) -> Pushed {
         if state.close.is_some() {
             return Pushed::Closing;
         }
-        if let (Some(floor), Some(id)) = (state.floor, frame.alert_id) {
-            if id <= floor {
-                return Pushed::Replayed;
-            }
+        if state.replayed(frame) {
+            return Pushed::Replayed;
         }
         if direct && state.direct() {
             if let Some(out) = state.out.as_mut() {
@@ -357,6 +422,11 @@ impl ClientQueue {
         let state = &mut *state;
         if state.close_queued && state.frames.is_empty() {
             return Poll::Ready(Drove::CloseSent);
+        }
+        if state.lent {
+            // The fan-out is sending the first frame; `returned` wakes the task.
+            state.writer = Some(cx.waker().clone());
+            return Poll::Pending;
         }
         let mut wrote = 0;
         // Progress is the client taking something of what it is sent, not a ping: the drop-oldest
@@ -763,5 +833,98 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got, expected);
+    }
+
+    /// A live queue on a real TCP socket (which can be lent), and the client's end.
+    async fn live_tcp(max_messages: usize) -> (ClientQueue, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (server, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let queue = queue(max_messages, 1 << 20);
+        queue.attach(Box::new(crate::socket::Tcp(std::sync::Arc::new(server))));
+        queue.go_live(Vec::new(), None);
+        (queue, client)
+    }
+
+    /// While the fan-out sends a lent frame, the frame is neither dropped (overflow, a close)
+    /// nor overtaken (a frame of the connection's own goes after it), and the task writes
+    /// nothing; a send that took part of it has the task write the rest first.
+    #[tokio::test]
+    async fn a_lent_frame_is_neither_dropped_nor_overtaken() {
+        let (queue, mut client) = live_tcp(2).await;
+        let lent = frame(FrameKind::Metrics, "lent");
+        let Lent::Out(fd) = queue.lend(&lent) else {
+            panic!("a live TCP client with nothing queued is lent the frame")
+        };
+        // Not lent twice: the next frame is queued behind it.
+        let later = frame(FrameKind::Metrics, "later");
+        assert_eq!(
+            queue.lend(&later),
+            Lent::Pushed(Pushed::Queued { dropped: 0 })
+        );
+        // Overflow drops `later`, never the lent frame.
+        assert_eq!(
+            queue.push(&frame(FrameKind::Metrics, "newest"), true),
+            Pushed::Queued { dropped: 1 }
+        );
+        queue.put_front([frame(FrameKind::Control, "pong")]);
+        // The task's turn while the frame is out: nothing written, Pending.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(queue.poll_write(&mut cx).is_pending());
+        // The fan-out's send took 3 bytes of it: the task writes the rest first.
+        let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        let taken =
+            nix::sys::socket::send(fd, &lent.wire[..3], flags).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(queue.returned(Ok(taken)), Pushed::Queued { dropped: 0 });
+        assert_eq!(queue.write().await, Drove::Wrote(2));
+        let expected: Vec<u8> = [
+            lent.wire.clone(),
+            wire::text(b"pong"),
+            wire::text(b"newest"),
+        ]
+        .concat();
+        let mut got = vec![0; expected.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, expected);
+    }
+
+    /// A lent frame the socket took whole is done: counted written, nothing left to write; one
+    /// the socket refused is queued for the task, which writes it whole.
+    #[tokio::test]
+    async fn a_lent_frame_comes_back_written_or_queued() {
+        let (queue, mut client) = live_tcp(8).await;
+        let first = frame(FrameKind::Metrics, "first");
+        assert!(matches!(queue.lend(&first), Lent::Out(_)));
+        assert_eq!(queue.returned(Ok(first.wire.len())), Pushed::Written);
+        assert_eq!(queue.len(), 0);
+        let second = frame(FrameKind::Metrics, "second");
+        assert!(matches!(queue.lend(&second), Lent::Out(_)));
+        assert_eq!(
+            queue.returned(Err(std::io::ErrorKind::WouldBlock.into())),
+            Pushed::Queued { dropped: 0 }
+        );
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.write().await, Drove::Wrote(1));
+        let mut got = vec![0; second.wire.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, second.wire.to_vec());
+    }
+
+    /// Only a socket with a descriptor is lent a frame; any other is written directly as before.
+    #[tokio::test]
+    async fn a_socket_without_a_descriptor_is_written_directly() {
+        let (queue, mut client) = live(1024);
+        let only = frame(FrameKind::Metrics, "m");
+        assert_eq!(queue.lend(&only), Lent::Pushed(Pushed::Written));
+        assert_eq!(read(&mut client, only.wire.len()).await, only.wire.to_vec());
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use crate::conflate::Conflator;
 use crate::filter::{Bounds, Filter, Timing};
 use crate::protocol::{CloseReason, Frame, FrameKind};
-use crate::queue::{ClientQueue, Pushed};
+use crate::queue::{ClientQueue, Lent, Pushed};
 use crate::slots::Slot;
 use crate::snapshot::LatestMetrics;
 
@@ -101,6 +101,53 @@ pub(crate) struct ClientRegistry {
 struct Clients {
     members: HashMap<u64, Member>,
     groups: HashMap<Arc<Filter>, Group>,
+    /// The fan-out's batched sends, used under this lock.
+    ring: RingSlot,
+}
+
+/// The fan-out's `io_uring` (`ring.rs`): made at the first direct fan-out; where the kernel
+/// refuses one, or should it ever fail, the fan-out sends to each client on its own.
+#[derive(Default)]
+enum RingSlot {
+    #[default]
+    Untried,
+    #[cfg(target_os = "linux")]
+    Ready(Box<Batch>),
+    Unavailable,
+}
+
+/// The ring and what one batch needs, kept between messages.
+#[cfg(target_os = "linux")]
+struct Batch {
+    ring: crate::ring::Ring,
+    fds: Vec<std::os::fd::RawFd>,
+    results: Vec<std::io::Result<usize>>,
+}
+
+impl RingSlot {
+    #[cfg(target_os = "linux")]
+    fn get(&mut self) -> Option<&mut Batch> {
+        if matches!(self, RingSlot::Untried) {
+            *self = match crate::ring::Ring::new() {
+                Ok(ring) => RingSlot::Ready(Box::new(Batch {
+                    ring,
+                    fds: Vec::new(),
+                    results: Vec::new(),
+                })),
+                Err(error) => {
+                    tracing::info!(
+                        %error,
+                        "io_uring unavailable: each client of a message gets its own send"
+                    );
+                    RingSlot::Unavailable
+                }
+            };
+        }
+        match self {
+            RingSlot::Ready(batch) => Some(batch),
+            _ => None,
+        }
+    }
 }
 
 struct Member {
@@ -163,20 +210,85 @@ struct Tally {
 
 impl Tally {
     /// Pushes `frame` to every queue; `direct`: a live client with nothing queued is written to
-    /// at once.
+    /// at once — with the ring, all such clients' sends in one submission.
     fn push_all<'a>(
         &mut self,
         queues: impl Iterator<Item = &'a Arc<ClientQueue>>,
         frame: &Frame,
         direct: bool,
+        ring: &mut RingSlot,
     ) {
-        for queue in queues {
-            match queue.push(frame, direct) {
-                Pushed::Written => self.written += 1,
-                Pushed::Queued { dropped } => self.dropped += dropped,
-                Pushed::Overflowed => self.overflowed += 1,
-                Pushed::Closing | Pushed::Replayed => {}
+        #[cfg(target_os = "linux")]
+        if direct {
+            if let Some(batch) = ring.get() {
+                if let Err(failed) = self.send_all(queues, frame, batch) {
+                    tracing::error!(
+                        error = %failed,
+                        "io_uring failed: each client of a message gets its own send from now on"
+                    );
+                    *ring = RingSlot::Unavailable;
+                }
+                return;
             }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = ring;
+        for queue in queues {
+            self.add(queue.push(frame, direct));
+        }
+    }
+
+    /// The ring's part of [`Tally::push_all`]: every queue that lends the frame gets it with one
+    /// `send` of one submission; the others have it pushed (queued, or a socket without a
+    /// descriptor written on its own).
+    #[cfg(target_os = "linux")]
+    fn send_all<'a>(
+        &mut self,
+        queues: impl Iterator<Item = &'a Arc<ClientQueue>>,
+        frame: &Frame,
+        batch: &mut Batch,
+    ) -> Result<(), crate::ring::RingFailed> {
+        let mut lent = Vec::new();
+        batch.fds.clear();
+        for queue in queues {
+            match queue.lend(frame) {
+                Lent::Out(fd) => {
+                    lent.push(queue);
+                    batch.fds.push(fd);
+                }
+                Lent::Pushed(pushed) => self.add(pushed),
+            }
+        }
+        if lent.is_empty() {
+            return Ok(());
+        }
+        let sent = batch
+            .ring
+            .send_all(&frame.wire, &batch.fds, &mut batch.results);
+        if sent.is_err() {
+            // Sends may still be in the kernel's hands: what they use stays valid for good
+            // (the frame's bytes, and each socket through its queue), and since what each socket
+            // took is unknown, the clients are closed to reconnect and resume.
+            std::mem::forget(frame.wire.clone());
+            for queue in &lent {
+                std::mem::forget(Arc::clone(queue));
+                let _ = queue.returned(Err(std::io::ErrorKind::Other.into()));
+                queue.close_now(CloseReason::GOING_AWAY);
+            }
+            return sent;
+        }
+        for (queue, result) in lent.iter().zip(batch.results.drain(..)) {
+            self.add(queue.returned(result));
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Written => self.written += 1,
+            Pushed::Queued { dropped } => self.dropped += dropped,
+            Pushed::Overflowed => self.overflowed += 1,
+            Pushed::Closing | Pushed::Replayed => {}
         }
     }
 }
@@ -197,6 +309,11 @@ impl ClientRegistry {
             fanout_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             me: me.clone(),
         })
+    }
+
+    /// From now on, each client of a message gets its own `send` (no `io_uring`).
+    pub(crate) fn without_ring(&self) {
+        self.lock().ring = RingSlot::Unavailable;
     }
 
     fn lock(&self) -> MutexGuard<'_, Clients> {
@@ -343,11 +460,14 @@ impl ClientRegistry {
 
     fn push_to_group(&self, filter: &Filter, frames: &[Frame]) {
         let mut tally = Tally::default();
-        if let Some(group) = self.lock().groups.get(filter) {
+        let mut clients = self.lock();
+        let Clients { groups, ring, .. } = &mut *clients;
+        if let Some(group) = groups.get(filter) {
             for frame in frames {
-                tally.push_all(group.queues.values(), frame, true);
+                tally.push_all(group.queues.values(), frame, true, ring);
             }
         }
+        drop(clients);
         self.count(tally);
     }
 
@@ -606,10 +726,11 @@ impl ClientRegistry {
                 latest.record(metric);
             }
         }
-        let clients = self.lock();
+        let mut clients = self.lock();
         if clients.members.is_empty() {
             return;
         }
+        let Clients { groups, ring, .. } = &mut *clients;
         // Behind (the message waited): queued, not written, so that each client's task writes
         // what piles up in one write instead of one per frame.
         let direct = self.observe_latency(envelope) <= BEHIND_US;
@@ -619,11 +740,11 @@ impl ClientRegistry {
             Payload::Alert(alert) => {
                 // Encoded once, for every group that takes it (alerts are never conflated).
                 let mut frame = None;
-                for group in clients.groups.values() {
+                for group in groups.values() {
                     if group.everything || group.filter.takes_alert(alert) {
                         let frame = frame
                             .get_or_insert_with(|| Frame::for_envelope(FrameKind::Alert, envelope));
-                        tally.push_all(group.queues.values(), frame, direct);
+                        tally.push_all(group.queues.values(), frame, direct, ring);
                     }
                 }
             }
@@ -633,12 +754,12 @@ impl ClientRegistry {
                 let mut whole = None;
                 let mut shares: HashMap<Vec<usize>, Frame> = HashMap::new();
                 let mut now = Vec::new();
-                for group in clients.groups.values() {
+                for group in groups.values() {
                     if group.everything {
                         let frame = whole.get_or_insert_with(|| {
                             Frame::for_envelope(FrameKind::Metrics, envelope)
                         });
-                        tally.push_all(group.queues.values(), frame, direct);
+                        tally.push_all(group.queues.values(), frame, direct, ring);
                         continue;
                     }
                     now.clear();
@@ -668,7 +789,7 @@ impl ClientRegistry {
                         }
                         &shares[&now]
                     };
-                    tally.push_all(group.queues.values(), frame, direct);
+                    tally.push_all(group.queues.values(), frame, direct, ring);
                 }
             }
         }

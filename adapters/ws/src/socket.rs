@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -43,6 +44,13 @@ pub(crate) trait Socket: Send {
         frames: &VecDeque<Frame>,
         started: usize,
     ) -> Poll<io::Result<usize>>;
+
+    /// The descriptor a frame may be sent to with a plain non-blocking `send` from outside (the
+    /// fan-out's `io_uring` batch, `ring.rs`): a TCP socket's; `None` for any other socket, which
+    /// is written through [`Socket::try_write`] only.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// Fills `slices` with the wire bytes of the first `frames` (the first from `started`); returns
@@ -69,13 +77,16 @@ impl Socket for Tcp {
         // `MSG_NOSIGNAL`: a peer gone is an `EPIPE` here, and the task's own write ends the
         // connection, as with tokio's write (a Rust program ignores SIGPIPE anyway).
         use nix::sys::socket::{send, MsgFlags};
-        use std::os::fd::AsRawFd;
         send(
             self.0.as_raw_fd(),
             &frame.wire,
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
         )
         .map_err(io::Error::from)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.0.as_raw_fd())
     }
 
     fn poll_write_frames(
