@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fanout_domain::{BusStatus, SubscriberState};
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::copies::{self, RecentMessages};
 use crate::echoes::Echoes;
@@ -34,6 +35,10 @@ pub(crate) struct SharedStatus {
     sessions: AtomicU64,
     /// See [`SharedStatus::idles`].
     idles: AtomicU64,
+    /// Held for a listener's changes of the state and for the end of its subscription, so that
+    /// a listener dropped meanwhile (its token cancelled under this lock) changes nothing after:
+    /// a late `subscribed` of its would look like a new session to a publisher in flight.
+    transitions: Mutex<()>,
     /// Redis Cluster: per sharded channel (see `ClusterChannels`), the number of the node
     /// session it is live on, 0 while it is not live. Empty without Cluster.
     channels: watch::Sender<Vec<ChannelLive>>,
@@ -71,6 +76,7 @@ impl SharedStatus {
             master: Mutex::new(None),
             sessions: AtomicU64::new(0),
             idles: AtomicU64::new(0),
+            transitions: Mutex::new(()),
             channels: watch::Sender::new(Vec::new()),
             redis_answered: Notify::new(),
             reconnects: AtomicU64::new(0),
@@ -106,6 +112,30 @@ impl SharedStatus {
         if state == SubscriberState::Idle {
             self.idles.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// The right of the listener that `cancel` stops to change the state, while the guard is
+    /// held: `None` once its subscription was dropped (see `transitions`).
+    pub(crate) fn as_listener(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<std::sync::MutexGuard<'_, ()>> {
+        let guard = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (!cancel.is_cancelled()).then_some(guard)
+    }
+
+    /// The subscription is dropped (its last client left): its listener is stopped and the
+    /// subscriber is idle, in one step for [`SharedStatus::as_listener`].
+    pub(crate) fn end_subscription(&self, cancel: &CancellationToken) {
+        let _guard = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cancel.cancel();
+        self.set_state(SubscriberState::Idle);
     }
 
     /// How many times the subscriber went idle (its last client left): a publish that sees this
@@ -313,5 +343,28 @@ mod tests {
         assert_eq!(log.allow(start + Duration::from_secs(1)), None);
         assert_eq!(log.allow(start + Duration::from_secs(2)), None);
         assert_eq!(log.allow(start + Duration::from_secs(11)), Some(2));
+    }
+
+    /// A listener whose subscription was dropped changes nothing after, however late it gets
+    /// to its `subscribed`: a publisher in flight would take it for a new session (a 503 for a
+    /// metric no client could miss, seen once in ~15 runs of
+    /// `promises::clients_coming_and_going_never_cost_a_publish_a_503`).
+    #[test]
+    fn a_dropped_listener_changes_no_state() {
+        let status = SharedStatus::new(Duration::from_secs(2));
+        let (old, new) = (CancellationToken::new(), CancellationToken::new());
+        assert!(status.as_listener(&old).is_some());
+        status.end_subscription(&old);
+        assert!(old.is_cancelled());
+        assert_eq!(status.state(), SubscriberState::Idle);
+        let idles = status.idles();
+        assert!(status.as_listener(&old).is_none(), "the dropped listener");
+        // The next subscription's listener may.
+        let Some(_listener) = status.as_listener(&new) else {
+            panic!("the live listener is refused");
+        };
+        status.subscribed_again();
+        assert_eq!(status.live_session(), Some(1));
+        assert_eq!(status.idles(), idles);
     }
 }

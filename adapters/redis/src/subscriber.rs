@@ -20,7 +20,7 @@ use fanout_domain::{
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::connect::hedged;
 use crate::inbox::{ConnectionLog, Inbox, SessionError, LOG_INTERVAL, MIN_PONG_WAIT};
@@ -55,13 +55,13 @@ impl RedisSubscriber {
 
 /// Cancels the listener when the subscription is dropped, and marks the subscriber idle.
 struct ListenerGuard {
-    _cancel: DropGuard,
+    cancel: CancellationToken,
     status: Arc<SharedStatus>,
 }
 
 impl Drop for ListenerGuard {
     fn drop(&mut self) {
-        self.status.set_state(SubscriberState::Idle);
+        self.status.end_subscription(&self.cancel);
     }
 }
 
@@ -96,6 +96,7 @@ impl BusSubscriber for RedisSubscriber {
                 status: Arc::clone(&self.status),
                 feed: None,
                 recovering: false,
+                cancel: cancel.clone(),
             };
             tokio::spawn(listener.run(cancel.clone(), first_outcome));
             // Either the first SUBSCRIBE was confirmed or the first attempt failed; in both cases
@@ -103,7 +104,7 @@ impl BusSubscriber for RedisSubscriber {
             let _ = outcome.await;
         }
         Subscription::new(ListenerGuard {
-            _cancel: cancel.drop_guard(),
+            cancel,
             status: Arc::clone(&self.status),
         })
     }
@@ -131,6 +132,9 @@ struct Listener {
     feed: Option<AlertFeed>,
     /// A session was lost: reaching `subscribed` again is a recovery (counted in `reconnects`).
     recovering: bool,
+    /// Cancelled when the subscription is dropped: from then on the listener changes no state
+    /// (`SharedStatus::as_listener`).
+    cancel: CancellationToken,
 }
 
 impl Listener {
@@ -174,14 +178,20 @@ impl Listener {
                 attempt = attempt.saturating_add(1);
                 delay
             };
-            self.status.set_error(error.message);
+            match self.status.as_listener(&cancel) {
+                Some(_listener) => self.status.set_error(error.message),
+                None => return,
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
                 // The publisher found Redis answering first.
                 _ = self.status.redis_answered.notified() => {}
             }
-            self.status.set_state(SubscriberState::Connecting);
+            match self.status.as_listener(&cancel) {
+                Some(_listener) => self.status.set_state(SubscriberState::Connecting),
+                None => return,
+            }
         }
     }
 
@@ -232,8 +242,15 @@ impl Listener {
         if let Some(feed) = self.feed.as_ref() {
             self.inbox.report_gap(caught, feed);
         }
-        self.status.set_master(address.clone());
-        self.status.subscribed_again();
+        {
+            // Not once the subscription is dropped: a publisher in flight would take this late
+            // `subscribed` for a new session, and refuse its metric for nothing.
+            let Some(_listener) = self.status.as_listener(&self.cancel) else {
+                return Err(SessionError::before("the subscription was dropped"));
+            };
+            self.status.set_master(address.clone());
+            self.status.subscribed_again();
+        }
         if std::mem::take(&mut self.recovering) {
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -301,7 +318,10 @@ impl Listener {
             // Publishers stop counting on this session first; then everything published on it
             // before a last PING is delivered, so that a 202 given while it was live is not lost
             // with it.
-            self.status.set_error(reason.clone());
+            match self.status.as_listener(&self.cancel) {
+                Some(_listener) => self.status.set_error(reason.clone()),
+                None => return Err(SessionError::before("the subscription was dropped")),
+            }
             if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
                 while let Some(Some(message)) = stream.next().now_or_never() {
                     let name = message.get_channel_name();

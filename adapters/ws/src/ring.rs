@@ -13,15 +13,15 @@
 //! the bytes and descriptors are leaked on purpose (the caller's `leak` hands them over), so that
 //! a late completion still finds them valid; the worker goes on with one `send` each.
 //!
-//! Where the kernel refuses `io_uring` (a container's seccomp profile, `io_uring_disabled`, an old
-//! kernel), [`Ring::new`] fails and the fan-out keeps its one `send` per client.
+//! Where the kernel refuses `io_uring` (a container's seccomp profile, `io_uring_disabled`, a
+//! kernel before 5.6, whose ring has no `send`), [`Ring::new`] fails and the fan-out keeps its one `send` per client.
 
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types, IoUring, Probe};
 
 /// Submission entries per batch: a message to more clients goes in several submissions.
 const ENTRIES: u32 = 256;
@@ -32,10 +32,18 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
+    /// A ring whose kernel knows `IORING_OP_SEND` (Linux 5.6 and later).
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(Self {
-            ring: IoUring::new(ENTRIES)?,
-        })
+        let ring = IoUring::new(ENTRIES)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Send::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring has no send operation",
+            ));
+        }
+        Ok(Self { ring })
     }
 
     /// Writes `wire` to each of `sockets` with one non-blocking `send` (`MSG_DONTWAIT |
