@@ -63,7 +63,8 @@ async fn every_client_gets_every_message_in_order_with_and_without_io_uring() {
         let args = [flags, &["--client-send-buffer", "4096"][..]].concat();
         let worker = start_worker::<InProcess>("ring", On::OwnMemory, &args).await;
         let mut readers = Vec::new();
-        for _ in 0..10 {
+        // More than the 16 clients a group needs for its sends to go through the ring.
+        for _ in 0..20 {
             readers.push(Client::connect_small_buffer(worker.addr()).await);
         }
         for message in 0..MESSAGES {

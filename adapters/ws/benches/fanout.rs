@@ -65,7 +65,7 @@ fn frame_and_write(c: &mut Criterion) {
         ("direct write to N live clients, one send each", false),
     ] {
         let mut group = c.benchmark_group(name);
-        for clients in [1usize, 100] {
+        for clients in [1usize, 16, 100] {
             let live = LiveFanout::new(clients, ring).unwrap_or_else(|e| panic!("{e}"));
             group.throughput(Throughput::Elements(clients as u64));
             group.bench_with_input(BenchmarkId::from_parameter(clients), &clients, |b, _| {

@@ -1,8 +1,10 @@
 //! One `io_uring` submission for all of a message's direct writes: the fan-out hands the kernel
 //! a non-blocking `send` per client at once and reaps the outcomes, instead of one `send(2)` system
 //! call per client. The frame and the sockets are the same as for the one-by-one sends
-//! (`socket.rs`): only the entry into the kernel is shared. Measured against one `send` each on
-//! this project's load A (PERFORMANCE.md): about 0.85 µs less CPU per delivery in the floor.
+//! (`socket.rs`): only the entry into the kernel is shared. Measured against one `send` each at
+//! this project's load A (PERFORMANCE.md): 11% less CPU per delivery in the floor, ~5% in a
+//! worker (which pays a second lock per client to lend the frame). Used for groups of 16
+//! clients or more (`registry.rs`): below, the submission costs more than it saves.
 //!
 //! The crate's only `unsafe` code, and why it is sound: a submitted `send` reads the frame's bytes
 //! and uses the socket's descriptor until its completion arrives. [`Ring::send_all`] borrows both
