@@ -334,9 +334,15 @@ fn source_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_long_source_file_says_why_at_its_top() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+/// The workspace's root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The workspace's source files whose text `breaks` the rule, as paths from the root, in the
+/// walk's order; checks the walk found the sources at all.
+fn sources_where(breaks: impl Fn(&str) -> bool) -> Vec<String> {
+    let root = root();
     let mut files = Vec::new();
     for dir in ["domain", "adapters", "app", "client", "bench", "tests"] {
         source_files(&root.join(dir), &mut files);
@@ -346,16 +352,21 @@ fn every_long_source_file_says_why_at_its_top() {
         "the walk found the workspace's sources ({} files)",
         files.len()
     );
-    let unexplained: Vec<String> = files
+    files
         .iter()
-        .filter(|path| long_without_reason(&std::fs::read_to_string(path).unwrap_or_default()))
+        .filter(|path| breaks(&std::fs::read_to_string(path).unwrap_or_default()))
         .map(|path| {
             path.strip_prefix(&root)
                 .unwrap_or(path)
                 .display()
                 .to_string()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_long_source_file_says_why_at_its_top() {
+    let unexplained = sources_where(long_without_reason);
     assert!(
         unexplained.is_empty(),
         "over {LONG_FILE} lines without a line `{LONG_FILE_REASON}<reason>` among the first 30: \
@@ -373,27 +384,13 @@ fn allows_unsafe(text: &str) -> bool {
 
 #[test]
 fn unsafe_code_is_allowed_in_the_listed_files_only() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = Vec::new();
-    for dir in ["domain", "adapters", "app", "client", "bench", "tests"] {
-        source_files(&root.join(dir), &mut files);
-    }
-    let allowing: Vec<String> = files
-        .iter()
-        .filter(|path| allows_unsafe(&std::fs::read_to_string(path).unwrap_or_default()))
-        .map(|path| {
-            path.strip_prefix(&root)
-                .unwrap_or(path)
-                .display()
-                .to_string()
-        })
-        .collect();
+    let allowing = sources_where(allows_unsafe);
     assert_eq!(
         allowing, UNSAFE_ALLOWED,
         "`unsafe` allowed outside the list (or a listed file no longer needs it)"
     );
     for file in UNSAFE_ALLOWED {
-        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        let text = std::fs::read_to_string(root().join(file)).unwrap_or_default();
         assert!(
             text.lines()
                 .take(30)
