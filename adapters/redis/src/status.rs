@@ -114,21 +114,26 @@ impl SharedStatus {
         }
     }
 
-    /// The right of the listener that `cancel` stops to change the state, while the guard is
-    /// held: `None` once its subscription was dropped (see `transitions`).
-    pub(crate) fn as_listener(
+    /// Makes `change` as the listener that `cancel` stops, unless its subscription was dropped
+    /// (see `transitions`); whether it was made.
+    pub(crate) fn change_as_listener(
         &self,
         cancel: &CancellationToken,
-    ) -> Option<std::sync::MutexGuard<'_, ()>> {
-        let guard = self
+        change: impl FnOnce(&Self),
+    ) -> bool {
+        let _guard = self
             .transitions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        (!cancel.is_cancelled()).then_some(guard)
+        if cancel.is_cancelled() {
+            return false;
+        }
+        change(self);
+        true
     }
 
     /// The subscription is dropped (its last client left): its listener is stopped and the
-    /// subscriber is idle, in one step for [`SharedStatus::as_listener`].
+    /// subscriber is idle, in one step for [`SharedStatus::change_as_listener`].
     pub(crate) fn end_subscription(&self, cancel: &CancellationToken) {
         let _guard = self
             .transitions
@@ -353,17 +358,16 @@ mod tests {
     fn a_dropped_listener_changes_no_state() {
         let status = SharedStatus::new(Duration::from_secs(2));
         let (old, new) = (CancellationToken::new(), CancellationToken::new());
-        assert!(status.as_listener(&old).is_some());
         status.end_subscription(&old);
         assert!(old.is_cancelled());
         assert_eq!(status.state(), SubscriberState::Idle);
         let idles = status.idles();
-        assert!(status.as_listener(&old).is_none(), "the dropped listener");
+        let late = status.change_as_listener(&old, SharedStatus::subscribed_again);
+        assert!(!late, "the dropped listener changed the state");
+        assert_eq!(status.state(), SubscriberState::Idle);
+        assert_eq!(status.live_session(), None);
         // The next subscription's listener may.
-        let Some(_listener) = status.as_listener(&new) else {
-            panic!("the live listener is refused");
-        };
-        status.subscribed_again();
+        assert!(status.change_as_listener(&new, SharedStatus::subscribed_again));
         assert_eq!(status.live_session(), Some(1));
         assert_eq!(status.idles(), idles);
     }

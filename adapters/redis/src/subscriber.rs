@@ -133,7 +133,7 @@ struct Listener {
     /// A session was lost: reaching `subscribed` again is a recovery (counted in `reconnects`).
     recovering: bool,
     /// Cancelled when the subscription is dropped: from then on the listener changes no state
-    /// (`SharedStatus::as_listener`).
+    /// (`SharedStatus::change_as_listener`).
     cancel: CancellationToken,
 }
 
@@ -178,9 +178,11 @@ impl Listener {
                 attempt = attempt.saturating_add(1);
                 delay
             };
-            match self.status.as_listener(&cancel) {
-                Some(_listener) => self.status.set_error(error.message),
-                None => return,
+            if !self
+                .status
+                .change_as_listener(&cancel, |status| status.set_error(error.message))
+            {
+                return;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -188,9 +190,10 @@ impl Listener {
                 // The publisher found Redis answering first.
                 _ = self.status.redis_answered.notified() => {}
             }
-            match self.status.as_listener(&cancel) {
-                Some(_listener) => self.status.set_state(SubscriberState::Connecting),
-                None => return,
+            if !self.status.change_as_listener(&cancel, |status| {
+                status.set_state(SubscriberState::Connecting);
+            }) {
+                return;
             }
         }
     }
@@ -242,14 +245,14 @@ impl Listener {
         if let Some(feed) = self.feed.as_ref() {
             self.inbox.report_gap(caught, feed);
         }
-        {
-            // Not once the subscription is dropped: a publisher in flight would take this late
-            // `subscribed` for a new session, and refuse its metric for nothing.
-            let Some(_listener) = self.status.as_listener(&self.cancel) else {
-                return Err(SessionError::before("the subscription was dropped"));
-            };
-            self.status.set_master(address.clone());
-            self.status.subscribed_again();
+        // Not once the subscription is dropped: a publisher in flight would take this late
+        // `subscribed` for a new session, and refuse its metric for nothing.
+        let subscribed = self.status.change_as_listener(&self.cancel, |status| {
+            status.set_master(address.clone());
+            status.subscribed_again();
+        });
+        if !subscribed {
+            return Err(SessionError::before("the subscription was dropped"));
         }
         if std::mem::take(&mut self.recovering) {
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -318,9 +321,11 @@ impl Listener {
             // Publishers stop counting on this session first; then everything published on it
             // before a last PING is delivered, so that a 202 given while it was live is not lost
             // with it.
-            match self.status.as_listener(&self.cancel) {
-                Some(_listener) => self.status.set_error(reason.clone()),
-                None => return Err(SessionError::before("the subscription was dropped")),
+            if !self
+                .status
+                .change_as_listener(&self.cancel, |status| status.set_error(reason.clone()))
+            {
+                return Err(SessionError::before("the subscription was dropped"));
             }
             if let Ok(Ok(_)) = tokio::time::timeout(pong_wait, sink.ping::<redis::Value>()).await {
                 while let Some(Some(message)) = stream.next().now_or_never() {

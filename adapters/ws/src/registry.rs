@@ -105,10 +105,10 @@ struct Clients {
     ring: RingSlot,
 }
 
-/// Fewest clients in a group for its sends to go through the ring: a submission and its wait
-/// cost about what four or five `send`s do, and each client saves half a microsecond
-/// (`cargo bench -p fanout-ws --bench fanout -- "direct write"`: one client 14.9 µs with the ring
-/// against 10.3 µs without, 100 clients 818 µs against 871 µs).
+/// Fewest clients in a group for its sends to go through the ring: for a few, the submission and
+/// its wait cost more than the `send`s they replace (`cargo bench -p fanout-ws --bench fanout --
+/// "direct write"`: one client 14.9 µs with the ring against 10.3 µs without, 16 clients
+/// 104–108 µs against 113–128 µs; PERFORMANCE.md has the end-to-end figures).
 #[cfg(target_os = "linux")]
 const RING_MIN_CLIENTS: usize = 16;
 

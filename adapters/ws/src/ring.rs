@@ -12,11 +12,12 @@
 //! before every entry it submitted has completed: the kernel never touches them after the borrow
 //! ends. Should the ring fail in a way that leaves entries unreaped (an `io_uring_enter` error
 //! other than an interruption or a full completion queue, never seen), the ring is retired and
-//! the bytes and descriptors are leaked on purpose (the caller's `leak` hands them over), so that
-//! a late completion still finds them valid; the worker goes on with one `send` each.
+//! the caller leaks the bytes and keeps the descriptors open for good (`registry.rs`), so that a
+//! late completion still finds them valid; the worker goes on with one `send` each.
 //!
 //! Where the kernel refuses `io_uring` (a container's seccomp profile, `io_uring_disabled`, a
-//! kernel before 5.6, whose ring has no `send`), [`Ring::new`] fails and the fan-out keeps its one `send` per client.
+//! kernel before 5.6, whose ring has no `send`), [`Ring::new`] fails and the fan-out keeps its
+//! one `send` per client.
 
 #![allow(unsafe_code)]
 
@@ -48,8 +49,8 @@ impl Ring {
         Ok(Self { ring })
     }
 
-    /// Writes `wire` to each of `sockets` with one non-blocking `send` (`MSG_DONTWAIT |
-    /// MSG_NOSIGNAL`), submitted together; `results[i]` is what `sockets[i]` took: its byte count
+    /// Writes `wire` to each of `sockets` with one non-blocking `send` (`socket::SEND_FLAGS`),
+    /// submitted together; `results[i]` is what `sockets[i]` took: its byte count
     /// (whole, part, or `WouldBlock` when full), or its error. Returns `Err` only when the ring
     /// itself failed: then some sends may still be in the kernel's hands, and the caller must
     /// leak `wire` and keep every descriptor open for good, and not use the ring again.
@@ -65,7 +66,7 @@ impl Ring {
         let Ok(length) = u32::try_from(wire.len()) else {
             return Ok(());
         };
-        let flags = libc_flags();
+        let flags = crate::socket::SEND_FLAGS.bits();
         for (batch, chunk) in sockets.chunks(ENTRIES as usize).enumerate() {
             let first = batch * ENTRIES as usize;
             let mut submitted = 0;
@@ -127,10 +128,6 @@ fn retryable(error: &io::Error) -> bool {
             error.raw_os_error(),
             Some(code) if code == nix::libc::EBUSY || code == nix::libc::EAGAIN
         )
-}
-
-fn libc_flags() -> i32 {
-    nix::libc::MSG_DONTWAIT | nix::libc::MSG_NOSIGNAL
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 //! reads from it.
 //!
 //! Served by fanout's own HTTP server, an upgraded connection is a `TcpStream`: the hot path then
-//! writes with one non-blocking `send(2)` on its descriptor, without a waker, a lock, tokio's
-//! cooperative budget or even tokio's readiness check (`TcpStream::try_write` reads and, when the
-//! socket pushes back, clears the readiness that the runtime's other thread sets: at load A on
-//! the Redis bus that cost ~1.4 µs per delivery, PERFORMANCE.md). Bypassing tokio is sound
-//! because nothing waits on what the `send` learns: a socket that pushes back gets the frame
-//! queued and its task woken, and the task's own write goes through tokio, finds the socket
-//! full, clears the stale readiness and waits for the next edge. Any other upgraded connection (another server, a test's duplex)
-//! works too, through its `AsyncWrite` polled with a waker that does nothing. A socket is handed
+//! writes with one non-blocking `send(2)` on its descriptor ([`SEND_FLAGS`]), without a waker, a
+//! lock, tokio's cooperative budget or tokio's readiness bookkeeping (`TcpStream::try_write`
+//! reads, and on push-back clears, state the runtime's other thread sets). Bypassing tokio is
+//! sound because nothing waits on what the `send` learns: a socket that pushes back gets the frame
+//! queued and its task woken, and the task's own write goes through tokio, finds the socket full,
+//! clears the stale readiness and waits for the next edge. Any other upgraded connection
+//! (another server, a test's duplex) works too, through its `AsyncWrite` polled with a waker that does nothing. A socket is handed
 //! whole frames (their shared bytes), not bytes alone, so that a socket that is not a WebSocket
 //! stream — an SSE client's event stream (`sse`) — can turn each frame into its own form without
 //! copying the payload.
@@ -21,10 +20,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
+use nix::sys::socket::MsgFlags;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::protocol::Frame;
+
+/// The flags of every direct send, one by one or through the ring (`ring.rs`): it never waits,
+/// and a peer gone is an `EPIPE` (the task's own write then ends the connection, as with tokio's),
+/// not a SIGPIPE.
+pub(crate) const SEND_FLAGS: MsgFlags = MsgFlags::MSG_DONTWAIT.union(MsgFlags::MSG_NOSIGNAL);
 
 /// Most frames one vectored write hands the socket.
 const WRITE_SLICES: usize = 64;
@@ -74,15 +79,7 @@ pub(crate) struct Tcp(pub(crate) Arc<TcpStream>);
 
 impl Socket for Tcp {
     fn try_write(&mut self, frame: &Frame) -> io::Result<usize> {
-        // `MSG_NOSIGNAL`: a peer gone is an `EPIPE` here, and the task's own write ends the
-        // connection, as with tokio's write (a Rust program ignores SIGPIPE anyway).
-        use nix::sys::socket::{send, MsgFlags};
-        send(
-            self.0.as_raw_fd(),
-            &frame.wire,
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        )
-        .map_err(io::Error::from)
+        nix::sys::socket::send(self.0.as_raw_fd(), &frame.wire, SEND_FLAGS).map_err(io::Error::from)
     }
 
     fn raw_fd(&self) -> Option<RawFd> {
