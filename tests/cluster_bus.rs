@@ -478,3 +478,46 @@ async fn a_master_frozen_and_let_go_after_its_failover_delivers_nothing_late() {
         done.acknowledged, done.refused, done.missed_far
     );
 }
+
+/// PROTOCOL.md: a metric is refused (503) only when a client of the worker could miss it; its
+/// first client connecting, or its last one leaving, while a publish is in flight is no reason.
+/// On a Cluster the subscription is one session per master, each marking its channels live when
+/// subscribed: one that belonged to a dropped subscription must not mark them live for the next.
+#[tokio::test]
+async fn clients_coming_and_going_on_a_cluster_never_cost_a_publish_a_503() {
+    let topology = ClusterTopology::start().await;
+    let worker = worker(&topology, "churn").await;
+    let addr = worker.addr;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churn = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut visits = 0u32;
+            while !stop.is_cancelled() {
+                drop(Client::connect(addr).await);
+                visits += 1;
+            }
+            visits
+        }
+    });
+    let mut refused = Vec::new();
+    for value in 0..1_000 {
+        let metric = json!({"name": "churned", "value": value});
+        let (status, body) =
+            post(addr, "/api/metrics", "application/json", metric.to_string()).await;
+        if status != 202 {
+            refused.push((value, status, body));
+        }
+    }
+    stop.cancel();
+    let visits = within("the churning client stops", churn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(visits > 10, "the client came and went {visits} times only");
+    assert!(
+        refused.is_empty(),
+        "{} of 1,000 refused while a client came and went {visits} times: {:?}",
+        refused.len(),
+        refused.iter().take(3).collect::<Vec<_>>()
+    );
+}

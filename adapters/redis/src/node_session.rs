@@ -43,11 +43,14 @@ pub(crate) async fn node_session(
     let mut held = channels;
     let error = tokio::select! {
         _ = cancel.cancelled() => SessionError::after(format!("the slot map moved every channel off {master}")),
-        error = subscribed_on(&shared, &key, &mut held, session, recovering, changes, &events) => error,
+        error = subscribed_on(&shared, &key, &mut held, session, recovering, &cancel, changes, &events) => error,
     };
+    let why = format!("{master}: {}", error.message);
     shared
         .status
-        .channels_down(&held, session, format!("{master}: {}", error.message));
+        .change_as_listener(&shared.listener, |status| {
+            status.channels_down(&held, session, why);
+        });
     let _ = events.send(Event::Ended(Ended {
         key,
         session,
@@ -58,12 +61,14 @@ pub(crate) async fn node_session(
 /// One node's connection: `SSUBSCRIBE` every channel, catch up on alerts if it carries them,
 /// then deliver until an error; returns only with the error that ended it. `held` is kept to
 /// the channels it holds.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn subscribed_on(
     shared: &Shared,
     key: &SessionKey,
     held: &mut Vec<usize>,
     session: u64,
     recovering: bool,
+    cancel: &CancellationToken,
     changes: mpsc::UnboundedReceiver<Vec<usize>>,
     events: &mpsc::UnboundedSender<Event>,
 ) -> SessionError {
@@ -71,6 +76,7 @@ async fn subscribed_on(
         shared,
         key,
         session,
+        cancel,
         events,
     };
     match run.subscribed_on(held, recovering, changes).await {
@@ -84,6 +90,9 @@ struct Session<'a> {
     shared: &'a Shared,
     key: &'a SessionKey,
     session: u64,
+    /// This node session's token: a child of the listener's, also cancelled when the slot map
+    /// moves every channel off the node.
+    cancel: &'a CancellationToken,
     events: &'a mpsc::UnboundedSender<Event>,
 }
 
@@ -139,9 +148,7 @@ impl Session<'_> {
     /// `channel` is no longer held here: marked down, and the supervisor told.
     fn dropped(&self, held: &mut Vec<usize>, channel: usize, why: String) {
         held.retain(|&c| c != channel);
-        self.shared
-            .status
-            .channels_down(&[channel], self.session, why);
+        self.down(channel, why);
         let _ = self.events.send(Event::Dropped {
             key: self.key.clone(),
             session: self.session,
@@ -229,7 +236,7 @@ impl Session<'_> {
             inbox.report_gap(caught, feed);
         }
         let live_on: Arc<str> = Arc::from(master);
-        shared.status.channels_live(held, session, &live_on);
+        self.live(held, &live_on)?;
         if recovering {
             shared.status.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -307,7 +314,7 @@ impl Session<'_> {
                         match self.one_channel(&mut connection, "SSUBSCRIBE", channel).await? {
                             Answer::Confirmed => {
                                 held.push(channel);
-                                shared.status.channels_live(&[channel], session, &live_on);
+                                self.live(&[channel], &live_on)?;
                             }
                             Answer::Refused(why) => {
                                 let _ = self.events.send(Event::Dropped { key: self.key.clone(), session, channel });
@@ -343,13 +350,39 @@ impl Session<'_> {
     /// new session took it already), no report needed.
     fn dropped_quietly(&self, held: &mut Vec<usize>, channel: usize) {
         held.retain(|&c| c != channel);
-        self.shared.status.channels_down(
-            &[channel],
-            self.session,
-            format!(
-                "{} moved to another master",
-                self.shared.channels.name(channel)
-            ),
+        let why = format!(
+            "{} moved to another master",
+            self.shared.channels.name(channel)
         );
+        self.down(channel, why);
+    }
+
+    /// `channels` are live on this session, unless it was cancelled: a node session of a dropped
+    /// subscription (or one the slot map moved off its node) must not mark anything live.
+    fn live(&self, channels: &[usize], master: &Arc<str>) -> Result<(), SessionError> {
+        let marked = self
+            .shared
+            .status
+            .change_as_listener(self.cancel, |status| {
+                status.channels_live(channels, self.session, master);
+            });
+        if marked {
+            Ok(())
+        } else {
+            Err(SessionError::after(format!(
+                "{} was told to stop",
+                self.key.master
+            )))
+        }
+    }
+
+    /// `channel` is down on this session (unless another took it), as long as the subscription
+    /// was not dropped: a dropped one's is already idle.
+    fn down(&self, channel: usize, why: String) {
+        self.shared
+            .status
+            .change_as_listener(&self.shared.listener, |status| {
+                status.channels_down(&[channel], self.session, why);
+            });
     }
 }

@@ -47,6 +47,11 @@ pub(crate) struct Shared {
     /// Credentials and database of every connection (from `--redis-url`).
     pub(crate) settings: RedisConnectionInfo,
     pub(crate) keys: LogKeys,
+    /// Cancelled when the subscription is dropped (its last client left), under the status's
+    /// lock: what this listener and its node sessions tell the status goes through
+    /// [`SharedStatus::change_as_listener`] with it (or with a node's child of it), so that a
+    /// dropped listener's late `subscribed` never looks like a new one's.
+    pub(crate) listener: CancellationToken,
     /// This worker's place in the alert log, held by the session that carries the alert
     /// channel; started at the log's head before the first `SSUBSCRIBE` of it.
     pub(crate) feed: Arc<tokio::sync::Mutex<Option<AlertFeed>>>,
@@ -95,6 +100,7 @@ impl ShardedListener {
         cluster: &ClusterConfig,
         status: Arc<SharedStatus>,
         delivery: Arc<dyn LocalDelivery>,
+        cancel: CancellationToken,
     ) -> Self {
         let channels = Arc::new(ClusterChannels::new(cluster.partitions));
         status.reset_channels(channels.len());
@@ -113,6 +119,7 @@ impl ShardedListener {
                 status,
                 delivery,
                 settings,
+                listener: cancel,
                 feed: Arc::new(tokio::sync::Mutex::new(None)),
             }),
             known: cluster.nodes.clone(),
@@ -120,8 +127,12 @@ impl ShardedListener {
         }
     }
 
-    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+    pub(crate) async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
+        let cancel = shared.listener.clone();
+        let status = |change: &dyn Fn(&SharedStatus)| {
+            shared.status.change_as_listener(&cancel, change);
+        };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
         let mut running: BTreeMap<SessionKey, Running> = BTreeMap::new();
         let mut attempt: u32 = 0;
@@ -172,14 +183,16 @@ impl ShardedListener {
                     let mut masters: Vec<&str> =
                         running.keys().map(|key| key.master.as_str()).collect();
                     masters.dedup();
-                    shared.status.set_master(masters.join(","));
+                    let masters = masters.join(",");
+                    status(&|status| status.set_master(masters.clone()));
                     let covered: usize = running.values().map(|node| node.channels.len()).sum();
                     if covered < shared.channels.len() {
-                        shared.status.set_error(format!(
+                        let error = format!(
                             "{} of {} sharded channels are in slots no master serves: a failover is under way",
                             shared.channels.len() - covered,
                             shared.channels.len()
-                        ));
+                        );
+                        status(&|status| status.set_error(error.clone()));
                     }
                 }
                 Err(error) => {
@@ -193,7 +206,7 @@ impl ShardedListener {
                         );
                     }
                     if running.is_empty() {
-                        shared.status.set_error(error);
+                        status(&|status| status.set_error(error.clone()));
                     }
                     delay = shared.config.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);

@@ -140,6 +140,13 @@ impl SharedStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         cancel.cancel();
+        // Redis Cluster: no channel is live on a dropped subscription's sessions; a publish that
+        // took one for live would see the next subscription's session as a change.
+        self.channels.send_if_modified(|live| {
+            let was_live = live.iter().any(|channel| channel.session != 0);
+            live.fill(ChannelLive::default());
+            was_live
+        });
         self.set_state(SubscriberState::Idle);
     }
 
@@ -370,5 +377,31 @@ mod tests {
         assert!(status.change_as_listener(&new, SharedStatus::subscribed_again));
         assert_eq!(status.live_session(), Some(1));
         assert_eq!(status.idles(), idles);
+    }
+
+    /// Redis Cluster: a dropped subscription leaves no channel live (a publish taking one for
+    /// live would see the next subscription's session as a change: 113 of 1,000 metrics were
+    /// refused so in `cluster_bus::clients_coming_and_going_on_a_cluster_never_cost_a_publish_a_503`),
+    /// and none of its node sessions (child tokens) marks one live after.
+    #[test]
+    fn a_dropped_cluster_subscription_leaves_no_channel_live() {
+        let status = SharedStatus::new(Duration::from_secs(2));
+        status.reset_channels(2);
+        let (listener, master) = (CancellationToken::new(), Arc::<str>::from("127.0.0.1:7000"));
+        let (node, late_node) = (listener.child_token(), listener.child_token());
+        assert!(status.change_as_listener(&node, |s| s.channels_live(&[0, 1], 1, &master)));
+        assert_eq!(status.state(), SubscriberState::Subscribed);
+        assert_eq!(status.channel_live(0).map(|(session, _)| session), Some(1));
+        status.end_subscription(&listener);
+        assert_eq!(status.state(), SubscriberState::Idle);
+        assert_eq!(status.channel_live(0), None);
+        assert_eq!(status.channel_live(1), None);
+        let late = status.change_as_listener(&late_node, |s| s.channels_live(&[0, 1], 2, &master));
+        assert!(
+            !late,
+            "a dropped subscription's node session marked channels live"
+        );
+        assert_eq!(status.channel_live(0), None);
+        assert_eq!(status.state(), SubscriberState::Idle);
     }
 }

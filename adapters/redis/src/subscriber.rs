@@ -76,8 +76,9 @@ impl BusSubscriber for RedisSubscriber {
                 cluster,
                 Arc::clone(&self.status),
                 delivery,
+                cancel.clone(),
             );
-            tokio::spawn(listener.run(cancel.clone()));
+            tokio::spawn(listener.run());
             // Every channel subscribed, or a first attempt failed: either way the listener goes
             // on by itself.
             let _ = tokio::time::timeout(
