@@ -201,10 +201,15 @@ impl Reader<'_> {
 
     async fn receive(&self, mut connection: Connection, mut stop: watch::Receiver<bool>) -> Tally {
         let mut tally = Tally::new();
+        // One wait for the stop for the whole run: made anew per frame, it would join and leave
+        // the watch's waiter list each time, a lock shared by every client of the tool.
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
         loop {
             let read = tokio::select! {
+                biased;
                 read = connection.next_text() => read,
-                _ = stop.changed() => break,
+                _ = &mut stopped => break,
             };
             let text = match read {
                 Ok(text) => text,

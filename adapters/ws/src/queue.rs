@@ -95,6 +95,10 @@ struct State {
     dropped_since_progress: usize,
     /// The socket; `None` until the connection's task attaches it (and in unit tests).
     out: Option<Out>,
+    /// `out`'s descriptor for the ring (`Socket::raw_fd`), read once at `attach`: the fan-out
+    /// then touches this state alone per client, not the socket's own allocations, which are
+    /// cold again by the next message.
+    fd: Option<RawFd>,
     /// The greeting is out (or queued first): pushes may write straight to the socket.
     live: bool,
     /// The task took frames to write after its own (a request's answer): no direct writes until
@@ -181,6 +185,7 @@ impl ClientQueue {
                 close_queued: false,
                 dropped_since_progress: 0,
                 out: None,
+                fd: None,
                 live: false,
                 held: false,
                 floor: None,
@@ -199,7 +204,9 @@ impl ClientQueue {
 
     /// Gives the queue the socket to write to.
     pub(crate) fn attach(&self, out: Out) {
-        self.lock().out = Some(out);
+        let mut state = self.lock();
+        state.fd = out.raw_fd();
+        state.out = Some(out);
     }
 
     /// Hands a bus message's frame to the client: written at once when `direct` and the socket
@@ -216,7 +223,7 @@ impl ClientQueue {
     pub(crate) fn lend(&self, frame: &Frame) -> Lent {
         let mut state = self.lock();
         if state.close.is_none() && !state.replayed(frame) && state.direct() {
-            if let Some(fd) = state.out.as_ref().and_then(|out| out.raw_fd()) {
+            if let Some(fd) = state.fd {
                 state.enqueue(frame.clone());
                 state.lent = true;
                 return Lent::Out(fd);
