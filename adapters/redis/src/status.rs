@@ -1,4 +1,7 @@
 //! The subscriber's shared status, written by the listener task and read by health reports.
+//!
+//! Over 400 lines on purpose: one view of the subscriber's state that the listeners (single Redis
+//! and Cluster) and the publisher share, and the unit tests of its transitions, kept together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
