@@ -331,6 +331,45 @@ async fn fanout_workers_3_shares_one_port_and_reaches_clients_of_every_worker() 
     for client in &mut clients {
         assert_eq!(client.next_frame().await["data"][0]["name"], "to-all");
     }
+    // README: without --threads, the CPUs are shared out among the workers, at least one each.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let expected = (cpus / 3).max(1);
+    let workers = child_pids(supervisor.child.id().unwrap_or_else(|| panic!("no pid")));
+    assert_eq!(workers.len(), 3, "worker processes: {workers:?}");
+    for worker in workers {
+        assert_eq!(
+            environment(worker, "FANOUT_THREADS"),
+            Some(expected.to_string()),
+            "worker process {worker}"
+        );
+    }
     let status = supervisor.terminate().await;
     assert!(status.success(), "supervisor exited with {status}");
+}
+
+/// The processes `pid` started, whichever of its threads started them (Linux's
+/// `/proc/PID/task/TID/children`).
+fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("threads of {pid}: {e}"))
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .map(|child| child.parse().unwrap_or_else(|e| panic!("{child}: {e}")))
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The value of `name` in process `pid`'s environment as it started (`/proc/PID/environ`).
+fn environment(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("environment of {pid}: {e}"));
+    environ.split(|&byte| byte == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        let (key, value) = entry.split_once('=')?;
+        (key == name).then(|| value.to_owned())
+    })
 }

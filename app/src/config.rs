@@ -19,8 +19,8 @@ pub struct Cli {
     #[arg(long, env = "FANOUT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256), global = true)]
     pub workers: u16,
 
-    /// Async runtime threads in each worker process [default: one per CPU]. With `--workers`
-    /// equal to the CPUs, 1 made no measurable difference at load A (PERFORMANCE.md).
+    /// Async runtime threads in each worker process [default: the CPUs shared out among the
+    /// `--workers`, at least one each: one per CPU for a single worker].
     #[arg(long, env = "FANOUT_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub threads: Option<u16>,
 

@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         let base_id = cli.worker.worker_id.as_ref().map(ToString::to_string);
-        return supervisor::run(cli.workers, base_id).await;
+        return supervisor::run(cli.workers, base_id, cli.threads).await;
     }
     let mut config = cli.worker;
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
