@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harness::client::no_publish_refused_while_a_client_comes_and_goes;
 use harness::cluster::ClusterTopology;
 use harness::http::{health, post};
 use harness::process::WorkerProcess;
@@ -488,36 +489,5 @@ async fn clients_coming_and_going_on_a_cluster_never_cost_a_publish_a_503() {
     let topology = ClusterTopology::start().await;
     let worker = worker(&topology, "churn").await;
     let addr = worker.addr;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let churn = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut visits = 0u32;
-            while !stop.is_cancelled() {
-                drop(Client::connect(addr).await);
-                visits += 1;
-            }
-            visits
-        }
-    });
-    let mut refused = Vec::new();
-    for value in 0..1_000 {
-        let metric = json!({"name": "churned", "value": value});
-        let (status, body) =
-            post(addr, "/api/metrics", "application/json", metric.to_string()).await;
-        if status != 202 {
-            refused.push((value, status, body));
-        }
-    }
-    stop.cancel();
-    let visits = within("the churning client stops", churn)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(visits > 10, "the client came and went {visits} times only");
-    assert!(
-        refused.is_empty(),
-        "{} of 1,000 refused while a client came and went {visits} times: {:?}",
-        refused.len(),
-        refused.iter().take(3).collect::<Vec<_>>()
-    );
+    no_publish_refused_while_a_client_comes_and_goes(addr, 1_000).await;
 }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use harness::client::no_publish_refused_while_a_client_comes_and_goes;
 use harness::http::{health, post, publish};
 use harness::process::WorkerProcess;
 use harness::redis::RedisServer;
@@ -639,36 +640,7 @@ async fn clients_coming_and_going_never_cost_a_publish_a_503() {
     let redis = RedisServer::start().await;
     let worker = start_worker::<Process>("churn", On::Redis(&redis.url()), &[]).await;
     let addr = worker.addr;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let churn = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut visits = 0u32;
-            while !stop.is_cancelled() {
-                drop(Client::connect(addr).await);
-                visits += 1;
-            }
-            visits
-        }
-    });
-    let mut refused = Vec::new();
-    for value in 0..1_500 {
-        let (status, body) = post_metric(addr, "churned", value).await;
-        if status != 202 {
-            refused.push((value, status, body));
-        }
-    }
-    stop.cancel();
-    let visits = within("the churning client stops", churn)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(visits > 10, "the client came and went {visits} times only");
-    assert!(
-        refused.is_empty(),
-        "{} of 1,500 refused while a client came and went {visits} times: {:?}",
-        refused.len(),
-        refused.iter().take(3).collect::<Vec<_>>()
-    );
+    no_publish_refused_while_a_client_comes_and_goes(addr, 1_500).await;
 }
 
 /// RELIABILITY.md: a pooled connection Redis dropped a moment after it answered (a restart, an

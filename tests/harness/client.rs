@@ -237,3 +237,42 @@ pub async fn logged_messages(addr: std::net::SocketAddr) -> std::collections::Ha
     }
     logged
 }
+
+/// PROTOCOL.md's promise that a metric is refused (503) only when a client of the worker could
+/// miss it, tried: `count` metrics POSTed one after another to the worker at `addr` while a client
+/// connects and leaves again and again (the worker's subscription made and dropped over and
+/// over); fails unless every one is answered 202 and the client came and went more than 10 times.
+pub async fn no_publish_refused_while_a_client_comes_and_goes(addr: SocketAddr, count: u32) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churn = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut visits = 0u32;
+            while !stop.is_cancelled() {
+                drop(Client::connect(addr).await);
+                visits += 1;
+            }
+            visits
+        }
+    });
+    let mut refused = Vec::new();
+    for value in 0..count {
+        let metric = serde_json::json!({"name": "churned", "value": value});
+        let (status, body) =
+            super::http::post(addr, "/api/metrics", "application/json", metric.to_string()).await;
+        if status != 202 {
+            refused.push((value, status, body));
+        }
+    }
+    stop.cancel();
+    let visits = within("the churning client stops", churn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(visits > 10, "the client came and went {visits} times only");
+    assert!(
+        refused.is_empty(),
+        "{} of {count} refused while a client came and went {visits} times: {:?}",
+        refused.len(),
+        refused.iter().take(3).collect::<Vec<_>>()
+    );
+}
