@@ -129,10 +129,9 @@ impl ShardedListener {
 
     pub(crate) async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
+        // What the supervisor tells the status goes through `change_as_listener` with this: a
+        // subscription dropped meanwhile is left idle.
         let cancel = shared.listener.clone();
-        let status = |change: &dyn Fn(&SharedStatus)| {
-            shared.status.change_as_listener(&cancel, change);
-        };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
         let mut running: BTreeMap<SessionKey, Running> = BTreeMap::new();
         let mut attempt: u32 = 0;
@@ -184,7 +183,9 @@ impl ShardedListener {
                         running.keys().map(|key| key.master.as_str()).collect();
                     masters.dedup();
                     let masters = masters.join(",");
-                    status(&|status| status.set_master(masters.clone()));
+                    shared
+                        .status
+                        .change_as_listener(&cancel, |status| status.set_master(masters));
                     let covered: usize = running.values().map(|node| node.channels.len()).sum();
                     if covered < shared.channels.len() {
                         let error = format!(
@@ -192,7 +193,9 @@ impl ShardedListener {
                             shared.channels.len() - covered,
                             shared.channels.len()
                         );
-                        status(&|status| status.set_error(error.clone()));
+                        shared
+                            .status
+                            .change_as_listener(&cancel, |status| status.set_error(error));
                     }
                 }
                 Err(error) => {
@@ -206,7 +209,9 @@ impl ShardedListener {
                         );
                     }
                     if running.is_empty() {
-                        status(&|status| status.set_error(error.clone()));
+                        shared
+                            .status
+                            .change_as_listener(&cancel, |status| status.set_error(error));
                     }
                     delay = shared.config.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
