@@ -143,14 +143,15 @@ impl SharedStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         cancel.cancel();
+        self.set_state(SubscriberState::Idle);
         // Redis Cluster: no channel is live on a dropped subscription's sessions; a publish that
-        // took one for live would see the next subscription's session as a change.
+        // took one for live would see the next subscription's session as a change. Cleared after
+        // the idle spell is counted: a publish woken by the clearing sees the count changed.
         self.channels.send_if_modified(|live| {
             let was_live = live.iter().any(|channel| channel.session != 0);
             live.fill(ChannelLive::default());
             was_live
         });
-        self.set_state(SubscriberState::Idle);
     }
 
     /// How many times the subscriber went idle (its last client left): a publish that sees this
@@ -247,8 +248,13 @@ impl SharedStatus {
         }
     }
 
-    /// Redis Cluster: the session a sharded channel is live on, if it is, and its master.
+    /// Redis Cluster: the session a sharded channel is live on, if it is, and its master. None
+    /// while the subscriber is idle (a dropped subscription's channels, between its idle spell and
+    /// their clearing, are not live).
     pub(crate) fn channel_live(&self, channel: usize) -> Option<(u64, Arc<str>)> {
+        if self.state() == SubscriberState::Idle {
+            return None;
+        }
         let live = self.channels.borrow();
         let live = live.get(channel)?;
         Some((live.session, live.master.clone()?)).filter(|(session, _)| *session != 0)
