@@ -2,8 +2,9 @@
 //! subscription (see [`Workload`]), then read every frame and hand the bench items to a [`Tally`].
 //!
 //! A client is a [`fanout_client::Connection`], the project's own client, opened over a TCP stream
-//! bound to one of the source addresses (round-robin, see [`SourceAddresses`]), with
-//! [`Buffers::SMALL`]. This is the only module that
+//! bound to one of the source addresses (round-robin, see [`SourceAddresses`]) that keeps the
+//! kernel's arrival time of what it reads ([`ArrivalStamped`]), with [`Buffers::SMALL`]. Each item
+//! is timed twice: to the read and to its arrival. This is the only module that
 //! knows the client, so counting and reporting do not. It must stay cheap per frame: tens of
 //! thousands of these run in one process next to the server, so frames are read as their raw
 //! text ([`Connection::next_text`], no copy) and searched for the bench message, never decoded.
@@ -19,6 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::arrival::ArrivalStamped;
 use crate::message::{now_us, Sighting};
 use crate::sources::{bound_socket, SourceAddresses};
 use crate::tally::{new_histogram, Recorded, Taken, Tally};
@@ -162,7 +164,7 @@ async fn connect(
     source: Ipv4Addr,
     target: SocketAddr,
     subscription: Option<&Subscription>,
-) -> anyhow::Result<Connection> {
+) -> anyhow::Result<Connection<ArrivalStamped>> {
     let socket = bound_socket(source)?;
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
@@ -172,7 +174,8 @@ async fn connect(
         buffers: Buffers::SMALL,
         ..ConnectOptions::default()
     };
-    Ok(Connection::connect_over(tcp, &format!("ws://{target}"), &options).await?)
+    let stream = ArrivalStamped::new(tcp)?;
+    Ok(Connection::connect_over_stream(stream, &format!("ws://{target}"), &options).await?)
 }
 
 /// One connected client's reading: what its selector takes, and the counters it bumps.
@@ -199,7 +202,11 @@ impl Reader<'_> {
         &self.shared.connected_by_selector[self.selector]
     }
 
-    async fn receive(&self, mut connection: Connection, mut stop: watch::Receiver<bool>) -> Tally {
+    async fn receive(
+        &self,
+        mut connection: Connection<ArrivalStamped>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Tally {
         let mut tally = Tally::new();
         // One wait for the stop for the whole run: made anew per frame, it would join and leave
         // the watch's waiter list each time, a lock shared by every client of the tool.
@@ -222,6 +229,7 @@ impl Reader<'_> {
             };
             tally.frame();
             let now = now_us();
+            let arrived = connection.stream().arrived_us();
             let mut first = 0;
             for item in sighting.items() {
                 let taken = if self.workload.takes(self.selector, item) {
@@ -231,6 +239,9 @@ impl Reader<'_> {
                 };
                 if tally.record(item, taken, sighting.published_at_us, now) == Recorded::First {
                     first += 1;
+                    if let Some(arrived) = arrived {
+                        tally.arrived(sighting.published_at_us, arrived);
+                    }
                 }
             }
             if first == 0 {

@@ -26,6 +26,7 @@
 //! fanout's cost per delivery against. The tool publishes to it with `--publish floor`; the two
 //! share no code but the open-files limit.
 
+mod arrival;
 mod clients;
 mod config;
 mod limits;
@@ -157,6 +158,7 @@ async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             connect_ended_unix_us,
             receipts_unix_us,
             latency_us: histogram_pairs(&totals.latency_us),
+            arrival_latency_us: histogram_pairs(&totals.arrival_latency_us),
             connect_latency_us,
         });
     }

@@ -142,6 +142,8 @@ fn tally_of(part: &Report, merge: &ForMerge) -> anyhow::Result<Tally> {
     tally.lost = part.lost;
     tally.latency_us = histogram_from_pairs(&merge.latency_us)
         .with_context(|| format!("loader {}'s latencies", label(part)))?;
+    tally.arrival_latency_us = histogram_from_pairs(&merge.arrival_latency_us)
+        .with_context(|| format!("loader {}'s arrival latencies", label(part)))?;
     Ok(tally)
 }
 
@@ -159,6 +161,7 @@ mod tests {
             for item in 0..got {
                 tally.frame();
                 tally.record(item, Taken::Yes, 0, latency_us);
+                tally.arrived(0, latency_us / 2);
             }
             tally.record(0, Taken::Yes, 0, 1);
             tally.settle(&(0..10).collect::<Vec<_>>());
@@ -180,6 +183,7 @@ mod tests {
                 connect_ended_unix_us: from_us - 1_000_000,
                 receipts_unix_us: Some((from_us, from_us + 900_000)),
                 latency_us: histogram_pairs(&total.latency_us),
+                arrival_latency_us: histogram_pairs(&total.arrival_latency_us),
                 connect_latency_us: histogram_pairs(&connect),
             }),
             ..Report::default()
@@ -199,6 +203,8 @@ mod tests {
         // 30 samples at 1 ms, 8 at 50 ms: p50 is loader 1's, p99 loader 2's.
         assert!((merged.latency_ms.p50 - 1.0).abs() < 0.01);
         assert!((merged.latency_ms.p99 - 50.0).abs() < 0.5);
+        assert!((merged.arrival_latency_ms.p50 - 0.5).abs() < 0.01);
+        assert!((merged.arrival_latency_ms.p99 - 25.0).abs() < 0.25);
         // From loader 1's first connect to loader 2's last; receipts over 1.4 s.
         assert!((merged.connect_seconds - 2.5).abs() < 1e-9);
         assert!((merged.deliveries_per_second - 38.0 / 1.4).abs() < 1e-9);

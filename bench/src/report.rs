@@ -54,6 +54,10 @@ pub struct Report {
     pub deliveries_per_second: f64,
     pub frames_per_second: f64,
     pub latency_ms: Latency,
+    /// From the stamp to the kernel's arrival time at the client's socket (`SO_TIMESTAMPNS`):
+    /// `latency_ms` less the tool's own wait to read, which on a shared machine is the tool's
+    /// queueing, not the server's.
+    pub arrival_latency_ms: Latency,
     /// `I/N` for loader I of N (`--loader`); `N merged` for their merged report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loader: Option<String>,
@@ -101,6 +105,9 @@ pub struct ForMerge {
     pub receipts_unix_us: Option<(u64, u64)>,
     /// End-to-end latency, µs: `[value, count]` per bucket (`tally::histogram_pairs`).
     pub latency_us: Vec<[u64; 2]>,
+    /// Latency to the arrival, µs, the same way (absent from older reports).
+    #[serde(default)]
+    pub arrival_latency_us: Vec<[u64; 2]>,
     /// Connect latency, µs, the same way.
     pub connect_latency_us: Vec<[u64; 2]>,
 }
@@ -150,6 +157,7 @@ impl Report {
         self.deliveries_per_second = self.received as f64 / window;
         self.frames_per_second = self.frames as f64 / window;
         self.latency_ms = Latency::of(&totals.latency_us);
+        self.arrival_latency_ms = Latency::of(&totals.arrival_latency_us);
     }
 
     pub fn print(&self) {
@@ -199,6 +207,7 @@ impl Report {
                 ),
             ),
             ("latency ms", self.latency_ms.to_string()),
+            ("to arrival ms", self.arrival_latency_ms.to_string()),
         ];
         println!();
         if let Some(loader) = &self.loader {

@@ -52,6 +52,9 @@ pub struct Tally {
     /// What it was owed and never got.
     pub lost: u64,
     pub latency_us: Histogram<u32>,
+    /// Latency to the kernel's arrival time at the client's socket, µs ([`Tally::arrived`]):
+    /// the server's part of `latency_us`, without the tool's own wait to read.
+    pub arrival_latency_us: Histogram<u32>,
     /// One bit per item number seen (items are numbered from 0).
     seen: Vec<u64>,
 }
@@ -82,6 +85,7 @@ impl Tally {
             expected: 0,
             lost: 0,
             latency_us: new_histogram(),
+            arrival_latency_us: new_histogram(),
             seen: Vec::new(),
         }
     }
@@ -122,6 +126,15 @@ impl Tally {
         Recorded::First
     }
 
+    /// Records when an item [`Tally::record`] counted as `First` reached the client's socket
+    /// (Unix µs, the kernel's stamp).
+    pub fn arrived(&mut self, published_at_us: u64, arrived_us: u64) {
+        // Out of range only past 60 s; such a sample is dropped rather than clamped.
+        let _ = self
+            .arrival_latency_us
+            .record(arrived_us.saturating_sub(published_at_us).max(1));
+    }
+
     fn saw(&self, item: u64) -> bool {
         self.seen
             .get((item / 64) as usize)
@@ -144,6 +157,7 @@ impl Tally {
         self.lost += other.lost;
         // Same bounds on both sides (`new_histogram`), so adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.arrival_latency_us.add(&other.arrival_latency_us);
     }
 }
 

@@ -7,6 +7,7 @@
 
 use fanout_domain::{LogEpoch, LogId};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -197,12 +198,13 @@ impl ReadError {
     }
 }
 
-/// One open session with a worker.
-pub struct Connection {
-    socket: Socket,
+/// One open session with a worker, over a TCP stream (`S`, the default: plain or TLS) or any
+/// stream the caller opened ([`Connection::connect_over_stream`]).
+pub struct Connection<S = MaybeTlsStream<TcpStream>> {
+    socket: WebSocketStream<S>,
 }
 
-impl std::fmt::Debug for Connection {
+impl<S> std::fmt::Debug for Connection<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Connection")
     }
@@ -276,15 +278,33 @@ impl Connection {
         url: &str,
         options: &ConnectOptions<'_>,
     ) -> Result<Self, ConnectError> {
+        Connection::connect_over_stream(MaybeTlsStream::Plain(tcp), url, options).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// [`Connection::connect`] over a stream the caller opened and connected (one that records
+    /// what it reads, say). Plain `ws://` only: TLS, if any, is the stream's.
+    pub async fn connect_over_stream(
+        stream: S,
+        url: &str,
+        options: &ConnectOptions<'_>,
+    ) -> Result<Self, ConnectError> {
         let request = request(url, options)?;
         let (socket, _) = tokio_tungstenite::client_async_with_config(
             request,
-            MaybeTlsStream::Plain(tcp),
+            stream,
             Some(options.buffers.config()),
         )
         .await
         .map_err(refused)?;
         Ok(Self { socket })
+    }
+
+    /// The stream under the session (read it only through the session: bytes taken from it
+    /// directly are frames the session never sees).
+    pub fn stream(&self) -> &S {
+        self.socket.get_ref()
     }
 
     /// Sends a `subscribe` request: adds `subscription` as `id` (1–64 bytes), or replaces the
@@ -353,7 +373,7 @@ impl Connection {
 
     /// The socket itself, for what the protocol does not need (tests that send a server bad
     /// input, for one).
-    pub fn socket_mut(&mut self) -> &mut Socket {
+    pub fn socket_mut(&mut self) -> &mut WebSocketStream<S> {
         &mut self.socket
     }
 }
