@@ -40,7 +40,9 @@ impl ArrivalStamped {
         })
     }
 
-    /// When the bytes of the last read arrived, Unix µs (`None` before any read was stamped).
+    /// When the bytes of the last read arrived, Unix µs; `None` when that read was not stamped:
+    /// before any read, and for a short while after the first socket of the machine asks for
+    /// stamps (the kernel turns stamping on in the background).
     pub fn arrived_us(&self) -> Option<u64> {
         (self.arrived_us != 0).then_some(self.arrived_us)
     }
@@ -82,9 +84,8 @@ impl AsyncRead for ArrivalStamped {
                 .try_io(Interest::READABLE, || receive(fd, into, control))
             {
                 Ok((read, stamp)) => {
-                    if let Some(stamp) = stamp {
-                        this.arrived_us = stamp;
-                    }
+                    // A read without a stamp (see `arrived_us`) must not pass for the last one's.
+                    this.arrived_us = stamp.unwrap_or(0);
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
                 }
@@ -132,10 +133,24 @@ mod tests {
             ArrivalStamped::new(client.expect("connected")).expect("receive timestamps on");
         let (mut server, _) = server.expect("accepted");
         assert_eq!(stamped.arrived_us(), None, "nothing read yet");
+        let mut got = [0u8; 64];
+        // The kernel turns stamping on in the background when the first socket asks: until
+        // then reads come unstamped. No signal says when, so exchange bytes until one is stamped
+        // (within 10 s).
+        let deadline = now_us() + 10_000_000;
+        loop {
+            server.write_all(b"warm-up").await.expect("written");
+            let read = stamped.read(&mut got).await.expect("read");
+            assert_eq!(&got[..read], b"warm-up");
+            if stamped.arrived_us().is_some() {
+                break;
+            }
+            assert!(now_us() < deadline, "no read stamped within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
 
         let before_write = now_us();
         server.write_all(b"first frame").await.expect("written");
-        let mut got = [0u8; 64];
         let read = stamped.read(&mut got).await.expect("read");
         let after_read = now_us();
         assert_eq!(&got[..read], b"first frame");

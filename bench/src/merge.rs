@@ -205,6 +205,7 @@ mod tests {
         assert!((merged.latency_ms.p99 - 50.0).abs() < 0.5);
         assert!((merged.arrival_latency_ms.p50 - 0.5).abs() < 0.01);
         assert!((merged.arrival_latency_ms.p99 - 25.0).abs() < 0.25);
+        assert_eq!(merged.arrival_stamped, 38);
         // From loader 1's first connect to loader 2's last; receipts over 1.4 s.
         assert!((merged.connect_seconds - 2.5).abs() < 1e-9);
         assert!((merged.deliveries_per_second - 38.0 / 1.4).abs() < 1e-9);

@@ -58,6 +58,9 @@ pub struct Report {
     /// `latency_ms` less the tool's own wait to read, which on a shared machine is the tool's
     /// queueing, not the server's.
     pub arrival_latency_ms: Latency,
+    /// Items `arrival_latency_ms` counts: those read with the kernel's stamp (all but the few
+    /// read before the kernel turned stamping on).
+    pub arrival_stamped: u64,
     /// `I/N` for loader I of N (`--loader`); `N merged` for their merged report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loader: Option<String>,
@@ -158,6 +161,7 @@ impl Report {
         self.frames_per_second = self.frames as f64 / window;
         self.latency_ms = Latency::of(&totals.latency_us);
         self.arrival_latency_ms = Latency::of(&totals.arrival_latency_us);
+        self.arrival_stamped = totals.arrival_latency_us.len();
     }
 
     pub fn print(&self) {
@@ -207,7 +211,13 @@ impl Report {
                 ),
             ),
             ("latency ms", self.latency_ms.to_string()),
-            ("to arrival ms", self.arrival_latency_ms.to_string()),
+            (
+                "to arrival ms",
+                format!(
+                    "{}  ({} items stamped)",
+                    self.arrival_latency_ms, self.arrival_stamped
+                ),
+            ),
         ];
         println!();
         if let Some(loader) = &self.loader {
