@@ -8,10 +8,12 @@ mod harness;
 
 use fanout_app::RunningWorker;
 use harness::auth::{forged_token, now, token, SECRET};
-use harness::client::Ended;
+use harness::client::{large_messages_reach_every_client_in_order, Ended};
 use harness::raw::upgrade_status;
 use harness::redis::RedisServer;
-use harness::{start_worker, wait_until, within, Client, InProcess, On, Process};
+use harness::{
+    start_worker, wait_until, within, Client, InProcess, On, Process, ProcessRefusedIoUring,
+};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{json, Value};
@@ -480,4 +482,32 @@ fn setting(text: &str, id: &str) -> String {
         .find(|l| l.starts_with(&format!("{id} ")))
         .unwrap_or_default()
         .to_owned()
+}
+
+/// OPERATIONS.md: where the kernel refuses `io_uring` (Docker's default seccomp profile), the
+/// worker logs once, at info, that it is unavailable and sends to each client with its own
+/// `send(2)`, losing nothing. A real worker process whose `io_uring_*` system calls fail with
+/// `EPERM`, beside one the kernel lets use it: both deliver every message to every client in
+/// order with sends cut short; only the refused one says so, and once.
+#[tokio::test]
+async fn a_worker_refused_io_uring_says_so_once_and_delivers_everything_with_send() {
+    const UNAVAILABLE: &str = "io_uring unavailable: each client of a message gets its own send";
+    let args = ["--client-send-buffer", "4096"];
+    let refused = start_worker::<ProcessRefusedIoUring>("no-ring", On::OwnMemory, &args).await;
+    let allowed = start_worker::<Process>("ring", On::OwnMemory, &args).await;
+    for worker in [&refused, &allowed] {
+        large_messages_reach_every_client_in_order(worker.addr, &worker.id).await;
+    }
+    let said = |worker: &harness::process::WorkerProcess| {
+        worker
+            .log_lines()
+            .iter()
+            .filter(|line| line.contains(UNAVAILABLE))
+            .count()
+    };
+    assert_eq!(said(&refused), 1, "{:?}", refused.log_lines());
+    // Where this kernel refuses everyone io_uring, the other worker says so too.
+    if std::env::var_os("FANOUT_TEST_WITHOUT_IO_URING").is_none() {
+        assert_eq!(said(&allowed), 0, "{:?}", allowed.log_lines());
+    }
 }

@@ -18,7 +18,7 @@ pub mod sse;
 pub mod worker;
 
 pub use client::Client;
-pub use worker::{clients, start_worker, InProcess, On, Process};
+pub use worker::{clients, start_worker, InProcess, On, Process, ProcessRefusedIoUring};
 
 use std::future::Future;
 use std::time::Duration;

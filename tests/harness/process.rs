@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -79,9 +80,34 @@ impl WorkerProcess {
     /// Starts one worker with these command-line flags (see `worker::start_worker`, which builds them)
     /// and waits until it listens.
     pub async fn start(id: &str, args: &[&str]) -> WorkerProcess {
-        let mut child = command(args)
+        let child = command(args)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start fanout: {e}"));
+        Self::started(id, child).await
+    }
+
+    /// [`WorkerProcess::start`] where the kernel refuses the worker `io_uring`, as Docker's default
+    /// seccomp profile does: its `io_uring_setup`, `io_uring_enter` and `io_uring_register` fail
+    /// with `EPERM`. The seccomp filter is installed on a thread of its own that then spawns the
+    /// worker (a filter holds for the thread that installs it and is inherited by what it spawns),
+    /// so the test process itself is not filtered.
+    pub async fn start_refusing_io_uring(id: &str, args: &[&str]) -> WorkerProcess {
+        let mut command = command(args);
+        let runtime = tokio::runtime::Handle::current();
+        let child = std::thread::spawn(move || {
+            // `tokio::process` registers the child with this runtime.
+            let _runtime = runtime.enter();
+            refuse_io_uring();
+            command.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the spawning thread panicked"))
+        .unwrap_or_else(|e| panic!("cannot start fanout: {e}"));
+        Self::started(id, child).await
+    }
+
+    /// Waits until a spawned worker listens.
+    async fn started(id: &str, mut child: Child) -> WorkerProcess {
         let (log, listening) = collect_log(&mut child);
         let addr = within("the worker to listen", listening)
             .await
@@ -135,6 +161,30 @@ impl WorkerProcess {
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Makes the calling thread's `io_uring_*` system calls (and those of the processes it spawns from
+/// now on) fail with `EPERM`; everything else is allowed.
+fn refuse_io_uring() {
+    let refused = [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ];
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .unwrap_or_else(|e| panic!("no seccomp filter for {}: {e}", std::env::consts::ARCH));
+    let filter = SeccompFilter::new(
+        refused.into_iter().map(|call| (call, Vec::new())).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .unwrap_or_else(|e| panic!("seccomp filter: {e}"));
+    let program: BpfProgram = filter
+        .try_into()
+        .unwrap_or_else(|e| panic!("seccomp program: {e}"));
+    seccompiler::apply_filter(&program).unwrap_or_else(|e| panic!("seccomp: {e}"));
 }
 
 /// `fanout --workers N`: the supervisor process.

@@ -37,6 +37,10 @@ pub struct InProcess;
 /// A `fanout` process of the built binary; killed when its handle drops.
 pub struct Process;
 
+/// A [`Process`] the kernel refuses `io_uring`, as Docker's default seccomp profile does
+/// ([`WorkerProcess::start_refusing_io_uring`]).
+pub struct ProcessRefusedIoUring;
+
 /// Starts worker `id` on `bus`, listening on an ephemeral port of 127.0.0.1 unless `args` has
 /// `--listen`, with the built-in monitor off unless `args` has `--metrics-interval` (its samples
 /// would mix with the test's own messages). `args` are `fanout` command-line flags.
@@ -97,6 +101,20 @@ impl Placement for Process {
         let line = command_line(id, bus, args);
         let line: Vec<&str> = line.iter().map(String::as_str).collect();
         WorkerProcess::start(id, &line).await
+    }
+}
+
+impl Placement for ProcessRefusedIoUring {
+    type Worker = WorkerProcess;
+
+    async fn start(id: &str, bus: On<'_>, args: &[&str]) -> WorkerProcess {
+        assert!(
+            !matches!(bus, On::SharedMemory(_)),
+            "worker {id}: a memory bus cannot be shared with another process"
+        );
+        let line = command_line(id, bus, args);
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        WorkerProcess::start_refusing_io_uring(id, &line).await
     }
 }
 
