@@ -256,6 +256,81 @@ async fn a_publish_is_refused_with_503_and_a_reason_when_the_quota_cannot_be_che
     );
 }
 
+/// OPERATIONS.md: every publish request counts against `--publish-rate`, "also one then refused
+/// with 503 because the bus could not take it". The worker's Redis user loses `SUBSCRIBE` and its
+/// subscriber is cut, so the subscriber cannot come back while Redis answers everything else (the
+/// quota's script included): a metric is then admitted by the quota and refused with 503 (its
+/// clients could miss it), and the next one, within the same second at `--publish-rate 1`, gets
+/// 429 — the 503 was counted. Once `SUBSCRIBE` is allowed again, publishes are taken again.
+#[tokio::test]
+async fn a_publish_the_bus_refused_with_503_still_counts_against_the_publish_rate() {
+    let redis = RedisServer::start().await;
+    let user = [
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">limited-secret",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    assert_eq!(redis.command(&user).await, redis::Value::Okay);
+    let url = redis
+        .url()
+        .replace("redis://", "redis://limited:limited-secret@");
+    let worker = start_worker::<Process>(
+        "w1",
+        On::Redis(&url),
+        &["--publish-rate", "1", "--redis-timeout", "300ms"],
+    )
+    .await;
+    // A client, so that the worker needs its subscription.
+    let _client = harness::Client::connect(worker.addr).await;
+    let post = |name: &'static str| {
+        harness::http::post(
+            worker.addr,
+            "/api/metrics",
+            "application/json",
+            json!({ "name": name, "value": 1 }).to_string(),
+        )
+    };
+
+    let no_subscribe = ["ACL", "SETUSER", "limited", "-subscribe"];
+    assert_eq!(redis.command(&no_subscribe).await, redis::Value::Okay);
+    redis
+        .command(&["CLIENT", "KILL", "USER", "limited", "TYPE", "pubsub"])
+        .await;
+    wait_until("the subscriber to be cut", || async {
+        health(worker.addr).await["bus"]["state"] != "subscribed"
+    })
+    .await;
+    let (status, body) = post("refused by the bus").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("subscription")),
+        "refused for the subscription, not the quota: {body}"
+    );
+    let (status, body) = post("over the rate").await;
+    assert_eq!(
+        status, 429,
+        "the 503 just before did not count against --publish-rate 1: {body}"
+    );
+
+    let subscribe_again = ["ACL", "SETUSER", "limited", "+subscribe"];
+    assert_eq!(redis.command(&subscribe_again).await, redis::Value::Okay);
+    wait_until("the subscriber to be back", || async {
+        health(worker.addr).await["bus"]["state"] == "subscribed"
+    })
+    .await;
+    wait_until("a publish to be taken again", || async {
+        post("taken").await.0 == 202
+    })
+    .await;
+}
+
 async fn readyz_status(addr: std::net::SocketAddr) -> u16 {
     reqwest::get(format!("http://{addr}/readyz"))
         .await
