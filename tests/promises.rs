@@ -236,6 +236,52 @@ async fn hello_comes_only_once_the_subscription_is_live() {
     assert_eq!(next_alert(&mut client).await["id"], receipt["log_id"]);
 }
 
+/// PROTOCOL.md: a client that connects while Redis is unreachable "is upgraded and kept (pings
+/// are answered, a close is noticed) and gets `hello` when the subscription is live again". A
+/// plain WebSocket client pings 20 times while Redis is down, each answered with its own payload
+/// at once, and still reads `hello` first once Redis is back. (The pongs used to wait for
+/// `hello`: a client checking liveness with pings dropped itself during an outage.)
+#[tokio::test]
+async fn a_client_waiting_for_hello_while_redis_is_down_has_its_pings_answered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
+    redis.stop().await;
+    let url = format!("ws://{}/ws/performance", worker.addr);
+    let (mut socket, _) = within("the upgrade", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade refused while Redis is down: {e}"));
+    for n in 0..20 {
+        let payload = format!("are you there {n}");
+        within(
+            "the ping to go out",
+            socket.send(Message::Ping(payload.clone().into())),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let answer = within("the pong", socket.next()).await;
+        match answer {
+            Some(Ok(Message::Pong(bytes))) => assert_eq!(bytes, payload.as_bytes()),
+            other => panic!("ping {n} got {other:?} before hello, not its pong"),
+        }
+    }
+    assert_ne!(
+        health(worker.addr).await["bus"]["state"],
+        "subscribed",
+        "Redis was down all along"
+    );
+    redis.start_again().await;
+    let first = within("hello", socket.next()).await;
+    let Some(Ok(Message::Text(text))) = first else {
+        panic!("the first message after the pongs is {first:?}, not hello");
+    };
+    let hello: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(hello["type"], "hello", "{hello}");
+    assert_eq!(hello["bus"]["state"], "subscribed", "{hello}");
+}
+
 /// p50, p99 and max of `values`, in that order.
 fn percentiles(values: &mut [Duration]) -> (Duration, Duration, Duration) {
     values.sort();

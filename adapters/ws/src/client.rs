@@ -360,7 +360,8 @@ const MAX_REQUESTS_PER_SECOND: u32 = 20;
 const MAX_EARLY_REQUESTS: usize = 64;
 
 /// Waits for the worker's bus subscription to be live, noticing meanwhile a client that leaves
-/// or a close the server decided, and keeping the requests the client sends meanwhile.
+/// or a close the server decided, answering its pings (PROTOCOL.md) and keeping the requests it
+/// sends meanwhile.
 async fn until_live<R: Peer>(
     manager: &ConnectionManager,
     reader: &mut R,
@@ -373,6 +374,12 @@ async fn until_live<R: Peer>(
         tokio::select! {
             _ = &mut live => return Waited::Live,
             _ = queue.closed() => return Waited::Closing,
+            // The pongs tungstenite queued for the client's pings; no message goes out yet.
+            wrote = std::future::poll_fn(|cx| queue.poll_write_controls(cx)) => {
+                if wrote.is_err() {
+                    return Waited::Gone;
+                }
+            }
             incoming = reader.next() => match incoming {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return Waited::Gone,
                 Some(Ok(Message::Text(text))) if early.len() < MAX_EARLY_REQUESTS => {

@@ -145,6 +145,14 @@ impl State {
         }
     }
 
+    /// How many frames at the front are the connection's own (`FrameKind::Control`).
+    fn leading_controls(&self) -> usize {
+        self.frames
+            .iter()
+            .take_while(|frame| frame.kind == FrameKind::Control)
+            .count()
+    }
+
     /// Inserts `frames`, in order, before everything queued but a started frame, outside the
     /// bounds.
     fn insert_front(&mut self, frames: impl IntoIterator<Item = Frame>) {
@@ -154,6 +162,39 @@ impl State {
             self.frames.insert(at + i, frame);
         }
     }
+}
+
+/// Takes `n` written bytes off the front of `frames` (the first written from byte `started`),
+/// keeping `started` and `bytes` (what is queued) true; returns the messages (not control
+/// frames) written whole, and whether anything but a ping was written. A free function, not a
+/// method: the caller holds the state's socket borrowed meanwhile.
+fn took(
+    frames: &mut VecDeque<Frame>,
+    started: &mut usize,
+    bytes: &mut usize,
+    mut n: usize,
+) -> (u64, bool) {
+    let (mut wrote, mut progressed) = (0, false);
+    while n > 0 {
+        let Some(front) = frames.front() else {
+            break;
+        };
+        progressed |= !wire::is_ping(&front.wire);
+        let left = front.wire.len() - *started;
+        if n < left {
+            *started += n;
+            break;
+        }
+        n -= left;
+        *started = 0;
+        if let Some(done) = frames.pop_front() {
+            *bytes -= done.wire.len();
+            if done.kind != FrameKind::Control {
+                wrote += 1;
+            }
+        }
+    }
+    (wrote, progressed)
 }
 
 /// Releases the lock, then wakes the connection's task if it waits for something to write.
@@ -335,14 +376,22 @@ impl ClientQueue {
         release_and_wake(state);
     }
 
-    /// Queues a frame of the connection's own after everything queued (a ping), outside the
-    /// bounds; nothing once the close frame is queued.
+    /// Queues a frame of the connection's own (a pong, a ping), outside the bounds: after
+    /// everything queued, or before the greeting after the other such frames only, ahead of any
+    /// message, so that [`ClientQueue::poll_write_controls`] can send it while no message may go
+    /// out yet. Nothing once the close frame is queued.
     pub(crate) fn push_control(&self, frame: Frame) {
         let mut state = self.lock();
         if state.close_queued {
             return;
         }
-        state.enqueue(frame);
+        if state.live {
+            state.enqueue(frame);
+        } else {
+            let at = state.leading_controls();
+            state.bytes += frame.wire.len();
+            state.frames.insert(at, frame);
+        }
         release_and_wake(state);
     }
 
@@ -449,26 +498,11 @@ impl ClientQueue {
         while !state.frames.is_empty() {
             match out.poll_write_frames(cx, &state.frames, state.started) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Drove::Failed),
-                Poll::Ready(Ok(mut n)) => {
-                    while n > 0 {
-                        let Some(front) = state.frames.front() else {
-                            break;
-                        };
-                        progressed |= !wire::is_ping(&front.wire);
-                        let left = front.wire.len() - state.started;
-                        if n < left {
-                            state.started += n;
-                            break;
-                        }
-                        n -= left;
-                        state.started = 0;
-                        if let Some(done) = state.frames.pop_front() {
-                            state.bytes -= done.wire.len();
-                            if done.kind != FrameKind::Control {
-                                wrote += 1;
-                            }
-                        }
-                    }
+                Poll::Ready(Ok(n)) => {
+                    let (messages, moved) =
+                        took(&mut state.frames, &mut state.started, &mut state.bytes, n);
+                    wrote += messages;
+                    progressed |= moved;
                 }
                 Poll::Pending => {
                     if progressed || state.blocked_since.is_none() {
@@ -497,6 +531,31 @@ impl ClientQueue {
             Poll::Ready(Drove::CloseSent)
         } else {
             Poll::Pending
+        }
+    }
+
+    /// Before the greeting: writes the connection's own frames at the front of the queue (the
+    /// pongs tungstenite answers a waiting client's pings with, `push_control`), never a
+    /// message. Ready once some were written, or with the socket's error; pending while there
+    /// are none (the task is woken by the next push) or the socket is full.
+    pub(crate) fn poll_write_controls(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let leading = state.leading_controls();
+        let Some(out) = state.out.as_mut().filter(|_| leading > 0) else {
+            state.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        // Only those frames are handed to the socket (few, small and rare: cloned).
+        let controls: VecDeque<Frame> = state.frames.iter().take(leading).cloned().collect();
+        match out.poll_write_frames(cx, &controls, state.started) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                took(&mut state.frames, &mut state.started, &mut state.bytes, n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -710,6 +769,43 @@ mod tests {
         assert_eq!(queue.len(), 1);
     }
 
+    /// While a client waits for its greeting, pongs go out (PROTOCOL.md: pings are answered)
+    /// and no message does: the greeting is still the first message the client reads.
+    #[tokio::test]
+    async fn before_the_greeting_pongs_are_written_and_messages_wait() {
+        let queue = queue(8, 1024);
+        let (mut client, server) = tokio::io::duplex(1024);
+        queue.attach(Box::new(Writer(server)));
+        let m = frame(FrameKind::Metrics, "m1");
+        assert_eq!(queue.push(&m, true), Pushed::Queued { dropped: 0 });
+        let pongs = [
+            frame(FrameKind::Control, "pong 1"),
+            frame(FrameKind::Control, "pong 2"),
+        ];
+        for pong in &pongs {
+            queue.push_control(pong.clone());
+        }
+        // One write takes both (the socket has room for them).
+        std::future::poll_fn(|cx| queue.poll_write_controls(cx))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let expected: Vec<u8> = pongs.iter().flat_map(|p| p.wire.iter()).copied().collect();
+        assert_eq!(read(&mut client, expected.len()).await, expected);
+        assert_eq!(queue.len(), 1, "the message waits for the greeting");
+        let nothing = std::future::poll_fn(|cx| Poll::Ready(queue.poll_write_controls(cx))).await;
+        assert!(
+            nothing.is_pending(),
+            "no message goes out before the greeting"
+        );
+
+        let hello = frame(FrameKind::Control, "hello");
+        queue.go_live(vec![hello.clone()], None);
+        let drove = queue.write().await;
+        assert!(matches!(drove, Drove::Wrote(1)), "{drove:?}");
+        let rest: Vec<u8> = hello.wire.iter().chain(m.wire.iter()).copied().collect();
+        assert_eq!(read(&mut client, rest.len()).await, rest);
+    }
+
     #[tokio::test]
     async fn a_frame_the_socket_took_in_part_is_finished_first_and_never_dropped() {
         // The socket takes 5 bytes: the first frame is started, then everything queues.
@@ -801,7 +897,8 @@ mod tests {
         queue.push(&frame(FrameKind::Metrics, "m"), true);
         queue.close(CloseReason::GOING_AWAY);
         queue.close(CloseReason::TOO_BIG);
-        assert_eq!(queue.write().await, Drove::Wrote(1));
+        let drove = queue.write().await;
+        assert!(matches!(drove, Drove::Wrote(1)), "{drove:?}");
         assert_eq!(queue.write().await, Drove::CloseSent);
         let expected: Vec<u8> = [
             wire::text(b"hello"),
@@ -918,7 +1015,8 @@ mod tests {
             Pushed::Queued { dropped: 0 }
         );
         assert_eq!(queue.len(), 1);
-        assert_eq!(queue.write().await, Drove::Wrote(1));
+        let drove = queue.write().await;
+        assert!(matches!(drove, Drove::Wrote(1)), "{drove:?}");
         let mut got = vec![0; second.wire.len()];
         tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
             .await
