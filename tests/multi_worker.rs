@@ -334,8 +334,31 @@ async fn fanout_workers_3_shares_one_port_and_reaches_clients_of_every_worker() 
     // README: without --threads, the CPUs are shared out among the workers, at least one each.
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let expected = (cpus / 3).max(1);
-    let workers = child_pids(supervisor.child.id().unwrap_or_else(|| panic!("no pid")));
+    let supervisor_pid = supervisor.child.id().unwrap_or_else(|| panic!("no pid"));
+    let workers = child_pids(supervisor_pid);
     assert_eq!(workers.len(), 3, "worker processes: {workers:?}");
+    // Every line's `pid` is its writer's (README): the supervisor names a child's `child_pid`.
+    let started: Vec<String> = supervisor
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|line| line.contains("worker process started"))
+        .cloned()
+        .collect();
+    assert_eq!(started.len(), 3, "{started:?}");
+    for line in &started {
+        let pids: Vec<&str> = line
+            .split_whitespace()
+            .filter(|field| field.starts_with("pid="))
+            .collect();
+        assert_eq!(pids, [format!("pid={supervisor_pid}")], "{line}");
+        let child = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("child_pid="))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        assert!(child.is_some_and(|pid| workers.contains(&pid)), "{line}");
+    }
     for worker in workers {
         assert_eq!(
             environment(worker, "FANOUT_THREADS"),

@@ -476,6 +476,78 @@ async fn json_logs_carry_the_worker_id_on_every_line() {
     assert_eq!(event["message"], "worker listening");
 }
 
+/// OPERATIONS.md: `check-config` validates everything a start would. `--workers N` needs a fixed
+/// port and the Redis bus (with `--bus memory` each worker process would have a bus of its own,
+/// and clients of one would miss what another publishes): both the check and the start refuse
+/// either, with the same reason, and take the settings once both are right.
+#[tokio::test]
+async fn workers_without_a_fixed_port_or_without_redis_are_refused_by_check_config_and_start() {
+    let run = |args: &'static [&'static str]| async move {
+        let output = within(
+            "fanout to answer",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .args(args)
+                .env_remove("FANOUT_BUS")
+                .env_remove("FANOUT_WORKERS")
+                .env_remove("FANOUT_LISTEN")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), said)
+    };
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &[
+                "check-config",
+                "--workers",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--bus",
+                "redis",
+            ],
+            "fixed port",
+        ),
+        (
+            &[
+                "--workers",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--bus",
+                "redis",
+            ],
+            "fixed port",
+        ),
+        (
+            &["check-config", "--workers", "2", "--listen", "127.0.0.1:1"],
+            "--bus redis",
+        ),
+        (
+            &["--workers", "2", "--listen", "127.0.0.1:1"],
+            "--bus redis",
+        ),
+    ];
+    for (args, reason) in refusals {
+        let (success, said) = run(args).await;
+        assert!(!success && said.contains(reason), "{args:?}: {said}");
+    }
+    let (success, said) = run(&[
+        "check-config",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:1",
+        "--bus",
+        "redis",
+    ])
+    .await;
+    assert!(success, "{said}");
+}
+
 /// The line `check-config` prints for the setting `id` (empty when it prints none).
 fn setting(text: &str, id: &str) -> String {
     text.lines()

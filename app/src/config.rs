@@ -88,6 +88,8 @@ pub struct WorkerConfig {
         long,
         env = "FANOUT_REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
+        // It may hold a password: `--help` must not print the environment's value.
+        hide_env_values = true,
         global = true
     )]
     pub redis_url: String,
@@ -278,6 +280,30 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 2s, 1m)"))
 }
 
+impl Cli {
+    /// Checks what clap cannot, for a start and for `check-config` alike: the worker's settings,
+    /// and what `--workers N` needs of them.
+    pub fn validate(&self) -> Result<(), String> {
+        self.worker.validate()?;
+        if self.workers > 1 {
+            if self.worker.listen.port() == 0 {
+                return Err(
+                    "--workers needs a fixed port in --listen: port 0 gives each worker its own port"
+                        .into(),
+                );
+            }
+            if self.worker.bus == BusKind::Memory {
+                return Err(
+                    "--workers needs --bus redis: with --bus memory each worker process has a bus \
+                     of its own, and clients of one would miss what another publishes"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl WorkerConfig {
     /// The configured rules, or the defaults when none are given.
     pub fn rules(&self) -> Vec<AlertRule> {
@@ -317,6 +343,43 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_need_a_fixed_port_and_the_redis_bus() {
+        let check = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("fanout").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .validate()
+        };
+        let port_0 = check(&[
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--bus",
+            "redis",
+        ]);
+        assert!(port_0.is_err_and(|e| e.contains("fixed port")));
+        let memory = check(&[
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:9000",
+            "--bus",
+            "memory",
+        ]);
+        assert!(memory.is_err_and(|e| e.contains("--bus redis")));
+        assert!(check(&[
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:9000",
+            "--bus",
+            "redis"
+        ])
+        .is_ok());
+        assert!(check(&["--listen", "127.0.0.1:0", "--bus", "memory"]).is_ok());
+    }
 
     #[test]
     fn defaults_and_humane_durations() {

@@ -33,14 +33,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None | Some(Command::Serve) => {}
         Some(Command::CheckConfig) => return check_config(&cli),
     }
+    cli.validate().map_err(anyhow::Error::msg)?;
     fanout_app::limits::raise_open_files();
     if cli.workers > 1 {
         telemetry::init("supervisor", cli.log_format);
-        if cli.worker.listen.port() == 0 {
-            anyhow::bail!(
-                "--workers needs a fixed port in --listen: port 0 gives each worker its own port"
-            );
-        }
         let base_id = cli.worker.worker_id.as_ref().map(ToString::to_string);
         return supervisor::run(cli.workers, base_id, cli.threads).await;
     }
@@ -64,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `fanout check-config`: validates everything a start would, then prints each setting with its
 /// source (default, env, flag); secrets are masked.
 fn check_config(cli: &Cli) -> anyhow::Result<()> {
-    cli.worker.validate().map_err(anyhow::Error::msg)?;
+    cli.validate().map_err(anyhow::Error::msg)?;
     Bus::from_config(&cli.worker)?;
     fanout_app::check_access(&cli.worker)?;
     let matches = Cli::command().get_matches();

@@ -74,7 +74,8 @@ fn spawn_worker(index: u16, base_id: Option<&str>, threads: Option<u16>) -> anyh
         command.env("FANOUT_THREADS", threads.to_string());
     }
     let child = command.spawn().context("cannot start a worker process")?;
-    tracing::info!(index, pid = child.id(), "worker process started");
+    // `child_pid`: every line's `pid` is the supervisor's own (telemetry stamps it).
+    tracing::info!(index, child_pid = child.id(), "worker process started");
     Ok(child)
 }
 
@@ -90,7 +91,7 @@ async fn watch_worker(
     tokio::select! {
         status = child.wait() => {
             let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            tracing::error!(index, ?pid, %status, "worker process died");
+            tracing::error!(index, child_pid = pid, %status, "worker process died");
             let _ = died.send(index);
         }
         _ = stop.cancelled() => {
@@ -98,7 +99,7 @@ async fn watch_worker(
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            tracing::info!(index, ?pid, %status, "worker process exited");
+            tracing::info!(index, child_pid = pid, %status, "worker process exited");
         }
     }
 }
