@@ -339,6 +339,26 @@ async fn readyz_is_503_while_redis_is_down_and_200_after() {
         ready(worker.addr).await == 503
     })
     .await;
+    // OPERATIONS.md, Logs: the subscription's loss is logged with the error and the retry delay.
+    let logged = |message: &'static str| {
+        let worker = &worker;
+        move || {
+            let found = worker.log_lines().iter().any(|line| {
+                line.contains(message) && line.contains("error=") && line.contains("retry_in_ms=")
+            });
+            async move { found }
+        }
+    };
+    wait_until(
+        "the loss logged with its retry delay",
+        logged("Redis subscriber lost its connection; reconnecting"),
+    )
+    .await;
+    wait_until(
+        "a failed attempt logged with its retry delay",
+        logged("Redis subscriber cannot connect; retrying"),
+    )
+    .await;
     redis.start_again().await;
     wait_until("/readyz says 200 again", || async {
         ready(worker.addr).await == 200

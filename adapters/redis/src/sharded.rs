@@ -264,10 +264,12 @@ impl ShardedListener {
                 tracing::warn!(master = %ended.key.master, error = %ended.error.message, "Redis Cluster subscriber session ended; finding the channels' masters again");
             } else {
                 let failed = shared.status.attempt_failed();
+                let delay = shared.config.backoff.delay(attempt);
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
                         master = %ended.key.master,
                         error = %ended.error.message,
+                        retry_in_ms = delay.as_millis() as u64,
                         failed_attempts_total = failed,
                         suppressed,
                         "Redis Cluster subscriber cannot subscribe on a master; retrying"
@@ -275,7 +277,7 @@ impl ShardedListener {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(shared.config.backoff.delay(attempt)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
                 attempt = attempt.saturating_add(1);
             }

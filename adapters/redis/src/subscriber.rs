@@ -160,22 +160,28 @@ impl Listener {
             let delay = if error.was_subscribed {
                 attempt = 0;
                 self.recovering = true;
-                tracing::warn!(error = %error.message, "Redis subscriber lost its connection; reconnecting");
+                tracing::warn!(
+                    error = %error.message,
+                    retry_in_ms = 0,
+                    "Redis subscriber lost its connection; reconnecting"
+                );
                 // The first retry comes at once: most losses are a restart or a failover.
                 Duration::ZERO
             } else {
                 let failed = self.status.attempt_failed();
-                tracing::debug!(error = %error.message, attempt, "Redis subscriber attempt failed");
+                let delay = self.config.backoff.delay(attempt);
+                let retry_in_ms = delay.as_millis() as u64;
+                tracing::debug!(error = %error.message, attempt, retry_in_ms, "Redis subscriber attempt failed");
                 if let Some(suppressed) = attempts_log.allow(Instant::now()) {
                     tracing::warn!(
                         error = %error.message,
                         attempt,
+                        retry_in_ms,
                         failed_attempts_total = failed,
                         suppressed,
                         "Redis subscriber cannot connect; retrying"
                     );
                 }
-                let delay = self.config.backoff.delay(attempt);
                 attempt = attempt.saturating_add(1);
                 delay
             };
