@@ -265,8 +265,8 @@ pub struct WorkerConfig {
     pub max_connections: Option<u32>,
 
     /// Publishes per second allowed per credential (token subject); beyond it 429 with
-    /// Retry-After. Unlimited when not given.
-    #[arg(long, env = "FANOUT_PUBLISH_RATE", global = true)]
+    /// Retry-After. Unlimited when not given (0 is refused: it would read as "none allowed").
+    #[arg(long, env = "FANOUT_PUBLISH_RATE", value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub publish_rate: Option<u32>,
 
     /// How long shutdown waits for clients to acknowledge the close frame (and, before that,
@@ -379,6 +379,13 @@ mod tests {
         ])
         .is_ok());
         assert!(check(&["--listen", "127.0.0.1:0", "--bus", "memory"]).is_ok());
+    }
+
+    #[test]
+    fn a_publish_rate_of_0_is_refused() {
+        let refused = Cli::try_parse_from(["fanout", "--publish-rate", "0"]);
+        assert!(refused.is_err_and(|e| e.to_string().contains("--publish-rate")));
+        assert!(Cli::try_parse_from(["fanout", "--publish-rate", "1"]).is_ok());
     }
 
     #[test]
