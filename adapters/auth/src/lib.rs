@@ -110,6 +110,25 @@ fn scope(claim: Option<serde_json::Value>) -> Result<BTreeMap<String, String>, S
     Ok(scope)
 }
 
+/// The DER encoding of the object identifier of NIST P-256 (prime256v1, 1.2.840.10045.3.1.7), the
+/// one curve of ES256.
+const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Whether a PEM public key's DER names the P-256 curve (a P-384 or P-521 key parses as an EC key
+/// too, and then refuses every ES256 token).
+fn names_p256(pem: &[u8]) -> bool {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .flat_map(|line| line.split_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .is_ok_and(|der| der.windows(P256_OID.len()).any(|window| window == P256_OID))
+}
+
 impl JwtAccess {
     /// Access control that verifies with `key`; refused when the key is unusable.
     pub fn new(key: Key) -> Result<Self, KeyError> {
@@ -122,10 +141,18 @@ impl JwtAccess {
             }
             Key::PublicKeyPem(pem) => match DecodingKey::from_rsa_pem(&pem) {
                 Ok(key) => (key, vec![Algorithm::RS256]),
-                Err(_) => (
-                    DecodingKey::from_ec_pem(&pem).map_err(|e| KeyError(e.to_string()))?,
-                    vec![Algorithm::ES256],
-                ),
+                Err(_) => {
+                    let key =
+                        DecodingKey::from_ec_pem(&pem).map_err(|e| KeyError(e.to_string()))?;
+                    if !names_p256(&pem) {
+                        return Err(KeyError(
+                            "an EC public key must be on the P-256 curve (ES256): on any other, \
+                             no token could be verified"
+                                .into(),
+                        ));
+                    }
+                    (key, vec![Algorithm::ES256])
+                }
             },
         };
         let mut validation = Validation::new(algorithms[0]);
@@ -331,6 +358,27 @@ mod tests {
             invalid_because(serde_json::json!({"where": labels(33)})),
             "the where claim has more than 32 labels"
         );
+    }
+
+    /// A P-384 public key made with openssl for this test only.
+    const TEST_P384_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEZ+zonWbHXwslYz5NsvjGrNTyrkI5qNF9
+tZqX4mURVPyc9N41BMMkB4i8IYFJo37iVinC6JaXstco4aMVpMIx8Flb2DRj6k/U
+XAtk97VaUFV23v+6oTgIn7C1wRJQERGa
+-----END PUBLIC KEY-----
+";
+
+    /// ES256 takes P-256 keys only: a P-384 key parses as an EC key, and then every token would
+    /// be refused, so the key itself is refused (at start and by `check-config`).
+    #[test]
+    fn an_ec_key_on_another_curve_than_p256_is_refused() {
+        let refused = JwtAccess::new(Key::PublicKeyPem(TEST_P384_PUBLIC.as_bytes().to_vec()));
+        assert!(
+            refused.as_ref().is_err_and(|e| e.0.contains("P-256")),
+            "{:?}",
+            refused.err()
+        );
+        assert!(JwtAccess::new(Key::PublicKeyPem(TEST_EC_PUBLIC.as_bytes().to_vec())).is_ok());
     }
 
     /// A P-256 key pair made with openssl for this test only; it protects nothing.
