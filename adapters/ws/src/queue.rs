@@ -58,8 +58,10 @@ pub(crate) enum Pushed {
     Closing,
     /// The client already has this alert (its resume replayed it); the frame was discarded.
     Replayed,
-    /// This push overflowed the queue with an alert: the client is now being closed.
-    Overflowed,
+    /// The client is now being closed (4008): this push overflowed the queue with an alert, or
+    /// its drops made a whole queue's worth since the client last took something. `dropped`:
+    /// the metrics frames this push dropped and those the close discarded, unsent.
+    Overflowed { dropped: u64 },
 }
 
 /// What [`ClientQueue::lend`] came to.
@@ -137,12 +139,15 @@ impl State {
         usize::from(self.started > 0 || self.lent)
     }
 
-    /// Drops every frame not yet started.
-    fn clear_unstarted(&mut self) {
+    /// Drops every frame not yet started; returns how many were metrics frames.
+    fn clear_unstarted(&mut self) -> u64 {
         let keep = self.front();
+        let mut metrics = 0;
         for frame in self.frames.drain(keep..) {
             self.bytes -= frame.wire.len();
+            metrics += u64::from(frame.kind == FrameKind::Metrics);
         }
+        metrics
     }
 
     /// How many frames at the front are the connection's own (`FrameKind::Control`).
@@ -357,11 +362,13 @@ impl ClientQueue {
         };
         state.dropped_since_progress += dropped as usize;
         if hopeless || state.dropped_since_progress >= self.limits.max_messages {
-            state.clear_unstarted();
+            let discarded = state.clear_unstarted();
             state.close = Some(CloseReason::SLOW_CONSUMER);
             release_and_wake(state);
             self.closing.notify_waiters();
-            return Pushed::Overflowed;
+            return Pushed::Overflowed {
+                dropped: dropped + discarded,
+            };
         }
         release_and_wake(state);
         Pushed::Queued { dropped }
@@ -427,7 +434,8 @@ impl ClientQueue {
 
     /// Closes with `reason` at once: what is queued and not started is dropped.
     pub(crate) fn close_now(&self, reason: CloseReason) {
-        self.lock().clear_unstarted();
+        // A close decided elsewhere (shutdown, a failed replay): not the slow-consumer drops.
+        let _ = self.lock().clear_unstarted();
         self.close(reason);
     }
 
@@ -656,9 +664,10 @@ mod tests {
         for _ in 0..3 {
             queue.push(&frame(FrameKind::Metrics, "m"), true);
         }
+        // The push that closes it: one more dropped, and the two queued ones discarded.
         assert_eq!(
             queue.push(&frame(FrameKind::Metrics, "m"), true),
-            Pushed::Overflowed
+            Pushed::Overflowed { dropped: 3 }
         );
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
     }
@@ -710,7 +719,9 @@ mod tests {
             let _ = futures_util::FutureExt::now_or_never(queue.write());
         }
         assert!(
-            pushed.contains(&Pushed::Overflowed),
+            pushed
+                .iter()
+                .any(|p| matches!(p, Pushed::Overflowed { .. })),
             "a client that took only pings was never closed: {pushed:?}"
         );
         assert_eq!(queue.closed().await, CloseReason::SLOW_CONSUMER);
@@ -738,9 +749,10 @@ mod tests {
             queue.push(&frame(FrameKind::Metrics, "m"), true),
             Pushed::Queued { dropped: 1 }
         );
+        // The two alerts discarded by the close are not metrics.
         assert_eq!(
             queue.push(&frame(FrameKind::Alert, "a3"), true),
-            Pushed::Overflowed
+            Pushed::Overflowed { dropped: 0 }
         );
         assert_eq!(
             queue.push(&frame(FrameKind::Alert, "a4"), true),

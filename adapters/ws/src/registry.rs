@@ -294,7 +294,10 @@ impl Tally {
         match pushed {
             Pushed::Written => self.written += 1,
             Pushed::Queued { dropped } => self.dropped += dropped,
-            Pushed::Overflowed => self.overflowed += 1,
+            Pushed::Overflowed { dropped } => {
+                self.overflowed += 1;
+                self.dropped += dropped;
+            }
             Pushed::Closing | Pushed::Replayed => {}
         }
     }
