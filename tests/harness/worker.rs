@@ -94,11 +94,7 @@ impl Placement for Process {
     type Worker = WorkerProcess;
 
     async fn start(id: &str, bus: On<'_>, args: &[&str]) -> WorkerProcess {
-        assert!(
-            !matches!(bus, On::SharedMemory(_)),
-            "worker {id}: a memory bus cannot be shared with another process"
-        );
-        let line = command_line(id, bus, args);
+        let line = process_line(id, bus, args);
         let line: Vec<&str> = line.iter().map(String::as_str).collect();
         WorkerProcess::start(id, &line).await
     }
@@ -108,14 +104,19 @@ impl Placement for ProcessRefusedIoUring {
     type Worker = WorkerProcess;
 
     async fn start(id: &str, bus: On<'_>, args: &[&str]) -> WorkerProcess {
-        assert!(
-            !matches!(bus, On::SharedMemory(_)),
-            "worker {id}: a memory bus cannot be shared with another process"
-        );
-        let line = command_line(id, bus, args);
+        let line = process_line(id, bus, args);
         let line: Vec<&str> = line.iter().map(String::as_str).collect();
         WorkerProcess::start_refusing_io_uring(id, &line).await
     }
+}
+
+/// The command line of a worker process (a memory bus cannot be shared with another process).
+fn process_line(id: &str, bus: On<'_>, args: &[&str]) -> Vec<String> {
+    assert!(
+        !matches!(bus, On::SharedMemory(_)),
+        "worker {id}: a memory bus cannot be shared with another process"
+    );
+    command_line(id, bus, args)
 }
 
 /// A started worker's address, whichever its placement.
