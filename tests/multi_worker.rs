@@ -370,6 +370,46 @@ async fn fanout_workers_3_shares_one_port_and_reaches_clients_of_every_worker() 
     assert!(status.success(), "supervisor exited with {status}");
 }
 
+/// A worker that cannot run here (its address is held by another program, without
+/// SO_REUSEPORT) is not restarted forever: once one died right after its start 5 times in a row,
+/// the supervisor stops the others and exits with an error that says why.
+#[tokio::test]
+async fn the_supervisor_gives_up_on_a_worker_that_dies_right_after_each_start() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let listen = holder
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let mut supervisor = Supervisor::start(&[
+        "--workers",
+        "2",
+        "--listen",
+        &listen,
+        "--bus",
+        "redis",
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--metrics-interval",
+        "0s",
+    ]);
+    let status = within("the supervisor to give up", supervisor.child.wait())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!status.success(), "exited with {status}");
+    // Its last lines may still be on their way through the pipe.
+    let log = std::sync::Arc::clone(&supervisor.log);
+    wait_until("the supervisor to say it gave up", || {
+        let said = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|line| line.contains("giving up"));
+        async move { said }
+    })
+    .await;
+    drop(holder);
+}
+
 /// The processes `pid` started, whichever of its threads started them (Linux's
 /// `/proc/PID/task/TID/children`).
 fn child_pids(pid: u32) -> Vec<u32> {

@@ -1,10 +1,11 @@
 //! `fanout --workers N`: starts N worker processes of this binary on one listening address
 //! (SO_REUSEPORT spreads new connections over them, as `uvicorn --workers N` does), forwards
 //! SIGTERM/SIGINT to them and waits for them. A worker that dies is started again after a short
-//! pause, so a crash costs its clients one reconnect, not the worker slot.
+//! pause, so a crash costs its clients one reconnect, not the worker slot; one that keeps dying
+//! right after its start makes the supervisor give up (exit with an error).
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
@@ -17,6 +18,12 @@ use tokio_util::task::TaskTracker;
 
 /// Pause before a dead worker is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// A worker that dies this soon after its start, [`QUICK_DEATHS`] times in a row, cannot run
+/// here (its address is taken by another program, say): the supervisor stops every worker and
+/// exits with an error rather than restart it forever.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
+const QUICK_DEATHS: u32 = 5;
 
 /// Flags the supervisor sets itself for each worker (through the environment).
 const SUPERVISOR_FLAGS: [&str; 2] = ["--workers", "--worker-id"];
@@ -112,28 +119,50 @@ pub async fn run(count: u16, base_id: Option<String>, threads: Option<u16>) -> a
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (died_tx, mut died) = mpsc::unbounded_channel();
+    // Per worker (index - 1): when it was last started, and how many times in a row it died
+    // within `QUICK_DEATH` of its start.
+    let mut started = vec![Instant::now(); usize::from(count)];
+    let mut quick_deaths = vec![0u32; usize::from(count)];
     for index in 1..=count {
         let child = spawn_worker(index, base_id.as_deref(), threads)?;
         tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break Ok(()),
+            _ = interrupt.recv() => break Ok(()),
             Some(index) = died.recv() => {
+                let slot = usize::from(index - 1);
+                if started[slot].elapsed() < QUICK_DEATH {
+                    quick_deaths[slot] += 1;
+                } else {
+                    quick_deaths[slot] = 0;
+                }
+                if quick_deaths[slot] >= QUICK_DEATHS {
+                    tracing::error!(
+                        index,
+                        quick_deaths = quick_deaths[slot],
+                        "a worker process keeps dying right after its start; giving up"
+                    );
+                    break Err(anyhow::anyhow!(
+                        "worker process {index} died within {QUICK_DEATH:?} of its start \
+                         {QUICK_DEATHS} times in a row (see its log above)"
+                    ));
+                }
                 tokio::time::sleep(RESTART_DELAY).await;
                 let child = spawn_worker(index, base_id.as_deref(), threads)?;
+                started[slot] = Instant::now();
                 tracker.spawn(watch_worker(index, child, stop.clone(), died_tx.clone()));
             }
         }
-    }
+    };
     tracing::info!("stopping worker processes");
     stop.cancel();
     tracker.close();
     tracker.wait().await;
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]
