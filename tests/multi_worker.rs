@@ -1,5 +1,8 @@
 //! The mission, end to end: real `fanout` worker processes sharing one real Redis
 //! (testcontainers), real WebSocket clients spread over them.
+//!
+//! Over 400 lines on purpose: a list of independent scenarios on one subject, each readable on
+//! its own; what they share lives in `harness/`.
 
 mod harness;
 

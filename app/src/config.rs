@@ -1,5 +1,8 @@
 //! The command line: every knob is a flag and a `FANOUT_*` environment variable (flags win),
 //! parsed and validated once at start-up into typed values.
+//!
+//! Over 400 lines on purpose: every setting with its flag, variable, default and help text in
+//! one place (what `--help` and `check-config` show), then the checks that relate them.
 
 use std::net::SocketAddr;
 use std::time::Duration;

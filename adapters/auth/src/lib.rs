@@ -7,6 +7,9 @@
 //! string: labels every metric and alert the token receives or publishes must carry, see
 //! PROTOCOL.md "Scoped tokens"). A token whose `where` is malformed is invalid, never read as
 //! "no restriction". It never reads the network or the clock beyond what validation needs.
+//!
+//! Over 400 lines on purpose: one small crate, the verifier and its bounds in one place; nearly
+//! half of it is the unit tests (and their test keys).
 
 #![warn(missing_docs, unreachable_pub)]
 
