@@ -62,6 +62,7 @@ fn user_page(worker: std::net::SocketAddr, options: &str) -> String {
 import {{ connect }} from "http://{worker}/fanout.js";
 const log = (kind, text) => {{ const li = document.createElement("li"); li.className = kind; li.textContent = text; document.getElementById("log").append(li); }};
 window.resumes = [];
+window.connectWithComma = (selector) => connect({{ url: "http://{worker}", selector }});
 const client = window.client = connect({options});
 window.delays = [];
 client.on("state", (s) => {{ document.body.dataset.state = s.state; document.body.dataset.transport = s.transport; if (s.delayMs !== undefined) window.delays.push(s.delayMs); }});
@@ -322,6 +323,155 @@ async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
         Locator::XPath("//li[@class='metric'][. = 'secure.metric=1']"),
     )
     .await;
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// PROTOCOL.md's fanout.js promises, as a user who read only them found them broken:
+/// `subscribe` promises settle with their own answers, also after a request whose `id` the server
+/// could not take (its `error` has `id` `null`); a `default` selector the query cannot carry is
+/// refused at once (it went into every reconnect's query changed, or refused for good), while
+/// the same selector under another id is the server's to take; and after a resume from another
+/// log's epoch, the next resume is complete, not reported incomplete again.
+#[tokio::test]
+async fn fanout_js_settles_each_request_with_its_own_answer_and_resumes_a_reset_log_once() {
+    let worker = start_worker::<Process>("worker-p", On::OwnMemory, &[]).await;
+    let page = user_page(
+        worker.addr,
+        &format!(
+            r#"{{ url: "http://{}", transport: "websocket", resume: {{ id: "1-0", epoch: "0000000000000000" }} }}"#,
+            worker.addr
+        ),
+    );
+    let site = serve_page(page).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &browser,
+        "a live session",
+        Locator::Css(r#"body[data-state="live"]"#),
+    )
+    .await;
+    run(
+        &browser,
+        r#"window.outcomes = [];
+        const settle = (name, promise) => promise.then(
+          (frame) => window.outcomes.push([name, frame.type, frame.id]),
+          (error) => window.outcomes.push([name, "rejected", error.field]));
+        settle("long id", client.subscribe("x".repeat(65), { metrics: ["a"] }));
+        settle("ok1", client.subscribe("ok1", { metrics: ["b"] }));
+        settle("empty pattern", client.subscribe("ok2", { metrics: ["zz", ""] }));
+        settle("ok3", client.subscribe("ok3", { metrics: ["c"] }));
+        settle("comma default", client.subscribe("default", { metrics: ["a,b"] }));
+        settle("negated key default", client.subscribe("default", { where: { "region!": "eu" } }));
+        settle("comma elsewhere", client.subscribe("commas", { where: ["env=x,y"] }));
+        try { window.thrown = null; window.connectWithComma({ where: ["env=x,y"] }); }
+        catch (error) { window.thrown = error.field; }"#,
+    )
+    .await;
+    let page = &browser;
+    wait_until("every request settled", move || async move {
+        run(page, "return window.outcomes.length;").await == json!(7)
+    })
+    .await;
+    let mut outcomes: Vec<serde_json::Value> = run(&browser, "return window.outcomes;")
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    outcomes.sort_by_key(|o| o[0].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        json!(outcomes),
+        json!([
+            ["comma default", "rejected", "metrics[0]"],
+            ["comma elsewhere", "subscribed", "commas"],
+            ["empty pattern", "rejected", "metrics[1]"],
+            ["long id", "rejected", "id"],
+            ["negated key default", "rejected", "where.region!"],
+            ["ok1", "subscribed", "ok1"],
+            ["ok3", "subscribed", "ok3"],
+        ])
+    );
+    assert_eq!(
+        run(&browser, "return window.thrown;").await,
+        json!("where[0]")
+    );
+    assert_eq!(
+        run(
+            &browser,
+            r#"return [client.subscription("ok1"), client.subscription("ok2") ?? null];"#
+        )
+        .await,
+        json!([{ "metrics": ["b"] }, null])
+    );
+    // The first resume (another log's epoch) was incomplete; the next one is complete.
+    run(&browser, "client.reconnect();").await;
+    wait_until("the second resume", move || async move {
+        run(
+            page,
+            "return window.resumes.filter((r) => r.type === 'resume').length;",
+        )
+        .await
+            == json!(2)
+    })
+    .await;
+    assert_eq!(
+        run(
+            &browser,
+            "return window.resumes.map((r) => r.incomplete ? 'incomplete' : r.complete);"
+        )
+        .await,
+        json!([false, "incomplete", true])
+    );
+    browser.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// PROTOCOL.md: "`connectTimeoutMs` | an attempt not open by then is abandoned (and counts as
+/// failed)", over SSE as over WebSocket: against a server that takes the connection and never
+/// answers, the SSE attempts are abandoned and retried, not left waiting for the idle timeout.
+#[tokio::test]
+async fn an_sse_attempt_that_never_opens_is_abandoned_after_the_connect_timeout() {
+    let worker = start_worker::<Process>("worker-s", On::OwnMemory, &[]).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = std::sync::Arc::clone(&held);
+    tokio::spawn(async move {
+        // Takes each connection and never answers it.
+        while let Ok((stream, _)) = silent.accept().await {
+            holder
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stream);
+        }
+    });
+    let page = user_page(
+        worker.addr,
+        &format!(
+            r#"{{ url: "http://{silent_addr}", transport: "sse", connectTimeoutMs: 300, sseIdleTimeoutMs: 600000, backoff: {{ initialMs: 50, maxMs: 100 }} }}"#
+        ),
+    );
+    let site = serve_page(page).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let page = &browser;
+    wait_until("three SSE attempts abandoned", move || async move {
+        run(page, "return window.delays.length;").await.as_u64() >= Some(3)
+    })
+    .await;
+    assert!(
+        held.lock().unwrap_or_else(|e| e.into_inner()).len() >= 3,
+        "every retry is a new attempt"
+    );
     browser.close().await.unwrap_or_else(|e| panic!("{e}"));
 }
 

@@ -282,6 +282,84 @@ async fn a_client_waiting_for_hello_while_redis_is_down_has_its_pings_answered()
     assert_eq!(hello["bus"]["state"], "subscribed", "{hello}");
 }
 
+/// PROTOCOL.md: "Requests sent before `hello` are carried out after the greeting …; at most 64
+/// are kept meanwhile". 64 requests sent while Redis is down (a subscribe and an unsubscribe of
+/// each of 32 ids, all valid) are each carried out once `hello` comes: the limit of 20 requests
+/// per second is not theirs to meet (it refused 44 of them).
+#[tokio::test]
+async fn the_64_requests_a_client_sends_before_hello_are_all_carried_out() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
+    redis.stop().await;
+    let url = format!("ws://{}/ws/performance", worker.addr);
+    let (mut socket, _) = within("the upgrade", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade refused while Redis is down: {e}"));
+    let mut expected = Vec::new();
+    for n in 0..32 {
+        let id = format!("s{n}");
+        for request in [
+            json!({ "type": "subscribe", "id": id, "metrics": ["early.*"] }),
+            json!({ "type": "unsubscribe", "id": id }),
+        ] {
+            within(
+                "a request to go out",
+                socket.send(Message::text(request.to_string())),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        expected.push(("subscribed", id.clone()));
+        expected.push(("unsubscribed", id));
+    }
+    // The pong of a ping sent after them says the worker has read them (in order) while it
+    // waits for Redis.
+    within(
+        "the ping to go out",
+        socket.send(Message::Ping("read?".into())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let answer = within("the pong", socket.next()).await;
+    assert!(
+        matches!(&answer, Some(Ok(Message::Pong(bytes))) if bytes.as_ref() == b"read?"),
+        "{answer:?}"
+    );
+    redis.start_again().await;
+    // The answers, each `subscribed` followed by the new subscription's snapshot (left out).
+    let is_answer = |frame: &Value| !matches!(frame["type"].as_str(), Some("hello" | "snapshot"));
+    let mut frames = Vec::new();
+    while frames.iter().filter(|f| is_answer(f)).count() < expected.len() {
+        match within("the next frame", socket.next()).await {
+            Some(Ok(Message::Text(text))) => {
+                frames.push(serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}")))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("after {} frames: {other:?}", frames.len()),
+        }
+    }
+    assert_eq!(frames[0]["type"], "hello", "{}", frames[0]);
+    assert_eq!(frames[1]["type"], "snapshot", "{}", frames[1]);
+    let answers: Vec<(String, String)> = frames[2..]
+        .iter()
+        .filter(|f| is_answer(f))
+        .map(|f| {
+            (
+                f["type"].as_str().unwrap_or_default().to_owned(),
+                f["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = expected
+        .into_iter()
+        .map(|(kind, id)| (kind.to_owned(), id))
+        .collect();
+    assert_eq!(answers, expected);
+}
+
 /// p50, p99 and max of `values`, in that order.
 fn percentiles(values: &mut [Duration]) -> (Duration, Duration, Duration) {
     values.sort();

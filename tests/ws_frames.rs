@@ -171,6 +171,26 @@ async fn a_fragmented_request_with_a_ping_in_between_is_answered_and_the_ping_po
     }
 }
 
+/// RFC 6455 §5.5.1 (PROTOCOL.md: a standard WebSocket): a client's close frame is answered
+/// with a close frame echoing its code before the server ends the connection — after the
+/// greeting, 20 times over, not once.
+#[tokio::test]
+async fn a_clients_close_frame_is_answered_with_a_close_frame() {
+    let bus = MemoryBus::new();
+    let a = start_worker::<InProcess>("worker-a", On::SharedMemory(&bus), &[]).await;
+    for round in 0..20 {
+        let mut client = connect(a.addr()).await;
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        send_raw(&mut client, &RawFrame::text(true, 0x8, &payload).bytes()).await;
+        assert_eq!(
+            next(&mut client).await,
+            Seen::Closed(Some(1000)),
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_protocol_violation_is_closed_with_1008() {
     let bus = MemoryBus::new();

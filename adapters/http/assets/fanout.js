@@ -50,6 +50,36 @@ function matchers(where) {
   return Object.entries(where).map(([key, value]) => key + "=" + value);
 }
 
+/**
+ * Why `selector` cannot be written as the query parameters, or `null` when it can: in the query
+ * `,` separates terms, and a matcher's key ends at its first `=` (a `!` right before negates),
+ * so a pattern or value holding `,`, or an object key holding `=` or `,` or ending in `!`, would
+ * ask for something else. The `default` subscription travels in the query (every reconnect);
+ * such a selector can be any other subscription (sent as a frame).
+ */
+export function queryProblem(selector = {}) {
+  const patterns = Array.isArray(selector.metrics) ? selector.metrics : [];
+  const pattern = patterns.findIndex((p) => String(p).includes(","));
+  if (pattern >= 0) return { field: "metrics[" + pattern + "]", error: "a pattern holding \",\" cannot be written in the query" };
+  const where = selector.where;
+  if (Array.isArray(where)) {
+    const matcher = where.findIndex((m) => String(m).includes(","));
+    if (matcher >= 0) return { field: "where[" + matcher + "]", error: "a matcher holding \",\" cannot be written in the query" };
+  } else if (where) {
+    for (const [key, value] of Object.entries(where)) {
+      if (/[=,]/.test(key) || key.endsWith("!") || String(value).includes(",")) {
+        return { field: "where." + key, error: "a label key holding \"=\" or \",\" or ending in \"!\", or a value holding \",\", cannot be written in the query" };
+      }
+    }
+  }
+  return null;
+}
+
+function refusal(id, problem) {
+  const frame = { type: "error", id, error: problem.error + ": use another subscription id for it", field: problem.field };
+  return Object.assign(new Error(frame.error), { frame, field: frame.field });
+}
+
 /** The `subscribe` request frame of a selector. */
 function subscribeFrame(id, selector = {}) {
   const frame = { type: "subscribe", id };
@@ -71,6 +101,8 @@ function subscribeFrame(id, selector = {}) {
  */
 export class FanoutClient {
   constructor(options = {}) {
+    const problem = queryProblem(options.selector);
+    if (problem) throw refusal("default", problem);
     this.options = Object.assign({}, DEFAULTS, options);
     this.options.backoff = Object.assign({}, DEFAULTS.backoff, options.backoff);
     // The worker: the `url` option, else the origin fanout.js was loaded from.
@@ -109,6 +141,8 @@ export class FanoutClient {
    * `hello` and `snapshot`; a `subscribed` frame is emitted in between, as over WebSocket).
    */
   subscribe(id, selector = {}) {
+    const problem = id === "default" ? queryProblem(selector) : null;
+    if (problem) return Promise.reject(refusal(id, problem));
     return this._request({ kind: "subscribe", id, selector });
   }
 
@@ -266,8 +300,18 @@ export class FanoutClient {
         if (this.transport === "websocket") this._answer(frame);
         break;
       case "error":
-        // Over SSE nothing is asked on the stream, so no error frame answers a request.
-        if (this.transport === "websocket" && frame.id !== null && frame.id !== undefined) this._answer(frame);
+        // On WebSocket every `error` answers the oldest request (answers come in order), its
+        // `id` `null` too (a request whose id the server could not take). Over SSE nothing is
+        // asked on the stream, so no error frame answers a request.
+        if (this.transport === "websocket") this._answer(frame);
+        break;
+      case "resume":
+        // The log's epoch now: after a reset the replay was the whole new log, so the next
+        // resume starts from its beginning (the replayed alerts that follow move it on), not
+        // again from a position of the old log (which would be reported incomplete each time).
+        if (frame.epoch && (!this.lastAlert || this.lastAlert.epoch !== frame.epoch)) {
+          this.lastAlert = { id: this.lastAlert && !this.lastAlert.epoch ? this.lastAlert.id : "0-0", epoch: frame.epoch };
+        }
         break;
     }
     this._emit(frame.type, frame);
@@ -353,13 +397,16 @@ export class FanoutClient {
     const abort = new AbortController();
     let idle = null;
     // `request`: the change of `default` this stream was opened with, settled by its `hello`.
-    const connection = { kind: "sse", socket: null, request, stop: () => { clearTimeout(idle); abort.abort(); } };
+    const connection = { kind: "sse", socket: null, request, stop: () => { clearTimeout(idle); clearTimeout(opening); abort.abort(); } };
     this._connection = connection;
     const current = () => this._connection === connection;
     const watchIdle = () => { clearTimeout(idle); idle = setTimeout(() => abort.abort(), this.options.sseIdleTimeoutMs); };
     watchIdle();
+    // Not open (no answer to the request) by `connectTimeoutMs`: abandoned, a failed attempt.
+    const opening = setTimeout(() => abort.abort(), this.options.connectTimeoutMs);
     const ended = () => {
       clearTimeout(idle);
+      clearTimeout(opening);
       if (!current()) return;
       // In "auto" mode every new session tries WebSocket first again (SSE was a fallback: the
       // worker may have been down rather than the upgrade blocked).
@@ -368,6 +415,7 @@ export class FanoutClient {
     };
     fetch(this.url, { headers: { accept: "text/event-stream" }, cache: "no-store", signal: abort.signal })
       .then(async (response) => {
+        clearTimeout(opening);
         if (!current()) return;
         if (response.status === 400 && request) {
           // The new selector was refused before the stream: the old one stays.

@@ -36,6 +36,7 @@ use crate::filter::Filter;
 use crate::manager::{ConnectionManager, Registered};
 use crate::protocol::{Answer, CloseReason, Frame, FrameKind};
 use crate::queue::{ClientQueue, Drove};
+use crate::request_rate::{RequestRate, MAX_REQUESTS_PER_SECOND};
 use crate::slots::Slot;
 use crate::socket::{Socket, Tcp, TcpReader, Writer};
 use crate::sse::{Departure, EventPipe};
@@ -62,10 +63,19 @@ pub(crate) trait Peer:
     /// Whether the client answers pings: one silent for the client timeout is closed with 4001.
     /// An SSE client cannot (its pings are comments nobody answers).
     const ANSWERS_PINGS: bool;
+
+    /// Hands what the reader still owes the client to the client's queue: tungstenite's answer
+    /// to a close frame the client sent (RFC 6455 §5.5.1), which it writes only when flushed.
+    fn flush_answers(&mut self) {}
 }
 
 impl Peer for Reader {
     const ANSWERS_PINGS: bool = true;
+
+    fn flush_answers(&mut self) {
+        // Writing into the queue never waits (`Duplex`): one poll does it.
+        let _ = futures_util::SinkExt::flush(self).now_or_never();
+    }
 }
 
 impl Peer for Departure {
@@ -339,7 +349,7 @@ async fn greet<R: Peer>(opened: Box<Opened<R>>) -> Option<Connection<R>> {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             Box::pin(tokio::time::sleep(left))
         }),
-        requests: (Instant::now(), 0),
+        requests: RequestRate::default(),
         early,
     })
 }
@@ -352,9 +362,6 @@ enum Waited {
     /// The client left.
     Gone,
 }
-
-/// Most `subscribe`/`unsubscribe` requests a connection may have carried out per second.
-const MAX_REQUESTS_PER_SECOND: u32 = 20;
 
 /// Most requests kept from a client before its `hello`; later ones are dropped unanswered.
 const MAX_EARLY_REQUESTS: usize = 64;
@@ -381,7 +388,13 @@ async fn until_live<R: Peer>(
                 }
             }
             incoming = reader.next() => match incoming {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return Waited::Gone,
+                Some(Ok(Message::Close(_))) => {
+                    reader.flush_answers();
+                    let _ = std::future::poll_fn(|cx| Poll::Ready(queue.poll_write_controls(cx)))
+                        .await;
+                    return Waited::Gone;
+                }
+                Some(Err(_)) | None => return Waited::Gone,
                 Some(Ok(Message::Text(text))) if early.len() < MAX_EARLY_REQUESTS => {
                     early.push(text);
                 }
@@ -417,16 +430,17 @@ struct Connection<R> {
     ping: Interval,
     /// Fires when the client's credential expires; gone once it fired.
     expiry: Option<Pin<Box<Sleep>>>,
-    /// Requests carried out in the current one-second window, and when it started.
-    requests: (Instant, u32),
+    /// The requests carried out in the last second (`request_rate`).
+    requests: RequestRate,
     /// Requests the client sent before its `hello`, carried out first.
     early: Vec<Utf8Bytes>,
 }
 
 impl<R: Peer> Connection<R> {
     async fn run(&mut self) -> Ending {
+        // Bounded by `MAX_EARLY_REQUESTS`, and outside the rate: they were kept to be carried out.
         for request in std::mem::take(&mut self.early) {
-            self.request(&request);
+            self.carry_out(&request);
         }
         // Once this side decided to close, nothing more is read until the close frame is out
         // (tungstenite answers nothing but errors after a protocol error).
@@ -449,7 +463,9 @@ impl<R: Peer> Connection<R> {
                             self.queue.close(CloseReason::UNSUPPORTED_DATA);
                         }
                         Some(Ok(Message::Close(_))) | None => {
-                            // tungstenite queued its answer to the client's close: one try.
+                            // tungstenite's answer to the client's close goes out after what is
+                            // queued: one try.
+                            self.reader.flush_answers();
                             let _ = self.queue.write().now_or_never();
                             return Ending::Gone;
                         }
@@ -489,18 +505,10 @@ impl<R: Peer> Connection<R> {
         }
     }
 
-    /// Carries out a client's request, within [`MAX_REQUESTS_PER_SECOND`]: each request can move
-    /// the client between groups and take a snapshot under the registry's lock, so a client
-    /// cannot make the hot path wait by sending them without end. Beyond the budget a request is
-    /// answered with an error and changes nothing. The answer goes out after everything queued
-    /// before the request, and before everything queued after the change.
+    /// Carries out a client's request, within [`MAX_REQUESTS_PER_SECOND`] (`request_rate`):
+    /// beyond it a request is answered with an error and changes nothing.
     fn request(&mut self, text: &str) {
-        let now = Instant::now();
-        if now.duration_since(self.requests.0) >= Duration::from_secs(1) {
-            self.requests = (now, 0);
-        }
-        self.requests.1 += 1;
-        if self.requests.1 > MAX_REQUESTS_PER_SECOND {
+        if !self.requests.allow(Instant::now()) {
             let id = fanout_domain::ClientRequest::id_of(text);
             let error = fanout_domain::RequestError::whole(
                 id,
@@ -509,6 +517,12 @@ impl<R: Peer> Connection<R> {
             self.queue.push_control(Answer::error(&error).frame());
             return;
         }
+        self.carry_out(text);
+    }
+
+    /// Carries out a request: its answer goes out after everything queued before it, and
+    /// before everything queued after the change.
+    fn carry_out(&mut self, text: &str) {
         let mut batch = Vec::new();
         self.queue.drain_now(&mut batch);
         self.manager.request(self.id, text, &mut batch);

@@ -25,6 +25,7 @@ mod manager;
 mod protocol;
 mod queue;
 mod registry;
+mod request_rate;
 #[cfg(target_os = "linux")]
 mod ring;
 mod slots;
