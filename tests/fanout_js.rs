@@ -74,6 +74,22 @@ client.on("incomplete", (frame) => window.resumes.push({{ incomplete: true }}));
     )
 }
 
+/// A browser on the user's page importing `worker`'s `/fanout.js` with `options`, served from a
+/// site of its own (another origin than the worker's). Keep the driver as long as the browser.
+async fn open_user_page(
+    worker: std::net::SocketAddr,
+    options: &str,
+) -> (harness::browser::Driver, fantoccini::Client) {
+    let site = serve_page(user_page(worker, options)).await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://{site}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (driver, browser)
+}
+
 /// Where the user's page comes from.
 enum PageOrigin {
     /// A site of its own (another port: another origin): `/fanout.js` is imported across
@@ -287,20 +303,14 @@ async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
         start_worker::<Process>("worker-t", On::OwnMemory, &["--auth-secret", SECRET]).await;
     let reader = valid_token(json!({ "sub": "my-page" }));
     // The token as a function: called at every connect, so a page can hand out a fresh one.
-    let page = user_page(
+    let (_driver, browser) = open_user_page(
         worker.addr,
         &format!(
             r#"{{ url: "http://{}", transport: "websocket", token: () => "{reader}" }}"#,
             worker.addr
         ),
-    );
-    let site = serve_page(page).await;
-    let driver = chromedriver().await;
-    let browser = browser(&driver).await;
-    browser
-        .goto(&format!("http://{site}/"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    )
+    .await;
     wait_for(
         &browser,
         "a live session with the token",
@@ -335,20 +345,14 @@ async fn fanout_js_passes_its_token_to_a_worker_with_authentication() {
 #[tokio::test]
 async fn fanout_js_settles_each_request_with_its_own_answer_and_resumes_a_reset_log_once() {
     let worker = start_worker::<Process>("worker-p", On::OwnMemory, &[]).await;
-    let page = user_page(
+    let (_driver, browser) = open_user_page(
         worker.addr,
         &format!(
             r#"{{ url: "http://{}", transport: "websocket", resume: {{ id: "1-0", epoch: "0000000000000000" }} }}"#,
             worker.addr
         ),
-    );
-    let site = serve_page(page).await;
-    let driver = chromedriver().await;
-    let browser = browser(&driver).await;
-    browser
-        .goto(&format!("http://{site}/"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    )
+    .await;
     wait_for(
         &browser,
         "a live session",
@@ -450,19 +454,13 @@ async fn an_sse_attempt_that_never_opens_is_abandoned_after_the_connect_timeout(
                 .push(stream);
         }
     });
-    let page = user_page(
+    let (_driver, browser) = open_user_page(
         worker.addr,
         &format!(
             r#"{{ url: "http://{silent_addr}", transport: "sse", connectTimeoutMs: 300, sseIdleTimeoutMs: 600000, backoff: {{ initialMs: 50, maxMs: 100 }} }}"#
         ),
-    );
-    let site = serve_page(page).await;
-    let driver = chromedriver().await;
-    let browser = browser(&driver).await;
-    browser
-        .goto(&format!("http://{site}/"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    )
+    .await;
     let page = &browser;
     wait_until("three SSE attempts abandoned", move || async move {
         run(page, "return window.delays.length;").await.as_u64() >= Some(3)

@@ -236,6 +236,23 @@ async fn hello_comes_only_once_the_subscription_is_live() {
     assert_eq!(next_alert(&mut client).await["id"], receipt["log_id"]);
 }
 
+/// A worker on a Redis that is then stopped, and a plain WebSocket client upgraded meanwhile
+/// (waiting for its `hello`).
+async fn upgraded_while_redis_is_down() -> (
+    RedisServer,
+    WorkerProcess,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
+    redis.stop().await;
+    let url = format!("ws://{}/ws/performance", worker.addr);
+    let (socket, _) = within("the upgrade", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade refused while Redis is down: {e}"));
+    (redis, worker, socket)
+}
+
 /// PROTOCOL.md: a client that connects while Redis is unreachable "is upgraded and kept (pings
 /// are answered, a close is noticed) and gets `hello` when the subscription is live again". A
 /// plain WebSocket client pings 20 times while Redis is down, each answered with its own payload
@@ -246,13 +263,7 @@ async fn a_client_waiting_for_hello_while_redis_is_down_has_its_pings_answered()
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let redis = RedisServer::start().await;
-    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
-    redis.stop().await;
-    let url = format!("ws://{}/ws/performance", worker.addr);
-    let (mut socket, _) = within("the upgrade", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap_or_else(|e| panic!("upgrade refused while Redis is down: {e}"));
+    let (redis, worker, mut socket) = upgraded_while_redis_is_down().await;
     for n in 0..20 {
         let payload = format!("are you there {n}");
         within(
@@ -291,13 +302,7 @@ async fn the_64_requests_a_client_sends_before_hello_are_all_carried_out() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let redis = RedisServer::start().await;
-    let worker = start_worker::<Process>("w", On::Redis(&redis.url()), &[]).await;
-    redis.stop().await;
-    let url = format!("ws://{}/ws/performance", worker.addr);
-    let (mut socket, _) = within("the upgrade", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap_or_else(|e| panic!("upgrade refused while Redis is down: {e}"));
+    let (redis, _worker, mut socket) = upgraded_while_redis_is_down().await;
     let mut expected = Vec::new();
     for n in 0..32 {
         let id = format!("s{n}");
