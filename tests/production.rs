@@ -151,11 +151,29 @@ async fn only_publisher_tokens_may_publish() {
         403
     );
     assert_eq!(
-        post(a.addr(), "/api/metrics", Some(&publisher_token()), body)
-            .await
-            .status(),
+        post(
+            a.addr(),
+            "/api/metrics",
+            Some(&publisher_token()),
+            body.clone()
+        )
+        .await
+        .status(),
         202
     );
+    // The scheme's name in any case (RFC 9110 §11.1): `bearer` was refused as no token at all.
+    for scheme in ["bearer", "BEARER"] {
+        let status = reqwest::Client::new()
+            .post(format!("http://{}/api/metrics", a.addr()))
+            .header("content-type", "application/json")
+            .header("authorization", format!("{scheme} {}", publisher_token()))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .status();
+        assert_eq!(status, 202, "{scheme}");
+    }
 }
 
 #[tokio::test]
@@ -496,12 +514,62 @@ async fn json_logs_carry_the_worker_id_on_every_line() {
     assert_eq!(event["message"], "worker listening");
 }
 
+/// README: every log line carries the worker id and pid; OPERATIONS.md: with `--log-format json`
+/// one JSON object per line. The line that says why a worker could not start (its address is
+/// taken) is one of them, last, and the process exits with an error (it was a bare `Error:` text).
+#[tokio::test]
+async fn a_worker_that_cannot_start_says_why_in_its_log_format() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let listen = holder
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let output = within(
+        "the worker to give up",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args([
+                "--listen",
+                &listen,
+                "--log-format",
+                "json",
+                "--worker-id",
+                "fatal-1",
+                "--metrics-interval",
+                "0s",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success(), "exited with {}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let last = events
+        .last()
+        .unwrap_or_else(|| panic!("no log line: {stderr}"));
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["worker"], "fatal-1", "{last}");
+    assert!(last["pid"].as_u64().is_some(), "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot listen") && e.contains(&listen)),
+        "{last}"
+    );
+    drop(holder);
+}
+
 /// OPERATIONS.md: `check-config` validates everything a start would. `--workers N` needs a fixed
 /// port and the Redis bus (with `--bus memory` each worker process would have a bus of its own,
-/// and clients of one would miss what another publishes): both the check and the start refuse
-/// either, with the same reason, and take the settings once both are right.
+/// and clients of one would miss what another publishes), and a `--worker-id` that its workers'
+/// ids (`ID-N`) can be: both the check and the start refuse each, with the same reason, and take
+/// the settings once they are right.
 #[tokio::test]
-async fn workers_without_a_fixed_port_or_without_redis_are_refused_by_check_config_and_start() {
+async fn settings_workers_cannot_run_with_are_refused_by_check_config_and_start() {
     let run = |args: Vec<&'static str>| async move {
         let output = within(
             "fanout to answer",
@@ -519,11 +587,25 @@ async fn workers_without_a_fixed_port_or_without_redis_are_refused_by_check_conf
         (output.status.success(), said)
     };
     // Settings `--workers 2` cannot run with, and the reason given, by `check-config` and a start.
-    let refused: [(&[&str], &str); 2] = [
+    // A worker id of 127 bytes is one, but not its workers' (`ID-2`, 129 bytes): every worker
+    // used to die at its start, and the supervisor gave up after 8 s, where the check said valid.
+    let long_id: &'static str = "w".repeat(127).leak();
+    let refused: [(&[&str], &str); 3] = [
         (&["--listen", "127.0.0.1:0", "--bus", "redis"], "fixed port"),
         (
             &["--listen", "127.0.0.1:1", "--bus", "memory"],
             "--bus redis",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:1",
+                "--bus",
+                "redis",
+                "--worker-id",
+                long_id,
+            ],
+            "ID-1 … ID-2",
         ),
     ];
     for (settings, reason) in refused {

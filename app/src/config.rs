@@ -302,6 +302,17 @@ impl Cli {
                         .into(),
                 );
             }
+            // The supervisor names worker N `ID-N`: the longest must be a worker id too.
+            if let Some(id) = &self.worker.worker_id {
+                let last = format!("{id}-{}", self.workers);
+                if let Err(error) = WorkerId::new(last) {
+                    return Err(format!(
+                        "--worker-id with --workers {}: the workers are named ID-1 … ID-{}, \
+                         and {error}",
+                        self.workers, self.workers
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -25,7 +25,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(cli))
+    let outcome = runtime.block_on(run(cli));
+    if let Err(error) = &outcome {
+        // Once logging is set up, a fatal error is a log line like every other (the worker id
+        // and pid, JSON with `--log-format json`), not a bare `Error:` text after them.
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(error = format!("{error:#}"), "fatal error: exiting");
+            drop(runtime);
+            std::process::exit(1);
+        }
+    }
+    outcome
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

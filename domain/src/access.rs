@@ -126,10 +126,27 @@ impl AccessControl for OpenAccess {
     }
 }
 
+/// The token of an `Authorization` header value of the `Bearer` scheme (the scheme's name in any
+/// case, RFC 9110 §11.1), or `None` for another scheme.
+pub fn bearer_token_of(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Severity, Valid};
+
+    #[test]
+    fn the_bearer_scheme_is_named_in_any_case() {
+        for header in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer abc"] {
+            assert_eq!(bearer_token_of(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Basic abc", "Bearerabc", "Bearer", ""] {
+            assert_eq!(bearer_token_of(header), None, "{header:?}");
+        }
+    }
 
     fn scoped(labels: &[(&str, &str)]) -> Grant {
         Grant {

@@ -24,7 +24,7 @@ mod selector;
 mod service;
 mod worker;
 
-pub use access::{AccessControl, AccessError, Grant, OpenAccess, ScopeViolation};
+pub use access::{bearer_token_of, AccessControl, AccessError, Grant, OpenAccess, ScopeViolation};
 pub use alert::{Alert, AlertFields, Severity};
 pub use alert_feed::{
     read_after, AlertFeed, CatchUp, Caught, Handled, LiveAlert, LogPosition, LOG_PAGE,

@@ -183,8 +183,14 @@ fn refusal(path: String, error: serde_json::Error) -> ApiError {
         StatusCode::BAD_REQUEST => format!("invalid JSON: {error}"),
         _ => error.to_string(),
     };
-    // `.` is serde_path_to_error's name for the top of the body.
-    let path = if path == "." { String::new() } else { path };
+    // `.` is serde_path_to_error's name for the top of the body, `?` for a place it could not
+    // name (a key the body broke off in): neither is a field.
+    let path = path.strip_suffix(".?").unwrap_or(&path);
+    let path = if path == "." || path == "?" {
+        String::new()
+    } else {
+        path.to_owned()
+    };
     let field = match missing_field(&error) {
         Some(missing) if path.is_empty() => missing.to_owned(),
         Some(missing) => format!("{path}.{missing}"),
@@ -268,6 +274,22 @@ mod tests {
     }
 
     #[test]
+    fn a_body_broken_off_inside_an_object_names_the_object_or_nothing() {
+        assert_eq!(
+            field_of::<Metric>(br#"{"name":"a","#),
+            Some((StatusCode::BAD_REQUEST, None))
+        );
+        assert_eq!(
+            field_of::<Metric>(br#"{"name":"a" "value":1}"#),
+            Some((StatusCode::BAD_REQUEST, None))
+        );
+        assert_eq!(
+            field_of::<Vec<Metric>>(br#"[{"name":"a","value":1},{"name":"b","#),
+            Some((StatusCode::BAD_REQUEST, Some("[1]".to_owned())))
+        );
+    }
+
+    #[test]
     fn the_sequence_form_of_a_metric_or_an_alert_is_422() {
         assert_eq!(
             field_of::<Vec<Metric>>(br#"[["name",5]]"#),
@@ -294,8 +316,10 @@ mod tests {
         fn json_shaped_bodies_are_decoded_or_refused_with_400_or_422(
             body in r#"\{("(name|value|unit|labels|severity|message)":(\[|\{|"[a-z]*"|-?[0-9e.]{1,5}|null|true),?){0,5}\}?"#
         ) {
-            if let Some(status) = status_of::<Metric>(body.as_bytes()) {
+            if let Some((status, field)) = field_of::<Metric>(body.as_bytes()) {
                 prop_assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY);
+                // A field names a place in the body, never serde_path_to_error's `?`.
+                prop_assert!(!field.is_some_and(|f| f.contains('?')), "{}", body);
             }
         }
     }

@@ -105,8 +105,7 @@ async fn admit_publisher(state: &ApiState, headers: &HeaderMap) -> Result<Grant,
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(fanout_domain::bearer_token_of);
     let grant = state
         .access
         .verify(token)

@@ -214,9 +214,12 @@ impl ConnectionLog {
         })
     }
 
-    /// Runs `read` within the timeout; a failed read is run once more on a new connection. The
-    /// log's connection can go while the subscription lives on (Redis closing idle connections,
-    /// `CLIENT KILL TYPE normal`, a proxy): that must not end the session.
+    /// Runs `read` within the timeout. A read that failed because its connection was lost is run
+    /// again on a new connection, as often as one can be made, until the timeout: the log's
+    /// connection can go while the subscription lives on (Redis closing idle connections,
+    /// `CLIENT KILL TYPE normal`, a proxy), and go again while it is made anew or the read tried
+    /// once more (kills in a row), and that must not end the session. A Redis that refuses a new
+    /// connection, or any other error, ends it at once.
     async fn reading<T, Fut>(
         &self,
         read: impl Fn(MultiplexedConnection) -> Fut,
@@ -224,25 +227,42 @@ impl ConnectionLog {
     where
         Fut: std::future::Future<Output = Result<T, HistoryError>>,
     {
-        let current = || {
-            self.connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-        };
         let attempts = async {
-            let first = read(current()).await;
-            if first.is_ok() {
-                return first;
+            let mut connection = Some(
+                self.connection
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            );
+            let mut failed = None;
+            loop {
+                if let Some(connection) = connection.take() {
+                    let outcome = read(connection).await;
+                    match &outcome {
+                        Err(error) if connection_lost(error) => failed = Some(outcome),
+                        _ => return outcome,
+                    }
+                }
+                match multiplexed(&self.client, self.timeout).await {
+                    Ok(fresh) => {
+                        *self
+                            .connection
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+                        connection = Some(fresh);
+                    }
+                    // Dropped while it was being made: Redis answered, so again.
+                    Err(error) if lost(&error) => {}
+                    Err(error) => {
+                        return failed.unwrap_or_else(|| {
+                            Err(HistoryError::caused_by(
+                                "reading the alert log failed",
+                                error,
+                            ))
+                        })
+                    }
+                }
             }
-            let Ok(fresh) = multiplexed(&self.client, self.timeout).await else {
-                return first;
-            };
-            *self
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-            read(fresh).await
         };
         tokio::time::timeout(self.timeout, attempts)
             .await
@@ -267,6 +287,23 @@ impl AlertLog for ConnectionLog {
         )
         .await
     }
+}
+
+/// Whether a read failed because its connection is gone (dropped, reset, closed by Redis):
+/// another connection may read.
+fn connection_lost(error: &HistoryError) -> bool {
+    let HistoryError::Unavailable {
+        cause: Some(cause), ..
+    } = error
+    else {
+        return false;
+    };
+    cause.downcast_ref::<redis::RedisError>().is_some_and(lost)
+}
+
+/// Whether a connection failed by being dropped (by Redis, a proxy, a reset), not refused.
+fn lost(error: &redis::RedisError) -> bool {
+    (error.is_io_error() || error.is_connection_dropped()) && !error.is_connection_refusal()
 }
 
 /// A log for sessions that carry no alerts: never read.

@@ -172,8 +172,7 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) ->
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(fanout_domain::bearer_token_of)
         .or(query_token)
 }
 
