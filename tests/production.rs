@@ -377,6 +377,29 @@ async fn readyz_is_503_while_redis_is_down_and_200_after() {
         logged("Redis subscriber cannot connect; retrying"),
     )
     .await;
+    // A publish refused meanwhile is logged once, with its reason, at WARN; its 503 is no ERROR
+    // (tower-http's "response failed" line was one per refused publish).
+    for value in 0..3 {
+        let status = post(
+            worker.addr,
+            "/api/metrics",
+            None,
+            json!({ "name": "refused", "value": value }),
+        )
+        .await
+        .status();
+        assert_eq!(status, 503);
+    }
+    let lines = worker.log_lines();
+    let refusals = lines
+        .iter()
+        .filter(|line| line.contains("WARN") && line.contains("publish refused: bus unavailable"))
+        .count();
+    assert_eq!(refusals, 3, "{lines:#?}");
+    assert!(
+        !lines.iter().any(|line| line.contains("ERROR")),
+        "an ERROR line while Redis was down: {lines:#?}"
+    );
     redis.start_again().await;
     wait_until("/readyz says 200 again", || async {
         ready(worker.addr).await == 200
@@ -570,22 +593,6 @@ async fn a_worker_that_cannot_start_says_why_in_its_log_format() {
 /// the settings once they are right.
 #[tokio::test]
 async fn settings_workers_cannot_run_with_are_refused_by_check_config_and_start() {
-    let run = |args: Vec<&'static str>| async move {
-        let output = within(
-            "fanout to answer",
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-                .args(args)
-                .env_remove("FANOUT_BUS")
-                .env_remove("FANOUT_WORKERS")
-                .env_remove("FANOUT_LISTEN")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        let said = String::from_utf8_lossy(&output.stderr).into_owned();
-        (output.status.success(), said)
-    };
     // Settings `--workers 2` cannot run with, and the reason given, by `check-config` and a start.
     // A worker id of 127 bytes is one, but not its workers' (`ID-2`, 129 bytes): every worker
     // used to die at its start, and the supervisor gave up after 8 s, where the check said valid.
@@ -611,7 +618,7 @@ async fn settings_workers_cannot_run_with_are_refused_by_check_config_and_start(
     for (settings, reason) in refused {
         for subcommand in [&["check-config"][..], &[]] {
             let args = [subcommand, &["--workers", "2"], settings].concat();
-            let (success, said) = run(args.clone()).await;
+            let (success, said) = fanout(&args).await;
             assert!(!success && said.contains(reason), "{args:?}: {said}");
         }
     }
@@ -624,8 +631,58 @@ async fn settings_workers_cannot_run_with_are_refused_by_check_config_and_start(
         "--bus",
         "redis",
     ];
-    let (success, said) = run(valid.to_vec()).await;
+    let (success, said) = fanout(&valid).await;
     assert!(success, "{said}");
+}
+
+/// Runs `fanout ARGS` to its end (without the test environment's bus, workers and listen
+/// settings): whether it succeeded, and what it wrote to stderr.
+async fn fanout(args: &[&str]) -> (bool, String) {
+    let output = within(
+        "fanout to answer",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(args)
+            .env_remove("FANOUT_BUS")
+            .env_remove("FANOUT_WORKERS")
+            .env_remove("FANOUT_LISTEN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), said)
+}
+
+/// A Redis setting with `--bus memory` (the default) would do nothing: an operator who forgot
+/// `--bus redis` is told so by `check-config` and at start, not left on the in-memory bus.
+#[tokio::test]
+async fn redis_settings_without_the_redis_bus_are_refused() {
+    let settings: [&[&str]; 3] = [
+        &["--redis-cluster", "127.0.0.1:7000"],
+        &[
+            "--redis-sentinel",
+            "127.0.0.1:26379",
+            "--redis-sentinel-master",
+            "m",
+        ],
+        &["--alert-min-replicas", "1"],
+    ];
+    for setting in settings {
+        for subcommand in [&["check-config"][..], &[]] {
+            let args = [
+                subcommand,
+                &["--bus", "memory", "--listen", "127.0.0.1:0"],
+                setting,
+            ]
+            .concat();
+            let (success, said) = fanout(&args).await;
+            assert!(
+                !success && said.contains(&format!("{} needs --bus redis", setting[0])),
+                "{args:?}: {said}"
+            );
+        }
+    }
 }
 
 /// The line `check-config` prints for the setting `id` (empty when it prints none).

@@ -344,6 +344,18 @@ impl WorkerConfig {
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be above 0".into());
         }
+        if self.bus == BusKind::Memory {
+            let redis_only = [
+                (!self.redis_sentinel.is_empty(), "--redis-sentinel"),
+                (!self.redis_cluster.is_empty(), "--redis-cluster"),
+                (self.alert_min_replicas > 0, "--alert-min-replicas"),
+            ];
+            if let Some((_, flag)) = redis_only.iter().find(|(given, _)| *given) {
+                return Err(format!(
+                    "{flag} needs --bus redis: with --bus memory it would do nothing"
+                ));
+            }
+        }
         Ok(())
     }
 

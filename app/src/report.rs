@@ -72,7 +72,7 @@ impl WorkerReport for WorkerStatus {
         let gauge = |value: usize| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
         registry.register(
             "connections",
-            "WebSocket clients connected now",
+            "clients connected now (WebSocket and Server-Sent Events)",
             gauge(stats.connections),
         );
         registry.register(

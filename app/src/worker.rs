@@ -264,7 +264,7 @@ pub async fn start(config: &WorkerConfig, bus: Bus) -> anyhow::Result<RunningWor
         .merge(fanout_ws::router(Arc::clone(&manager)))
         .fallback(fanout_http::not_found)
         .method_not_allowed_fallback(fanout_http::method_not_allowed)
-        .layer(TraceLayer::new_for_http());
+        .layer(TraceLayer::new_for_http().on_failure(log_failure));
 
     let listener = bind(config.listen, config.reuse_port)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -354,4 +354,27 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     socket.listen(4096)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
+}
+
+/// tower-http's line for an answer that failed: at `ERROR` for an internal error, at `DEBUG` for
+/// a refusal the worker chose (`503` while the bus is down or the worker drains), which is
+/// logged with its reason where it is decided (`publish refused: …` at `WARN`): one more `ERROR`
+/// line per refused publish during an outage was noise where an operator looks for faults.
+fn log_failure(
+    failure: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    let refused = matches!(
+        failure,
+        ServerErrorsFailureClass::StatusCode(status)
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    let latency_ms = latency.as_millis() as u64;
+    if refused {
+        tracing::debug!(classification = %failure, latency_ms, "response failed");
+    } else {
+        tracing::error!(classification = %failure, latency_ms, "response failed");
+    }
 }
