@@ -685,6 +685,36 @@ async fn redis_settings_without_the_redis_bus_are_refused() {
     }
 }
 
+/// A switch set through the environment takes what environments usually say (`1`/`0`,
+/// `yes`/`no`, `on`/`off`, `true`/`false`); anything else is refused with the reason
+/// (`FANOUT_NO_IO_URING=1` was refused: only `true` and `false` were taken).
+#[tokio::test]
+async fn switches_in_the_environment_take_the_usual_spellings() {
+    for (value, taken) in [
+        ("1", true),
+        ("0", true),
+        ("yes", true),
+        ("off", true),
+        ("false", true),
+        ("maybe", false),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(["check-config", "--listen", "127.0.0.1:1"])
+            .env_remove("FANOUT_BUS")
+            .env("FANOUT_NO_IO_URING", value)
+            .env("FANOUT_REUSE_PORT", value)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), taken, "{value}: {said}");
+        if !taken {
+            assert!(said.contains("not a boolean"), "{value}: {said}");
+        }
+    }
+}
+
 /// The line `check-config` prints for the setting `id` (empty when it prints none).
 fn setting(text: &str, id: &str) -> String {
     text.lines()

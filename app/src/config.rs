@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout_domain::{AlertRule, WorkerId};
 
@@ -79,7 +80,7 @@ pub struct WorkerConfig {
     pub listen: SocketAddr,
 
     /// Let several processes listen on the same address (SO_REUSEPORT); `--workers` sets it.
-    #[arg(long, env = "FANOUT_REUSE_PORT", global = true)]
+    #[arg(long, env = "FANOUT_REUSE_PORT", value_parser = BoolishValueParser::new(), global = true)]
     pub reuse_port: bool,
 
     /// The bus between workers.
@@ -127,7 +128,7 @@ pub struct WorkerConfig {
     pub redis_sentinel_password: Option<String>,
 
     /// Talk TLS to the sentinels.
-    #[arg(long, env = "FANOUT_REDIS_SENTINEL_TLS", global = true)]
+    #[arg(long, env = "FANOUT_REDIS_SENTINEL_TLS", value_parser = BoolishValueParser::new(), global = true)]
     pub redis_sentinel_tls: bool,
 
     /// Use this Redis Cluster (HOST:PORT of some of its nodes, comma-separated) instead of
@@ -204,7 +205,7 @@ pub struct WorkerConfig {
 
     /// Send a message to each client with its own `send(2)`, not one `io_uring` submission per
     /// message (io_uring is used where the kernel allows it; PERFORMANCE.md has what it saves).
-    #[arg(long, env = "FANOUT_NO_IO_URING", global = true)]
+    #[arg(long, env = "FANOUT_NO_IO_URING", value_parser = BoolishValueParser::new(), global = true)]
     pub no_io_uring: bool,
 
     /// Largest message a client may send (1009 beyond).
