@@ -855,6 +855,57 @@ async fn dropped_ordinary_connections_leave_the_subscription_alone_while_alerts_
     assert_eq!(bus["reconnects"], 0, "the subscription never ended: {bus}");
 }
 
+/// RELIABILITY.md: an alert that reached fewer replicas than `--alert-min-replicas` is answered
+/// 503. Redis answered that refusal: the worker keeps its connection (it dropped it for each such
+/// alert, and with Sentinel made its pool again, a log line and new connections every time while
+/// a failover left the master without a replica). A Redis without replicas, 5 alerts: no new
+/// connection after the first.
+#[tokio::test]
+async fn alerts_refused_for_too_few_replicas_keep_their_connection() {
+    let redis = RedisServer::start().await;
+    let worker = start_worker::<Process>(
+        "lonely",
+        On::Redis(&redis.url()),
+        &["--alert-min-replicas", "1", "--redis-timeout", "400ms"],
+    )
+    .await;
+    let _client = Client::connect(worker.addr).await;
+    let connections = || async {
+        let info = redis.command(&["INFO", "stats"]).await;
+        let text = match info {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO answered {other:?}"),
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap_or(0))
+    };
+    let mut before = None;
+    for round in 0..5 {
+        if round == 1 {
+            before = Some(connections().await);
+        }
+        let (status, body) = post(
+            worker.addr,
+            "/api/alerts",
+            "application/json",
+            json!({ "severity": "warning", "message": format!("alone {round}") }).to_string(),
+        )
+        .await;
+        assert_eq!(status, 503, "round {round}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("replicas")),
+            "round {round}: {body}"
+        );
+    }
+    // The test's own INFO is one connection each time.
+    let made = connections().await - before.unwrap_or_default() - 1;
+    assert_eq!(made, 0, "connections made for 4 refused alerts");
+}
+
 /// OPERATIONS.md: `--redis-timeout` bounds a publish, so a Redis stall shorter than it costs no
 /// 503 (the pool's connections had redis-rs's own 500 ms answer timeout: a docs-only tester saw
 /// 503s after 0.5–1 s of `CLIENT PAUSE` with the 2 s default). 6 stalls of 1.2 s.

@@ -205,30 +205,44 @@ impl RedisPublisher {
                     (connection, appended)
                 }
             };
-            let published = match published {
+            // Whether Redis answered every command: a refusal for too few replicas is an answer,
+            // the connection and the master are fine.
+            let (published, answered) = match published {
                 // WAIT counts the writes of this connection: it runs right after the script.
                 Ok(Some(id)) if self.config.alert_min_replicas > 0 => {
-                    self.replicated(&mut *connection).await.map(|()| Some(id))
+                    match self.replicated(&mut *connection).await {
+                        Ok(Ok(())) => (Ok(Some(id)), true),
+                        Ok(Err(too_few)) => (Err(too_few), true),
+                        Err(error) => (Err(error), false),
+                    }
                 }
-                Ok(published) => Ok(published),
-                Err(error) => Err(PublishError::caused_by("publish failed", error)),
+                Ok(published) => (Ok(published), true),
+                Err(error) => (Err(PublishError::caused_by("publish failed", error)), false),
             };
-            if published.is_err() {
+            if !answered {
                 // A failed command may leave the connection broken: drop it from the pool
                 // rather than hand it to the next publish.
                 drop(Connection::take(connection));
             }
-            published
+            Ok((published, answered))
         };
-        let outcome = match tokio::time::timeout(self.config.command_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(PublishError::unavailable(format!(
-                "publish took longer than {:?}",
-                self.config.command_timeout
-            ))),
-        };
-        if outcome.is_err() {
-            // Perhaps a failover: the next publish asks the sentinels for the master again.
+        let (outcome, answered) =
+            match tokio::time::timeout(self.config.command_timeout, attempt).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(no_connection)) => (Err(no_connection), false),
+                Err(_) => (
+                    Err(PublishError::unavailable(format!(
+                        "publish took longer than {:?}",
+                        self.config.command_timeout
+                    ))),
+                    false,
+                ),
+            };
+        if !answered {
+            // Perhaps a failover: the next publish asks the sentinels for the master again (not
+            // after a refusal for too few replicas: the master answered it; making its pool
+            // again for every alert while a replica is missing was one log line and new
+            // connections each time).
             self.pool.failed(&master);
         }
         // A 202 promises this worker's clients the message: the session that was live before the
@@ -340,7 +354,7 @@ impl RedisPublisher {
                         .await?;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         // WAIT counts this connection's writes: the alert just appended.
-                        self.replicated(&mut connection).await?;
+                        self.replicated(&mut connection).await??;
                     }
                     Ok(published)
                 }
@@ -544,11 +558,12 @@ impl RedisPublisher {
     }
 
     /// `WAIT`s for `--alert-min-replicas` replicas to hold this connection's last write (the
-    /// alert just appended), within the command timeout; refused when fewer did.
+    /// alert just appended), within the command timeout. The outer error: `WAIT` failed; the
+    /// inner one: Redis answered that fewer replicas did.
     async fn replicated(
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Result<(), PublishError>, PublishError> {
         let within_ms = self.wait_ms();
         let acknowledged: u32 = redis::cmd("WAIT")
             .arg(self.config.alert_min_replicas)
@@ -556,7 +571,7 @@ impl RedisPublisher {
             .query_async(connection)
             .await
             .map_err(|error| PublishError::caused_by("WAIT for replicas failed", error))?;
-        self.enough_replicas(acknowledged, within_ms)
+        Ok(self.enough_replicas(acknowledged, within_ms))
     }
 
     /// Runs a read of the alert log on a pooled connection, within the command timeout. With
