@@ -685,6 +685,36 @@ async fn redis_settings_without_the_redis_bus_are_refused() {
     }
 }
 
+/// `--allowed-origin` is compared exactly with a browser's `Origin` header: a value no browser
+/// sends (not a URL, a path or a trailing `/`, another scheme, credentials) would refuse every
+/// page, so it is refused at once, with what an origin looks like.
+#[tokio::test]
+async fn an_allowed_origin_no_browser_sends_is_refused() {
+    for (origin, taken) in [
+        ("https://dash.example.com", true),
+        ("http://127.0.0.1:8080", true),
+        ("not a url", false),
+        ("https://dash.example.com/", false),
+        ("https://dash.example.com/app", false),
+        ("ftp://dash.example.com", false),
+        ("https://me@dash.example.com", false),
+    ] {
+        let (success, said) = fanout(&[
+            "check-config",
+            "--listen",
+            "127.0.0.1:1",
+            "--allowed-origin",
+            origin,
+        ])
+        .await;
+        assert_eq!(success, taken, "{origin}: {said}");
+        assert!(
+            taken || said.contains("scheme://host[:port]"),
+            "{origin}: {said}"
+        );
+    }
+}
+
 /// A switch set through the environment takes what environments usually say (`1`/`0`,
 /// `yes`/`no`, `on`/`off`, `true`/`false`); anything else is refused with the reason
 /// (`FANOUT_NO_IO_URING=1` was refused: only `true` and `false` were taken).

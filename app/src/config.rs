@@ -260,6 +260,7 @@ pub struct WorkerConfig {
         long = "allowed-origin",
         env = "FANOUT_ALLOWED_ORIGINS",
         value_delimiter = ',',
+        value_parser = parse_origin,
         global = true
     )]
     pub allowed_origins: Vec<String>,
@@ -280,6 +281,23 @@ pub struct WorkerConfig {
 }
 
 /// Durations in the humane form: `250ms`, `2s`, `1m 30s`.
+/// A browser origin as browsers send it in `Origin` (compared exactly): `http` or `https`, a host,
+/// an optional port, nothing after. Anything else could never match, and would refuse every page.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let example =
+        "an origin is scheme://host[:port] as a browser sends it, e.g. https://dash.example.com";
+    let uri: axum::http::Uri = text.parse().map_err(|_| example.to_owned())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https")) && !text.contains('@');
+    let bare = uri
+        .authority()
+        .is_some_and(|a| a.as_str() == text.split_once("://").map_or("", |(_, rest)| rest));
+    if scheme_ok && bare {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?}: {example}"))
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 2s, 1m)"))
 }
