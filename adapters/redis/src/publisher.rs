@@ -329,6 +329,9 @@ impl RedisPublisher {
         let live = self.status.channel_live(channel);
         let echo = self.echo_for(envelope, live.is_some());
         let payload = envelope.to_json();
+        // Set when the master answered that too few replicas hold the alert: not a broken
+        // connection, nor a master that moved.
+        let mut too_few_replicas = false;
         let attempt = async {
             match &live {
                 Some((_, master)) => {
@@ -354,7 +357,9 @@ impl RedisPublisher {
                         .await?;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         // WAIT counts this connection's writes: the alert just appended.
-                        self.replicated(&mut connection).await??;
+                        let replicated = self.replicated(&mut connection).await?;
+                        too_few_replicas = replicated.is_err();
+                        replicated?;
                     }
                     Ok(published)
                 }
@@ -377,7 +382,9 @@ impl RedisPublisher {
                         .map_err(|error| {
                             PublishError::caused_by("WAIT for replicas failed", error)
                         })?;
-                        self.enough_replicas(acknowledged, within_ms)?;
+                        let replicated = self.enough_replicas(acknowledged, within_ms);
+                        too_few_replicas = replicated.is_err();
+                        replicated?;
                     }
                     Ok(published)
                 }
@@ -391,7 +398,7 @@ impl RedisPublisher {
                     self.config.command_timeout
                 )))
             });
-        if let (Err(_), Some((_, master))) = (&outcome, &live) {
+        if let (Err(_), Some((_, master)), false) = (&outcome, &live, too_few_replicas) {
             // The connection may be broken, or the node no longer a master: connect anew.
             cluster.forget(master);
         }
