@@ -57,6 +57,13 @@ pub(crate) fn bounded_by(timeout: Duration) -> redis::AsyncConnectionConfig {
         .set_response_timeout(Some(timeout))
 }
 
+/// Whether a command or a connection failed because the connection was dropped (by Redis —
+/// `CLIENT KILL`, an idle `timeout` —, a proxy, a reset), not refused: another connection may
+/// do it.
+pub(crate) fn lost(error: &redis::RedisError) -> bool {
+    (error.is_io_error() || error.is_connection_dropped()) && !error.is_connection_refusal()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -252,7 +252,7 @@ impl ConnectionLog {
                         connection = Some(fresh);
                     }
                     // Dropped while it was being made: Redis answered, so again.
-                    Err(error) if lost(&error) => {}
+                    Err(error) if crate::connect::lost(&error) => {}
                     Err(error) => {
                         return failed.unwrap_or_else(|| {
                             Err(HistoryError::caused_by(
@@ -298,12 +298,9 @@ fn connection_lost(error: &HistoryError) -> bool {
     else {
         return false;
     };
-    cause.downcast_ref::<redis::RedisError>().is_some_and(lost)
-}
-
-/// Whether a connection failed by being dropped (by Redis, a proxy, a reset), not refused.
-fn lost(error: &redis::RedisError) -> bool {
-    (error.is_io_error() || error.is_connection_dropped()) && !error.is_connection_refusal()
+    cause
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(crate::connect::lost)
 }
 
 /// A log for sessions that carry no alerts: never read.

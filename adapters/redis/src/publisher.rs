@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cluster::ClusterCommands;
+use crate::cluster::{ClusterCommands, NodeConnection};
 use crate::echoes::Echo;
 use crate::log::{AppendScript, LogKeys, ReadScript};
 use crate::master::{MasterPool, Resolver};
@@ -335,26 +335,48 @@ impl RedisPublisher {
         let attempt = async {
             match &live {
                 Some((_, master)) => {
-                    let node = cluster.node(master).await.map_err(|error| {
-                        PublishError::caused_by("no connection to the Redis master", error)
-                    })?;
+                    let alert = matches!(envelope.payload, Payload::Alert(_));
+                    let mut connection = self.master_connection(cluster, master, alert).await?;
                     // Past the time this publish waits for, the master must not run it.
-                    let left = self
-                        .config
-                        .command_timeout
-                        .saturating_sub(started.elapsed());
-                    let deadline = node.deadline_us(left);
-                    let mut connection = node.connection;
-                    let published = self
+                    let deadline = |connection: &NodeConnection| {
+                        connection.deadline_us(
+                            self.config
+                                .command_timeout
+                                .saturating_sub(started.elapsed()),
+                        )
+                    };
+                    let until = deadline(&connection);
+                    let mut published = self
                         .sharded_script(
-                            &mut connection,
+                            &mut connection.connection,
                             cluster,
                             channel,
                             envelope,
                             &payload,
-                            deadline,
+                            until,
                         )
-                        .await?;
+                        .await;
+                    if !alert && published.as_ref().is_err_and(publish_connection_lost) {
+                        // Redis dropped the connection since its last use (`CLIENT KILL`, an
+                        // idle `timeout`): once more on a new one. A metric may run twice (every
+                        // worker drops a second copy, `copies.rs`); an alert's append went on a
+                        // connection that had just answered a PING.
+                        cluster.forget(master);
+                        connection = self.master_connection(cluster, master, false).await?;
+                        let until = deadline(&connection);
+                        published = self
+                            .sharded_script(
+                                &mut connection.connection,
+                                cluster,
+                                channel,
+                                envelope,
+                                &payload,
+                                until,
+                            )
+                            .await;
+                    }
+                    let published = published?;
+                    let mut connection = connection.connection;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         // WAIT counts this connection's writes: the alert just appended.
                         let replicated = self.replicated(&mut connection).await?;
@@ -425,6 +447,39 @@ impl RedisPublisher {
         };
         self.acknowledged(outcome, changed, echo, started, idles, moved_on)
             .await
+    }
+
+    /// The connection to `master` for a publish. For an alert it has just answered a `PING`
+    /// (made anew once when Redis had dropped it): an append must not run twice, so it is not
+    /// retried, and it must not go on a connection Redis dropped since its last use.
+    async fn master_connection(
+        &self,
+        cluster: &ClusterCommands,
+        master: &Arc<str>,
+        alert: bool,
+    ) -> Result<NodeConnection, PublishError> {
+        let no_connection =
+            |error| PublishError::caused_by("no connection to the Redis master", error);
+        let mut node = cluster.node(master).await.map_err(no_connection)?;
+        if !alert {
+            return Ok(node);
+        }
+        match redis::cmd("PING")
+            .query_async::<()>(&mut node.connection)
+            .await
+        {
+            Ok(()) => Ok(node),
+            Err(error) if crate::connect::lost(&error) => {
+                cluster.forget(master);
+                let mut node = cluster.node(master).await.map_err(no_connection)?;
+                redis::cmd("PING")
+                    .query_async::<()>(&mut node.connection)
+                    .await
+                    .map_err(no_connection)?;
+                Ok(node)
+            }
+            Err(error) => Err(no_connection(error)),
+        }
     }
 
     /// The publish itself on a Redis Cluster: the metrics script, or the alert log's append
@@ -629,4 +684,17 @@ impl RedisPublisher {
             .await
             .unwrap_or_else(|_| Err(HistoryError::unavailable("reading the alert log timed out")))
     }
+}
+
+/// Whether a publish failed because its connection was dropped (not refused, not answered).
+fn publish_connection_lost(error: &PublishError) -> bool {
+    let PublishError::Unavailable {
+        cause: Some(cause), ..
+    } = error
+    else {
+        return false;
+    };
+    cause
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(crate::connect::lost)
 }
