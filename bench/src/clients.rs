@@ -314,12 +314,13 @@ impl Pool {
     }
 
     /// Waits for every client to end (after the stop signal), settles each against what a
-    /// client of its selector was owed (`owed[selector]`; nothing without an entry) and sums them.
-    pub async fn finish(self, owed: &[Vec<u64>]) -> Tally {
+    /// client of its selector was owed (`owed[selector]`; nothing without an entry) and the items
+    /// the tool published (numbered below `published`), and sums them.
+    pub async fn finish(self, owed: &[Vec<u64>], published: u64) -> Tally {
         let mut total = Tally::new();
         for (selector, task) in self.tasks {
             if let Ok(Some(mut tally)) = task.await {
-                tally.settle(owed.get(selector).map_or(&[], Vec::as_slice));
+                tally.settle(owed.get(selector).map_or(&[], Vec::as_slice), published);
                 total.add(&tally);
             }
         }

@@ -112,6 +112,8 @@ async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.connect_latency_ms = report::Latency::of(pool.connect_latency_us());
     // What a client of each selector is owed; nothing in idle mode.
     let mut owed: Vec<Vec<u64>> = Vec::new();
+    // Items the tool published are numbered below this; nothing in idle mode.
+    let mut published_items = 0;
     if config.idle.is_some() {
         eprintln!("bench: holding them for {:?}", config.hold);
         tokio::time::sleep(config.hold).await;
@@ -124,6 +126,7 @@ async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         owed = (0..workload.selectors().max(1) as usize)
             .map(|selector| workload.owed_items(selector, published.total, &published.refused))
             .collect();
+        published_items = workload.items(published.total).start;
         report.still_connected = pool.still_connected();
         // Let what is in flight arrive: until every item owed to a connected client is in (when
         // clients are owed every item and nothing was refused: a refused publish may still have
@@ -149,7 +152,7 @@ async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let _ = stop_tx.send(true);
     let receipts_unix_us = pool.receipts_unix_us();
     let connect_latency_us = histogram_pairs(pool.connect_latency_us());
-    let totals = pool.finish(&owed).await;
+    let totals = pool.finish(&owed, published_items).await;
     report.absorb(&totals);
     if let Some(rendezvous) = &rendezvous {
         report.loader = Some(rendezvous.loader().to_string());

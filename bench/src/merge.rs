@@ -164,7 +164,7 @@ mod tests {
                 tally.arrived(0, latency_us / 2);
             }
             tally.record(0, Taken::Yes, 0, 1);
-            tally.settle(&(0..10).collect::<Vec<_>>());
+            tally.settle(&(0..10).collect::<Vec<_>>(), 10);
             total.add(&tally);
         }
         let mut connect = new_histogram();

@@ -258,7 +258,7 @@ mod tests {
     fn loss_and_expectations_are_the_settled_tallies() {
         let mut tally = totals(990, 500);
         tally.record(5_000, Taken::No, 0, 1);
-        tally.settle(&(0..1_000).collect::<Vec<_>>());
+        tally.settle(&(0..1_000).collect::<Vec<_>>(), 1_000);
         let mut report = Report {
             publish_seconds: 1.0,
             ..Report::default()

@@ -38,6 +38,10 @@ pub fn histogram_from_pairs(pairs: &[[u64; 2]]) -> anyhow::Result<Histogram<u32>
     Ok(histogram)
 }
 
+/// Item numbers from here on are no run's (one client at 100 messages a second of 10 items
+/// numbers 60,000 a minute): a frame's item past it is counted unexpected, not tracked.
+const MAX_ITEM: u64 = 1 << 24;
+
 /// What one client, or all of them, saw.
 pub struct Tally {
     /// Frames holding at least one bench item.
@@ -105,7 +109,9 @@ impl Tally {
         published_at_us: u64,
         now_us: u64,
     ) -> Recorded {
-        if taken == Taken::No {
+        // Past any run's numbering (an outside publisher's value): never owed, and marking it
+        // would grow this client's bitmap to the number's size.
+        if taken == Taken::No || item >= MAX_ITEM {
             self.unexpected += 1;
             return Recorded::NotTaken;
         }
@@ -141,10 +147,25 @@ impl Tally {
             .is_some_and(|word| word & (1 << (item % 64)) != 0)
     }
 
-    /// Sets what this client was owed, and counts what of it never arrived.
-    pub fn settle(&mut self, owed: &[u64]) {
+    /// Sets what this client was owed, and counts what of it never arrived. `published`: the
+    /// items the tool published are numbered below it; one it received past that is another
+    /// publisher's (on the same names) and moves from `received` to `unexpected`.
+    pub fn settle(&mut self, owed: &[u64], published: u64) {
         self.expected = owed.len() as u64;
         self.lost = owed.iter().filter(|&&item| !self.saw(item)).count() as u64;
+        let foreign: u64 = self
+            .seen
+            .iter()
+            .enumerate()
+            .map(|(word, bits)| {
+                let first = word as u64 * 64;
+                let kept = published.saturating_sub(first).min(64);
+                let mask = if kept == 64 { 0 } else { u64::MAX << kept };
+                u64::from((bits & mask).count_ones())
+            })
+            .sum();
+        self.received -= foreign.min(self.received);
+        self.unexpected += foreign;
     }
 
     /// Adds another client's counts (each client de-duplicates and settles its own stream).
@@ -183,7 +204,7 @@ mod tests {
         let mut tally = Tally::new();
         assert_eq!(tally.record(5, Taken::No, 0, 1), Recorded::NotTaken);
         assert_eq!((tally.received, tally.unexpected), (0, 1));
-        tally.settle(&[5]);
+        tally.settle(&[5], 10);
         assert_eq!(
             tally.lost, 1,
             "an unexpected item does not pay for an owed one"
@@ -196,8 +217,21 @@ mod tests {
         for item in [1, 2, 3, 200] {
             tally.record(item, Taken::Yes, 0, 1);
         }
-        tally.settle(&[1, 3, 4, 199, 200, 100_000]);
+        tally.settle(&[1, 3, 4, 199, 200, 100_000], 100_001);
         assert_eq!((tally.expected, tally.lost), (6, 3));
+    }
+
+    #[test]
+    fn an_item_past_what_the_tool_published_is_unexpected_not_received() {
+        let mut tally = Tally::new();
+        // The tool published items 0..100; 130 and 200_000 came from another publisher, 1 << 40
+        // too (past any run: not even tracked).
+        for item in [1, 2, 99, 130, 200_000, 1 << 40] {
+            tally.record(item, Taken::Yes, 0, 1);
+        }
+        assert_eq!(tally.unexpected, 1, "1 << 40 at once");
+        tally.settle(&[1, 2, 3, 99], 100);
+        assert_eq!((tally.received, tally.unexpected, tally.lost), (3, 3, 1));
     }
 
     #[test]
@@ -238,11 +272,11 @@ mod tests {
     fn adding_tallies_sums_counts_and_merges_latencies() {
         let (mut one, mut two) = (Tally::new(), Tally::new());
         one.record(1, Taken::Yes, 0, 1_000);
-        one.settle(&[1, 2]);
+        one.settle(&[1, 2], 3);
         two.frame();
         two.record(1, Taken::Yes, 0, 3_000);
         two.record(1, Taken::Yes, 0, 3_000);
-        two.settle(&[1]);
+        two.settle(&[1], 3);
         let mut total = Tally::new();
         total.add(&one);
         total.add(&two);
