@@ -251,8 +251,11 @@ impl ConnectionLog {
                             .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
                         connection = Some(fresh);
                     }
-                    // Dropped while it was being made: Redis answered, so again.
-                    Err(error) if crate::connect::lost(&error) => {}
+                    // Dropped while it was being made: Redis answered, so again, after a pause
+                    // (something that resets every connection is not hammered until the timeout).
+                    Err(error) if crate::connect::lost(&error) => {
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                    }
                     Err(error) => {
                         return failed.unwrap_or_else(|| {
                             Err(HistoryError::caused_by(
@@ -288,6 +291,9 @@ impl AlertLog for ConnectionLog {
         .await
     }
 }
+
+/// The pause before the alert log's connection is made again after an attempt that was dropped.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
 /// Whether a read failed because its connection is gone (dropped, reset, closed by Redis):
 /// another connection may read.
