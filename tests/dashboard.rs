@@ -382,6 +382,24 @@ async fn the_dashboard_shows_what_other_workers_publish_and_survives_a_redis_res
         "87.5 ms",
         "the latest value, humanized"
     );
+    // A tiny value keeps its digits (2.5 ns read as `0 µs`).
+    publish(
+        b.addr,
+        "/api/metrics",
+        &json!({ "name": "ui.tiny_s", "value": 2.5e-9, "unit": "s" }),
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the tiny value's chart",
+        Locator::Css(r#".chart[data-metric="ui.tiny_s"] .legend li[data-source="worker-b"]"#),
+    )
+    .await;
+    assert_eq!(
+        text_of(&browser, &(chart("ui.tiny_s") + " .value")).await,
+        "0.0025 µs",
+        "a tiny value, humanized"
+    );
     wait_for(&browser, "the alert", Locator::XPath("//ul[@id='alerts']/li[contains(@class,'critical')][contains(., 'Checkout latency above SLO')]")).await;
     // Both workers' monitors report their clients.
     wait_for(

@@ -37,11 +37,13 @@ pub enum PublishError {
         /// What is wrong with it.
         reason: String,
     },
-    /// 400: the body is not JSON.
-    #[error("400 Bad Request: {error}")]
+    /// 400: the body is not JSON; `field` names where it broke off, when it can.
+    #[error("400 Bad Request: {error}{}", at(.field))]
     BadRequest {
         /// The worker's reason.
         error: String,
+        /// Where in the body the problem is; `None` when there is no such place.
+        field: Option<String>,
     },
     /// 401: authentication is on and the request has no valid token.
     #[error("401 Unauthorized: {error}")]
@@ -49,11 +51,14 @@ pub enum PublishError {
         /// The worker's reason.
         error: String,
     },
-    /// 403: the token may not publish (no `"publish": true` claim).
-    #[error("403 Forbidden: {error}")]
+    /// 403: the token may not publish (no `"publish": true` claim), or a metric or alert lacks
+    /// a label of the token's `where` scope: `field` names it (`[1].labels.tenant`).
+    #[error("403 Forbidden: {error}{}", at(.field))]
     Forbidden {
         /// The worker's reason.
         error: String,
+        /// The label at fault; `None` for a token that may not publish at all.
+        field: Option<String>,
     },
     /// 413: the body is larger than the worker's `--max-body-bytes`.
     #[error("413 Payload Too Large: {error}")]
@@ -83,8 +88,10 @@ pub enum PublishError {
         /// The worker's `Retry-After`; `None` when it sent none in seconds.
         retry_after: Option<Duration>,
     },
-    /// 503: the bus cannot take the message now; nothing was published: retry after
-    /// `retry_after`.
+    /// 503: the bus cannot take the message now: retry after `retry_after`. Not acknowledged, and
+    /// usually not published; but a publish that timed out after Redis ran it, or an alert that
+    /// reached fewer replicas than `--alert-min-replicas`, may still be delivered, so a retry can
+    /// deliver it twice (docs/RELIABILITY.md).
     #[error("503 Service Unavailable: {error} (retry after {retry_after:?})")]
     Unavailable {
         /// The worker's reason.
@@ -227,9 +234,9 @@ fn refusal(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Pu
         field: None,
     });
     match status.as_u16() {
-        400 => PublishError::BadRequest { error },
+        400 => PublishError::BadRequest { error, field },
         401 => PublishError::Unauthorized { error },
-        403 => PublishError::Forbidden { error },
+        403 => PublishError::Forbidden { error, field },
         413 => PublishError::TooLarge { error },
         415 => PublishError::UnsupportedMediaType { error },
         422 => PublishError::Invalid { error, field },
@@ -251,14 +258,22 @@ mod tests {
     #[test]
     fn every_documented_status_has_its_error() {
         let body = r#"{"error":"reason"}"#;
-        assert!(
-            matches!(refused(400, body), PublishError::BadRequest { error } if error == "reason")
-        );
+        assert!(matches!(
+            refused(400, body),
+            PublishError::BadRequest { error, field: None } if error == "reason"
+        ));
         assert!(matches!(
             refused(401, body),
             PublishError::Unauthorized { .. }
         ));
         assert!(matches!(refused(403, body), PublishError::Forbidden { .. }));
+        // The label at fault of a scoped publisher (PROTOCOL.md, 403).
+        let scoped =
+            r#"{"error":"metric 1 (b) lacks label tenant=acme","field":"[1].labels.tenant"}"#;
+        assert!(matches!(
+            refused(403, scoped),
+            PublishError::Forbidden { field: Some(field), .. } if field == "[1].labels.tenant"
+        ));
         assert!(matches!(refused(413, body), PublishError::TooLarge { .. }));
         assert!(matches!(
             refused(415, body),

@@ -68,15 +68,19 @@ impl AlertLevel {
 }
 
 /// A [`Subscription`] the connect-time query cannot carry: a pattern or matcher holds a `,`, which
-/// the query reads as a separator. Send it in a `subscribe` frame instead
-/// ([`Connection::subscribe`](crate::Connection::subscribe)), whose array form carries any string.
+/// the query reads as a separator (send it in a `subscribe` frame instead,
+/// [`Connection::subscribe`](crate::Connection::subscribe), whose array form carries any string),
+/// or a pattern is empty (the query `metrics=` means no metrics at all, where a frame's empty
+/// pattern is refused: both are refused here).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the {parameter} term {term:?} holds a ',', which separates terms in a query: subscribe with a frame instead")]
+#[error("the {parameter} term {term:?} {why}")]
 pub struct QueryError {
     /// The query parameter: `metrics` or `where`.
     pub parameter: &'static str,
-    /// The pattern or matcher that holds the `,`.
+    /// The pattern or matcher at fault.
     pub term: String,
+    /// What is wrong with it.
+    pub why: &'static str,
 }
 
 impl Subscription {
@@ -216,6 +220,15 @@ fn terms(parameter: &'static str, terms: &[String]) -> Result<String, QueryError
             return Err(QueryError {
                 parameter,
                 term: term.clone(),
+                why:
+                    "holds a ',', which separates terms in a query: subscribe with a frame instead",
+            });
+        }
+        if term.is_empty() {
+            return Err(QueryError {
+                parameter,
+                term: term.clone(),
+                why: "is empty: a pattern or matcher names something (for no metrics, use no_metrics())",
             });
         }
         if index > 0 {
@@ -374,7 +387,9 @@ mod tests {
             pattern.query(),
             Err(QueryError {
                 parameter: "metrics",
-                term: "a,b".to_owned()
+                term: "a,b".to_owned(),
+                why:
+                    "holds a ',', which separates terms in a query: subscribe with a frame instead",
             })
         );
         assert_eq!(
@@ -389,6 +404,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// `metrics([""])` read as the query `metrics=` meant no metrics at all, where the same
+    /// subscription in a frame is refused ("a pattern is empty"): refused in the query too.
+    #[test]
+    fn an_empty_term_is_refused_in_a_query() {
+        for subscription in [
+            Subscription::default().metrics([""]),
+            Subscription::default().metrics(["a", ""]),
+            Subscription::default().matcher(""),
+        ] {
+            assert!(
+                matches!(subscription.query(), Err(QueryError { term, .. }) if term.is_empty()),
+                "{subscription:?}"
+            );
+        }
+        assert_eq!(
+            Subscription::default().no_metrics().query(),
+            Ok("metrics=".to_owned())
+        );
     }
 
     #[test]
