@@ -28,8 +28,8 @@ pub struct Receipt {
 /// the body as text when it is not JSON).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// `url` is not `http://` or `https://`, or no HTTP client could be built for it. Retrying
-    /// will not help.
+    /// `url` is not `http://` or `https://`, or no HTTP client could be built for it, or the
+    /// token is not a valid header value. Retrying will not help.
     #[error("invalid worker URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -202,6 +202,14 @@ impl Publisher {
     ) -> Result<Receipt, PublishError> {
         let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
         if let Some(token) = &self.token {
+            // Checked here, as `Connection::open` does: reqwest would only say "builder error",
+            // a transport failure it is not.
+            if reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                return Err(PublishError::InvalidUrl {
+                    url: self.base.clone(),
+                    reason: "the token is not a valid header value".to_owned(),
+                });
+            }
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(PublishError::Transport)?;
@@ -253,6 +261,20 @@ mod tests {
     fn refused(status: u16, body: &str) -> PublishError {
         let status = StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}"));
         refusal(status, Some(Duration::from_secs(2)), body.as_bytes())
+    }
+
+    /// A token no header can carry is the caller's mistake, said so before anything is sent, as
+    /// `Connection::open` says it (it was a `Transport` error, "builder error").
+    #[tokio::test]
+    async fn a_token_that_is_no_header_value_is_refused_before_sending() {
+        let publisher = Publisher::new("http://127.0.0.1:1")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .token("a\nb");
+        let refused = publisher.send_metrics(&[]).await;
+        assert!(
+            matches!(&refused, Err(PublishError::InvalidUrl { reason, .. }) if reason.contains("token")),
+            "{refused:?}"
+        );
     }
 
     #[test]
