@@ -64,6 +64,13 @@ pub(crate) fn lost(error: &redis::RedisError) -> bool {
     (error.is_io_error() || error.is_connection_dropped()) && !error.is_connection_refusal()
 }
 
+/// [`lost`], for the Redis error a domain error keeps as its cause (none: not lost).
+pub(crate) fn lost_cause(cause: Option<&fanout_domain::Cause>) -> bool {
+    cause
+        .and_then(|cause| cause.downcast_ref::<redis::RedisError>())
+        .is_some_and(lost)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

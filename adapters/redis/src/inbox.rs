@@ -298,15 +298,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 /// Whether a read failed because its connection is gone (dropped, reset, closed by Redis):
 /// another connection may read.
 fn connection_lost(error: &HistoryError) -> bool {
-    let HistoryError::Unavailable {
-        cause: Some(cause), ..
-    } = error
-    else {
-        return false;
-    };
-    cause
-        .downcast_ref::<redis::RedisError>()
-        .is_some_and(crate::connect::lost)
+    let HistoryError::Unavailable { cause, .. } = error;
+    crate::connect::lost_cause(cause.as_ref())
 }
 
 /// A log for sessions that carry no alerts: never read.

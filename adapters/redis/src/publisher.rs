@@ -345,26 +345,10 @@ impl RedisPublisher {
                                 .saturating_sub(started.elapsed()),
                         )
                     };
-                    let until = deadline(&connection);
-                    let mut published = self
-                        .sharded_script(
-                            &mut connection.connection,
-                            cluster,
-                            channel,
-                            envelope,
-                            &payload,
-                            until,
-                        )
-                        .await;
-                    if !alert && published.as_ref().is_err_and(publish_connection_lost) {
-                        // Redis dropped the connection since its last use (`CLIENT KILL`, an
-                        // idle `timeout`): once more on a new one. A metric may run twice (every
-                        // worker drops a second copy, `copies.rs`); an alert's append went on a
-                        // connection that had just answered a PING.
-                        cluster.forget(master);
-                        connection = self.master_connection(cluster, master, false).await?;
+                    let mut retried = false;
+                    let published = loop {
                         let until = deadline(&connection);
-                        published = self
+                        let published = self
                             .sharded_script(
                                 &mut connection.connection,
                                 cluster,
@@ -374,8 +358,20 @@ impl RedisPublisher {
                                 until,
                             )
                             .await;
-                    }
-                    let published = published?;
+                        if alert
+                            || retried
+                            || !published.as_ref().is_err_and(publish_connection_lost)
+                        {
+                            break published?;
+                        }
+                        // Redis dropped the connection since its last use (`CLIENT KILL`, an
+                        // idle `timeout`): once more on a new one. A metric may run twice (every
+                        // worker drops a second copy, `copies.rs`); an alert's append went on a
+                        // connection that had just answered a PING.
+                        retried = true;
+                        cluster.forget(master);
+                        connection = self.master_connection(cluster, master, false).await?;
+                    };
                     let mut connection = connection.connection;
                     if published.is_some() && self.config.alert_min_replicas > 0 {
                         // WAIT counts this connection's writes: the alert just appended.
@@ -688,13 +684,6 @@ impl RedisPublisher {
 
 /// Whether a publish failed because its connection was dropped (not refused, not answered).
 fn publish_connection_lost(error: &PublishError) -> bool {
-    let PublishError::Unavailable {
-        cause: Some(cause), ..
-    } = error
-    else {
-        return false;
-    };
-    cause
-        .downcast_ref::<redis::RedisError>()
-        .is_some_and(crate::connect::lost)
+    let PublishError::Unavailable { cause, .. } = error;
+    crate::connect::lost_cause(cause.as_ref())
 }
