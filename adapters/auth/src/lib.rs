@@ -174,6 +174,14 @@ impl AccessControl for JwtAccess {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AccessError::Invalid(e.to_string()))?
             .claims;
+        // RFC 7519 §4.1.4: valid only before `exp`. jsonwebtoken takes the second of `exp` itself
+        // too (`exp < now` is its test): up to a second of leeway, where the docs promise none.
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if claims.exp <= now {
+            return Err(AccessError::Invalid("ExpiredSignature".to_owned()));
+        }
         let scope = scope(claims.scope).map_err(AccessError::Invalid)?;
         let allows = |channel: &str| {
             claims
@@ -257,6 +265,12 @@ mod tests {
         let expired = token(serde_json::json!({"exp":now_seconds() - 5}), SECRET);
         assert!(matches!(
             access().verify(Some(&expired)),
+            Err(AccessError::Invalid(_))
+        ));
+        // Its last second is past too (valid only before `exp`; jsonwebtoken took it).
+        let ending = token(serde_json::json!({"exp":now_seconds()}), SECRET);
+        assert!(matches!(
+            access().verify(Some(&ending)),
             Err(AccessError::Invalid(_))
         ));
         assert!(JwtAccess::new(Key::Secret(b"short".to_vec())).is_err());
