@@ -287,11 +287,14 @@ fn parse_origin(text: &str) -> Result<String, String> {
     let example =
         "an origin is scheme://host[:port] as a browser sends it, e.g. https://dash.example.com";
     let uri: axum::http::Uri = text.parse().map_err(|_| example.to_owned())?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https")) && !text.contains('@');
-    let bare = uri
-        .authority()
-        .is_some_and(|a| a.as_str() == text.split_once("://").map_or("", |(_, rest)| rest));
-    if scheme_ok && bare {
+    // Exactly `scheme://authority`, the authority without credentials.
+    let bare = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme @ ("http" | "https")), Some(authority)) => {
+            !authority.as_str().contains('@') && text == format!("{scheme}://{authority}")
+        }
+        _ => false,
+    };
+    if bare {
         Ok(text.to_owned())
     } else {
         Err(format!("{text:?}: {example}"))
